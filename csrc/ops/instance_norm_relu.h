@@ -1,0 +1,47 @@
+// Device-independent glue of pyganx::instance_norm_relu: argument checks, output
+// allocation and the gradient reductions, shared by the CPU and CUDA registrations.
+// Each backend only supplies a launcher that runs its kernels on prepared tensors.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <array>
+#include <optional>
+#include <tuple>
+
+namespace pyganx::ops {
+
+// The arguments after validation, in the form the kernels take.
+struct InstanceNormInput {
+  at::Tensor x;       // 4-D and dense, NCHW or NHWC
+  at::Tensor weight;  // [C] contiguous in the acc dtype, or undefined
+  at::Tensor bias;    // [C] contiguous in the acc dtype, or undefined
+  bool channels_last = false;
+  bool unbatched = false;  // the caller passed (C, H, W)
+  int64_t N = 0, C = 0, HW = 0;
+};
+
+// Statistics dtype: float64 for float64 input, float32 otherwise.
+at::ScalarType acc_dtype(at::ScalarType t);
+
+// Kernel launchers: write out/mean/rstd, or grad_x (undefined when not wanted),
+// sum_dy and sum_dy_xhat ([N, C], acc dtype). Called only when N * C > 0.
+using ForwardLauncher = void (*)(const InstanceNormInput& in, double eps, bool relu,
+                                 at::Tensor& out, at::Tensor& mean, at::Tensor& rstd);
+using BackwardLauncher = void (*)(const InstanceNormInput& in, const at::Tensor& grad_out,
+                                  const at::Tensor& mean, const at::Tensor& rstd, bool relu,
+                                  at::Tensor& grad_x, at::Tensor& sum_dy,
+                                  at::Tensor& sum_dy_xhat);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_relu_forward_with(
+    ForwardLauncher launch, const at::Tensor& x, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, double eps, bool relu);
+
+std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<at::Tensor>>
+instance_norm_relu_backward_with(BackwardLauncher launch, const at::Tensor& grad_out,
+                                 const at::Tensor& x, const at::Tensor& mean,
+                                 const at::Tensor& rstd, const std::optional<at::Tensor>& weight,
+                                 const std::optional<at::Tensor>& bias, bool relu,
+                                 std::array<bool, 3> output_mask);
+
+}  // namespace pyganx::ops

@@ -1,0 +1,17 @@
+"""Entry of `pyganx bench SUITE` and `python -m pyganx.bench SUITE`."""
+from __future__ import annotations
+
+import sys
+
+SUITES = ("ops",)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    suite = argv.pop(0) if argv and not argv[0].startswith("-") else "ops"
+    if suite in ("-h", "--help") or suite not in SUITES:
+        print(f"usage: pyganx bench [{'|'.join(SUITES)}] [options]; `pyganx bench ops --help` for options",
+              file=sys.stderr)
+        return 0 if suite in ("-h", "--help") else 2
+    from . import ops
+    return ops.main(argv)

@@ -1,0 +1,52 @@
+"""Round-robin timing of several candidates in one process.
+
+Timing candidates one after the other lets first-touch page faults, frequency changes
+and neighbours on a shared machine decide the ranking. Here every candidate is warmed
+up, then the candidates take turns for N rounds, and each one's best and median are
+reported. On CUDA each call is bracketed by events and synchronised.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass
+class Timing:
+    best_ms: float
+    median_ms: float
+    samples: int
+
+
+def _time_once(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def round_robin(candidates: dict[str, Callable[[], object]], rounds: int = 30, warmup: int = 3,
+                device: torch.device | str = "cpu") -> dict[str, Timing]:
+    """Best and median milliseconds of each candidate, timed in alternation."""
+    device = torch.device(device)
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, fn in candidates.items():
+            samples[name].append(_time_once(fn, device))
+    return {name: Timing(min(v), statistics.median(v), len(v)) for name, v in samples.items()}

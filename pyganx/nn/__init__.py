@@ -1,0 +1,4 @@
+"""Building blocks and networks of pyganx."""
+from .norm import InstanceNormReLU
+
+__all__ = ["InstanceNormReLU"]

@@ -1,0 +1,8 @@
+"""Compiled pyganx operators (torch.ops.pyganx.*) and their Python wrappers.
+
+Each op has a pure-PyTorch reference in pyganx.ops._reference that is used where the
+extension is not available and that the tests compare against.
+"""
+from .instance_norm_relu import instance_norm_relu
+
+__all__ = ["instance_norm_relu"]
