@@ -181,3 +181,28 @@ def test_backward_saves_only_input_and_statistics():
     assert sum(saved.values()) == x.numel() * 4 + 2 * (2 * 8) * 4
     y.sum().backward()
     assert x.grad is not None
+
+
+@pytest.mark.parametrize("shape, dtype", [
+    ((2, 16, 384, 384), torch.float32),   # 18.9 MB
+    ((1, 5, 1001, 1003), torch.float32),  # odd planes: unaligned plane starts
+    ((2, 5, 1001, 1003), torch.bfloat16),
+    ((1, 3, 999, 1001), torch.float64),
+], ids=["f32-aligned", "f32-odd", "bf16-odd", "f64-odd"])
+def test_outputs_large_enough_for_streaming_stores(shape, dtype):
+    # Above 16 MiB the CPU kernels write with non-temporal stores after a scalar
+    # prologue up to the store alignment; check every element against the reference.
+    x = make_input(shape, dtype, "cpu", offset=0.5, scale=1.5)
+    w, b = make_affine(shape[1], dtype, "cpu")
+    g = make_input(shape, dtype, "cpu", seed=9)
+    assert x.numel() * x.element_size() >= 16 << 20
+    xr = x.detach().requires_grad_()
+    out = instance_norm_relu(xr, w, b)
+    same, ref64 = reference_pair(x, w, b, 1e-5, True)
+    assert_matches_reference(out, same, ref64)
+    out.backward(g)
+    x64 = x.double().requires_grad_()
+    _reference.instance_norm_relu(x64, w.double(), b.double()).backward(g.double())
+    xs = x.detach().requires_grad_()
+    _reference.instance_norm_relu(xs, w, b).backward(g)
+    assert_matches_reference(xr.grad, xs.grad, x64.grad, "grad_x")

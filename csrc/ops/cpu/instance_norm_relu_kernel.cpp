@@ -27,8 +27,13 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Half.h>
 
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <type_traits>
 #include <vector>
 
@@ -42,6 +47,11 @@ using at::vec::Vectorized;
 constexpr int64_t kChunk = 4096;
 // Below this many elements of work a parallel task is not worth its start-up.
 constexpr int64_t kMinTaskElements = 16384;
+// Outputs at least this large are written with non-temporal (streaming) stores: they
+// would not survive in cache until their consumer reads them anyway, and streaming
+// skips the read-for-ownership of every output line and keeps the input planes,
+// which are read twice, in cache.
+constexpr int64_t kStreamBytes = int64_t(16) << 20;
 
 // Loads and stores of T as pairs of accumulation-type vectors (one Vectorized<T> of
 // a reduced type widens into two float vectors).
@@ -67,7 +77,76 @@ struct Io {
       at::vec::convert_from_float<T>(a, b).store(p);
     }
   }
+
+  // Non-temporal store of one block; p must be aligned to kStreamAlign.
+  static constexpr bool kCanStream =
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+      true;
+#else
+      false;
+#endif
+  static constexpr int64_t kStreamAlign = sizeof(aVec);
+  static inline void store_stream(T* p, const aVec& a, const aVec& b) {
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (std::is_same_v<T, float>) {
+      _mm512_stream_ps(p, a);
+      _mm512_stream_ps(p + aVec::size(), b);
+    } else if constexpr (std::is_same_v<T, double>) {
+      _mm512_stream_pd(p, a);
+      _mm512_stream_pd(p + aVec::size(), b);
+    } else {
+      _mm512_stream_si512(reinterpret_cast<__m512i*>(p),
+                          static_cast<__m512i>(at::vec::convert_from_float<T>(a, b)));
+    }
+#elif defined(CPU_CAPABILITY_AVX2)
+    if constexpr (std::is_same_v<T, float>) {
+      _mm256_stream_ps(p, a);
+      _mm256_stream_ps(p + aVec::size(), b);
+    } else if constexpr (std::is_same_v<T, double>) {
+      _mm256_stream_pd(p, a);
+      _mm256_stream_pd(p + aVec::size(), b);
+    } else {
+      _mm256_stream_si256(reinterpret_cast<__m256i*>(p),
+                          static_cast<__m256i>(at::vec::convert_from_float<T>(a, b)));
+    }
+#else
+    store(p, a, b);
+#endif
+  }
 };
+
+// Orders streaming stores before anything later (other threads read the output).
+inline void stream_fence() {
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+  _mm_sfence();
+#endif
+}
+
+// out[i] for i in [0, len): block_fn(i, a, b) computes the block at i as two vectors,
+// scalar_fn(i) one element. With `stream`, blocks go out as non-temporal stores after
+// a scalar prologue up to the store alignment.
+template <typename T, typename BlockFn, typename ScalarFn>
+inline void span_write(T* out, int64_t len, bool stream, BlockFn block_fn, ScalarFn scalar_fn) {
+  using IO = Io<T>;
+  typename IO::aVec a, b;
+  int64_t i = 0;
+  if (IO::kCanStream && stream) {
+    for (; i < len && reinterpret_cast<std::uintptr_t>(out + i) % IO::kStreamAlign != 0; ++i) {
+      out[i] = static_cast<T>(scalar_fn(i));
+    }
+    for (; i + IO::kBlock <= len; i += IO::kBlock) {
+      block_fn(i, a, b);
+      IO::store_stream(out + i, a, b);
+    }
+    stream_fence();
+  } else {
+    for (; i + IO::kBlock <= len; i += IO::kBlock) {
+      block_fn(i, a, b);
+      IO::store(out + i, a, b);
+    }
+  }
+  for (; i < len; ++i) out[i] = static_cast<T>(scalar_fn(i));
+}
 
 template <typename V>
 inline typename V::value_type hsum(const V& v) {
@@ -190,22 +269,23 @@ inline Vectorized<acc_t> normalize_vec(const Vectorized<acc_t>& x, const Vectori
 
 // Normalises a contiguous span of one plane.
 template <typename T, bool kRelu>
-inline void span_apply(const T* x, T* y, int64_t len, const Normalizer<at::opmath_type<T>>& nz) {
+inline void span_apply(const T* x, T* y, int64_t len, const Normalizer<at::opmath_type<T>>& nz,
+                       bool stream) {
   using IO = Io<T>;
   using acc_t = typename IO::acc_t;
   using aVec = typename IO::aVec;
   const aVec mh(nz.mean_hi), ml(nz.mean_lo), vs(nz.scale), vb(nz.bias);
-  aVec a, b;
-  int64_t i = 0;
-  for (; i + IO::kBlock <= len; i += IO::kBlock) {
-    IO::load(x + i, a, b);
-    IO::store(y + i, normalize_vec<acc_t, kRelu>(a, mh, ml, vs, vb),
-              normalize_vec<acc_t, kRelu>(b, mh, ml, vs, vb));
-  }
-  for (; i < len; ++i) {
-    y[i] = static_cast<T>(normalize_scalar<acc_t, kRelu>(static_cast<acc_t>(x[i]), nz.mean_hi,
-                                                         nz.mean_lo, nz.scale, nz.bias));
-  }
+  span_write<T>(
+      y, len, stream,
+      [&](int64_t i, aVec& a, aVec& b) {
+        IO::load(x + i, a, b);
+        a = normalize_vec<acc_t, kRelu>(a, mh, ml, vs, vb);
+        b = normalize_vec<acc_t, kRelu>(b, mh, ml, vs, vb);
+      },
+      [&](int64_t i) {
+        return normalize_scalar<acc_t, kRelu>(static_cast<acc_t>(x[i]), nz.mean_hi, nz.mean_lo,
+                                              nz.scale, nz.bias);
+      });
 }
 
 template <typename acc_t>
@@ -237,6 +317,7 @@ void forward_nchw(const InstanceNormForwardParams& p) {
   const auto* bias = static_cast<const acc_t*>(p.bias);
   const int64_t planes = p.N * p.C, L = p.HW;
   const int64_t chunks = ceil_div(L, kChunk);
+  const bool stream = planes * L * static_cast<int64_t>(sizeof(T)) >= kStreamBytes;
 
   auto finish_plane = [&](int64_t q, const Moments& m) {
     const double r = 1.0 / std::sqrt(m.m2 / static_cast<double>(L) + p.eps);
@@ -258,7 +339,7 @@ void forward_nchw(const InstanceNormForwardParams& p) {
           span_moments(xp + s, len, cm, cm2);
           m.merge(cm, cm2, len);
         }
-        span_apply<T, kRelu>(xp, y + q * L, L, finish_plane(q, m));
+        span_apply<T, kRelu>(xp, y + q * L, L, finish_plane(q, m), stream);
       }
     });
     return;
@@ -281,7 +362,7 @@ void forward_nchw(const InstanceNormForwardParams& p) {
   at::parallel_for(0, planes * chunks, task_grain(kChunk), [&](int64_t begin, int64_t end) {
     for (int64_t it = begin; it < end; ++it) {
       const int64_t q = it / chunks, s = (it % chunks) * kChunk;
-      span_apply<T, kRelu>(x + q * L + s, y + q * L + s, std::min(kChunk, L - s), nz[q]);
+      span_apply<T, kRelu>(x + q * L + s, y + q * L + s, std::min(kChunk, L - s), nz[q], stream);
     }
   });
 }
@@ -533,28 +614,28 @@ inline void span_grad_sums(const T* g, const T* x, int64_t len,
 template <typename T, bool kRelu>
 inline void span_grad_input(const T* g, const T* x, T* dx, int64_t len,
                             const BackwardPlane<at::opmath_type<T>>& pl, at::opmath_type<T> k,
-                            at::opmath_type<T> c0, at::opmath_type<T> c1) {
+                            at::opmath_type<T> c0, at::opmath_type<T> c1, bool stream) {
   using IO = Io<T>;
   using acc_t = typename IO::acc_t;
   using aVec = typename IO::aVec;
   const aVec vm(pl.mean), vr(pl.rstd), vw(pl.w), vb(pl.b), vk(k), vc0(c0), vc1(c1);
-  aVec g0, g1, x0, x1, gm, xh;
-  int64_t i = 0;
-  for (; i + IO::kBlock <= len; i += IO::kBlock) {
-    IO::load(g + i, g0, g1);
-    IO::load(x + i, x0, x1);
-    grad_terms<acc_t, kRelu>(g0, x0, vm, vr, vw, vb, gm, xh);
-    const aVec d0 = at::vec::fmadd(vk, gm, at::vec::fmadd(vc1, xh, vc0));
-    grad_terms<acc_t, kRelu>(g1, x1, vm, vr, vw, vb, gm, xh);
-    const aVec d1 = at::vec::fmadd(vk, gm, at::vec::fmadd(vc1, xh, vc0));
-    IO::store(dx + i, d0, d1);
-  }
-  for (; i < len; ++i) {
-    acc_t gms, xhs;
-    grad_terms_scalar<acc_t, kRelu>(static_cast<acc_t>(g[i]), static_cast<acc_t>(x[i]), pl.mean,
-                                    pl.rstd, pl.w, pl.b, gms, xhs);
-    dx[i] = static_cast<T>(k * gms + c0 + c1 * xhs);
-  }
+  span_write<T>(
+      dx, len, stream,
+      [&](int64_t i, aVec& d0, aVec& d1) {
+        aVec g0, g1, x0, x1, gm, xh;
+        IO::load(g + i, g0, g1);
+        IO::load(x + i, x0, x1);
+        grad_terms<acc_t, kRelu>(g0, x0, vm, vr, vw, vb, gm, xh);
+        d0 = at::vec::fmadd(vk, gm, at::vec::fmadd(vc1, xh, vc0));
+        grad_terms<acc_t, kRelu>(g1, x1, vm, vr, vw, vb, gm, xh);
+        d1 = at::vec::fmadd(vk, gm, at::vec::fmadd(vc1, xh, vc0));
+      },
+      [&](int64_t i) {
+        acc_t gms, xhs;
+        grad_terms_scalar<acc_t, kRelu>(static_cast<acc_t>(g[i]), static_cast<acc_t>(x[i]),
+                                        pl.mean, pl.rstd, pl.w, pl.b, gms, xhs);
+        return k * gms + c0 + c1 * xhs;
+      });
 }
 
 template <typename acc_t>
@@ -580,6 +661,7 @@ void backward_nchw(const InstanceNormBackwardParams& p) {
   auto* sum_dy_xhat = static_cast<acc_t*>(p.sum_dy_xhat);
   const int64_t planes = p.N * p.C, L = p.HW;
   const int64_t chunks = ceil_div(L, kChunk);
+  const bool stream = planes * L * static_cast<int64_t>(sizeof(T)) >= kStreamBytes;
 
   auto plane = [&](int64_t q) {
     const auto aff = plane_affine(weight, bias, q % p.C);
@@ -604,7 +686,7 @@ void backward_nchw(const InstanceNormBackwardParams& p) {
         if (dx) {
           acc_t k, c0, c1;
           grad_input_coefficients(pl, A, B, L, k, c0, c1);
-          span_grad_input<T, kRelu>(gp, xp, dx + q * L, L, pl, k, c0, c1);
+          span_grad_input<T, kRelu>(gp, xp, dx + q * L, L, pl, k, c0, c1, stream);
         }
       }
     });
@@ -635,7 +717,7 @@ void backward_nchw(const InstanceNormBackwardParams& p) {
       acc_t k, c0, c1;
       grad_input_coefficients(pl, A[q], B[q], L, k, c0, c1);
       span_grad_input<T, kRelu>(g + q * L + s, x + q * L + s, dx + q * L + s,
-                                std::min(kChunk, L - s), pl, k, c0, c1);
+                                std::min(kChunk, L - s), pl, k, c0, c1, stream);
     }
   });
 }

@@ -1,0 +1,97 @@
+# pyganx: set-up, build, tests, demo and benchmarks.
+#
+#   make demo     set up (.venv, torch, build) and run the main job on bundled data
+#   make test     set up, then: CUDA + C++ build (pip), CMake/LibTorch build + ctest, pytest
+#   make bench    the benchmark suites (results go to benchmarks/RESULTS.md by hand)
+#
+# Options: USE_SYSTEM_TORCH=1 uses the interpreter's torch (a venv with system site
+# packages, nothing downloaded); PYTHON=python3.X picks the interpreter;
+# PYGANX_CPU_ONLY=1 skips the CUDA kernels; MAX_JOBS sets compile parallelism.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.14.1
+USE_SYSTEM_TORCH ?= 0
+STAMPS := .stamps
+CMAKE_BUILD := build/cmake
+
+# nvcc where the usual toolkit lives, so the CUDA kernels are always compiled there.
+ifeq ($(origin CUDA_HOME),undefined)
+  ifneq ($(wildcard /usr/local/cuda/bin/nvcc),)
+    export CUDA_HOME := /usr/local/cuda
+  endif
+endif
+export MAX_JOBS ?= 2
+
+SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
+# Python packages the tests and the harness need besides torch.
+DEPS := numpy ninja setuptools wheel pillow tqdm pytest pytest-benchmark
+
+.PHONY: help setup build test pytest cmake-test demo bench clean
+
+help:
+	@sed -n '2,10p' Makefile
+
+# --- environment -------------------------------------------------------------
+$(STAMPS)/venv-$(USE_SYSTEM_TORCH):
+	@mkdir -p $(STAMPS)
+	@if [ "$(USE_SYSTEM_TORCH)" = "1" ]; then \
+	  $(PYTHON) -m venv --system-site-packages $(VENV); \
+	  missing=$$($(PY) -c 'import importlib.util as u; print(" ".join(m for m in ["torch","numpy","ninja","setuptools","PIL","tqdm","pytest","pytest_benchmark"] if u.find_spec(m) is None))'); \
+	  if [ -n "$$missing" ]; then echo "USE_SYSTEM_TORCH=1: installing missing $$missing"; \
+	    $(PY) -m pip install -q $$(echo $$missing | sed 's/PIL/pillow/;s/pytest_benchmark/pytest-benchmark/'); fi; \
+	else \
+	  $(PYTHON) -m venv $(VENV); \
+	  $(PY) -m pip install -q --upgrade pip; \
+	  $(PY) -m pip install -q "torch==$(TORCH_VERSION)" $(DEPS); \
+	fi
+	$(PY) -c 'import torch; print("torch", torch.__version__)'
+	@touch $@
+
+# --- build -------------------------------------------------------------------
+# The stamp records what was built (build_info), so a second `make` is fast.
+$(STAMPS)/build: $(STAMPS)/venv-$(USE_SYSTEM_TORCH) $(SOURCES)
+	@mkdir -p build
+	@echo "building pyganx (CUDA_HOME=$${CUDA_HOME:-none}, MAX_JOBS=$(MAX_JOBS)); log: build/pip-build.log"
+	$(PY) -m pip install --no-build-isolation --no-deps -e . > build/pip-build.log 2>&1 \
+	  || { tail -n 80 build/pip-build.log; exit 1; }
+	$(PY) -c 'import json, pyganx; i = pyganx.build_info(); assert i["extension"], i["reason"]; print(json.dumps(i))' > $@.tmp
+	@mv $@.tmp $@
+	@cat $@
+
+setup: $(STAMPS)/build
+build: $(STAMPS)/build
+
+# --- tests -------------------------------------------------------------------
+TORCH_PREFIX = $(shell $(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')
+SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+CMAKE_CUDA_HINTS = $(if $(CUDA_HOME),-DCUDA_TOOLKIT_ROOT_DIR=$(CUDA_HOME) -DCMAKE_CUDA_COMPILER=$(CUDA_HOME)/bin/nvcc -DTORCH_CUDA_ARCH_LIST=9.0 $(if $(wildcard $(SITE)/nvidia/cu13/lib/libnvrtc.so.13),-DCUDA_nvrtc_LIBRARY=$(SITE)/nvidia/cu13/lib/libnvrtc.so.13,),)
+
+# The CPU build against LibTorch for C++ users (CUDA sources are compiled by the pip
+# build above; not twice).
+cmake-test: $(STAMPS)/venv-$(USE_SYSTEM_TORCH)
+	cmake -S . -B $(CMAKE_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release -DPYGANX_WITH_CUDA=OFF \
+	  -DCMAKE_PREFIX_PATH="$(TORCH_PREFIX)" $(CMAKE_CUDA_HINTS) > $(CMAKE_BUILD).configure.log 2>&1 \
+	  || { cat $(CMAKE_BUILD).configure.log; exit 1; }
+	cmake --build $(CMAKE_BUILD) -j $(MAX_JOBS)
+	ctest --test-dir $(CMAKE_BUILD) --output-on-failure
+
+pytest: $(STAMPS)/build
+	$(PY) -m pytest tests -q -p no:cacheprovider
+
+test: $(STAMPS)/build cmake-test pytest
+
+# --- main job and benchmarks --------------------------------------------------
+demo: $(STAMPS)/build
+	$(PY) -m pyganx bench ops --quick
+
+bench: $(STAMPS)/build
+	$(PY) -m pytest benchmarks -q -p no:cacheprovider --benchmark-only --benchmark-columns=min,median,rounds
+	$(PY) -m pyganx bench ops --json build/bench-ops.json
+
+clean:
+	rm -rf build $(STAMPS) pyganx/_C*.so pyganx/_build_meta.py *.egg-info
