@@ -1,7 +1,8 @@
 // CUDA kernels of pyganx::instance_norm_relu (forward and backward).
 //
 // Two strategies, chosen per call:
-//  * plane kernels (NCHW, planes below kLargePlane elements): one block per (n, c)
+//  * plane kernels (NCHW, planes below kLargePlane elements, enough planes to fill the
+//    GPU or small ones): one block per (n, c)
 //    plane reduces its statistics (Welford, merged across threads with Chan's
 //    formula), then normalises the plane it has just read (a second read that mostly
 //    hits L2), with 16-byte vector loads and stores where alignment allows;
@@ -69,8 +70,10 @@ struct WelfordCombine {
   template <typename acc_t>
   __device__ __forceinline__ Acc3<acc_t> operator()(const Acc3<acc_t>& x,
                                                     const Acc3<acc_t>& y) const {
+    // An empty side returns the other unchanged (its mean of 0 could overflow d * d).
+    if (y.c == acc_t(0)) return x;
+    if (x.c == acc_t(0)) return y;
     const acc_t n = x.c + y.c;
-    if (n == acc_t(0)) return x;
     const acc_t d = y.a - x.a;
     const acc_t wy = y.c / n;
     return {x.a + d * wy, x.b + y.b + d * d * x.c * wy, n};
@@ -156,17 +159,20 @@ __global__ void forward_plane_kernel(const T* __restrict__ x, T* __restrict__ y,
   const T* xp = x + plane * L;
   T* yp = y + plane * L;
   const int64_t nvec = L / VEC;
+  // Statistics of x - pivot (the plane's first element): a large common offset then
+  // costs no precision, in the mean or in the normalisation.
+  const acc_t pivot = static_cast<acc_t>(xp[0]);
 
   Acc3<acc_t> w{0, 0, 0};
   for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
     const auto pk = reinterpret_cast<const Pack<T, VEC>*>(xp)[i];
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) welford_add(w, static_cast<acc_t>(pk.v[j]));
+    for (int j = 0; j < VEC; ++j) welford_add(w, static_cast<acc_t>(pk.v[j]) - pivot);
   }
   w = block_reduce(w, WelfordCombine{});
   if (threadIdx.x == 0) {
     const acc_t rstd = static_cast<acc_t>(rsqrt(static_cast<double>(w.b) / L + eps));
-    mean_out[plane] = w.a;
+    mean_out[plane] = static_cast<acc_t>(static_cast<double>(pivot) + static_cast<double>(w.a));
     rstd_out[plane] = rstd;
     acc_t wc, bc;
     plane_affine(weight, bias, plane % C, wc, bc);
@@ -181,7 +187,7 @@ __global__ void forward_plane_kernel(const T* __restrict__ x, T* __restrict__ y,
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
       pk.v[j] = static_cast<T>(
-          activate<acc_t, RELU>((static_cast<acc_t>(pk.v[j]) - mu) * scale + beta));
+          activate<acc_t, RELU>(((static_cast<acc_t>(pk.v[j]) - pivot) - mu) * scale + beta));
     }
     reinterpret_cast<Pack<T, VEC>*>(yp)[i] = pk;
   }
@@ -249,14 +255,29 @@ __global__ void backward_plane_kernel(const T* __restrict__ g, const T* __restri
 }
 
 // ---------------------------------------------------------------------------------
-// Split kernels. Element visitors: add one element (plane, memory offset) to an Acc3.
-template <typename T>
+// Split kernels. Element visitors: state(plane) loads what a thread needs for one
+// plane; visit(acc, state, memory offset) adds one element to an Acc3.
+
+// Offset of a plane's first element (its pivot for the statistics).
+template <bool CL>
+__device__ __forceinline__ int64_t plane_start(int64_t plane, int64_t L, int64_t C) {
+  if constexpr (CL) return (plane / C) * L * C + plane % C;
+  return plane * L;
+}
+
+template <typename T, bool CL>
 struct StatsVisitor {
   using acc_t = at::opmath_type<T>;
   using Combine = WelfordCombine;
+  using State = acc_t;  // the pivot
   const T* x;
-  __device__ __forceinline__ void operator()(Acc3<acc_t>& a, int64_t, int64_t off) const {
-    welford_add(a, static_cast<acc_t>(x[off]));
+  int64_t L, C;
+  __device__ __forceinline__ State state(int64_t plane) const {
+    return static_cast<acc_t>(x[plane_start<CL>(plane, L, C)]);
+  }
+  __device__ __forceinline__ void operator()(Acc3<acc_t>& a, const State& pivot,
+                                             int64_t off) const {
+    welford_add(a, static_cast<acc_t>(x[off]) - pivot);
   }
 };
 
@@ -264,11 +285,12 @@ template <typename T, bool RELU>
 struct GradVisitor {
   using acc_t = at::opmath_type<T>;
   using Combine = SumCombine;
+  using State = GradCoef<acc_t>;
   const T* g;
   const T* x;
   const GradCoef<acc_t>* coef;
-  __device__ __forceinline__ void operator()(Acc3<acc_t>& a, int64_t plane, int64_t off) const {
-    const GradCoef<acc_t> k = coef[plane];
+  __device__ __forceinline__ State state(int64_t plane) const { return coef[plane]; }
+  __device__ __forceinline__ void operator()(Acc3<acc_t>& a, const State& k, int64_t off) const {
     acc_t gm, xh;
     grad_terms<acc_t, RELU>(static_cast<acc_t>(g[off]), static_cast<acc_t>(x[off]), k.mean, k.rstd,
                             k.w, k.b, gm, xh);
@@ -284,7 +306,8 @@ __global__ void partial_nchw_kernel(Visitor visit, Acc3<acc_t>* __restrict__ par
   const int64_t plane = blockIdx.x / S, s = blockIdx.x % S;
   const int64_t begin = s * seg, end = min(L, begin + seg);
   Acc3<acc_t> a{0, 0, 0};
-  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) visit(a, plane, plane * L + i);
+  const auto st = visit.state(plane);
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) visit(a, st, plane * L + i);
   a = block_reduce(a, typename Visitor::Combine{});
   if (threadIdx.x == 0) partial[plane * S + s] = a;
 }
@@ -303,8 +326,9 @@ __global__ void partial_nhwc_kernel(Visitor visit, Acc3<acc_t>* __restrict__ par
   const int64_t begin = s * seg, end = min(L, begin + seg);
   Acc3<acc_t> a{0, 0, 0};
   if (c < C) {
+    const auto st = visit.state(n * C + c);
     for (int64_t r = begin + threadIdx.y; r < end; r += blockDim.y) {
-      visit(a, n * C + c, (n * L + r) * C + c);
+      visit(a, st, (n * L + r) * C + c);
     }
   }
   rows[threadIdx.y][threadIdx.x] = a;
@@ -316,27 +340,34 @@ __global__ void partial_nhwc_kernel(Visitor visit, Acc3<acc_t>* __restrict__ par
   }
 }
 
-// Merge the S partial Welford triples of each plane into mean/rstd and the
-// (mean, scale, bias) triple of the apply kernel: y = (x - mean) * scale + bias. (Not
-// x * scale + shift: that cancels catastrophically for data with a large offset.)
-template <typename acc_t>
-__global__ void finalize_stats_kernel(const Acc3<acc_t>* __restrict__ partial, int64_t S,
+// Merge the S partial Welford triples (of x - pivot) of each plane into mean/rstd and
+// the (pivot, mean, scale, bias) of the apply kernel:
+// y = ((x - pivot) - mean) * scale + bias. (Not x * scale + shift: that cancels
+// catastrophically for data with a large offset.)
+template <typename T, bool CL>
+__global__ void finalize_stats_kernel(const T* __restrict__ x,
+                                      const Acc3<at::opmath_type<T>>* __restrict__ partial, int64_t S,
                                       int64_t planes, int64_t C, int64_t L, double eps,
-                                      const acc_t* __restrict__ weight,
-                                      const acc_t* __restrict__ bias, acc_t* __restrict__ mean,
-                                      acc_t* __restrict__ rstd, acc_t* __restrict__ norm) {
+                                      const at::opmath_type<T>* __restrict__ weight,
+                                      const at::opmath_type<T>* __restrict__ bias,
+                                      at::opmath_type<T>* __restrict__ mean,
+                                      at::opmath_type<T>* __restrict__ rstd,
+                                      at::opmath_type<T>* __restrict__ norm) {
+  using acc_t = at::opmath_type<T>;
   const int64_t q = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (q >= planes) return;
   Acc3<acc_t> a = partial[q * S];
   for (int64_t s = 1; s < S; ++s) a = WelfordCombine{}(a, partial[q * S + s]);
   const acc_t r = static_cast<acc_t>(rsqrt(static_cast<double>(a.b) / L + eps));
-  mean[q] = a.a;
+  const acc_t pivot = static_cast<acc_t>(x[plane_start<CL>(q, L, C)]);
+  mean[q] = static_cast<acc_t>(static_cast<double>(pivot) + static_cast<double>(a.a));
   rstd[q] = r;
   acc_t wc, bc;
   plane_affine(weight, bias, q % C, wc, bc);
-  norm[3 * q] = a.a;
-  norm[3 * q + 1] = wc * r;
-  norm[3 * q + 2] = bc;
+  norm[4 * q] = pivot;
+  norm[4 * q + 1] = a.a;
+  norm[4 * q + 2] = wc * r;
+  norm[4 * q + 3] = bc;
 }
 
 template <typename acc_t>
@@ -386,7 +417,9 @@ __global__ void apply_kernel(const T* __restrict__ x, T* __restrict__ y,
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
       const int64_t q = plane_of<CL>(i * VEC + j, L, C);
-      const acc_t v = (static_cast<acc_t>(pk.v[j]) - norm[3 * q]) * norm[3 * q + 1] + norm[3 * q + 2];
+      const acc_t v =
+          ((static_cast<acc_t>(pk.v[j]) - norm[4 * q]) - norm[4 * q + 1]) * norm[4 * q + 2] +
+          norm[4 * q + 3];
       pk.v[j] = static_cast<T>(activate<acc_t, RELU>(v));
     }
     reinterpret_cast<Pack<T, VEC>*>(y)[i] = pk;
@@ -468,6 +501,19 @@ int64_t apply_blocks(int64_t nvec, int sms) {
   return std::max<int64_t>(1, std::min<int64_t>(ceil_div(nvec, kThreads), 16LL * sms));
 }
 
+// One block per plane unless the planes are large, or too few to fill the GPU.
+bool use_plane_kernels(const InstanceNormInput& in, int sms) {
+  if (in.channels_last || in.HW >= kLargePlane) return false;
+  return in.N * in.C >= sms || in.HW < 8192;
+}
+
+// Grids are one-dimensional in x, which takes at most 2^31 - 1 blocks.
+int64_t checked_blocks(int64_t blocks) {
+  TORCH_CHECK(blocks <= 2147483647LL, "pyganx.instance_norm_relu: the input is too large for ",
+              "one kernel launch (", blocks, " blocks); split the batch");
+  return blocks;
+}
+
 const void* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.const_data_ptr() : nullptr; }
 
 // Launches the NCHW or NHWC partial reduction of `visit` into `partial` [planes, S].
@@ -475,11 +521,11 @@ template <typename Visitor, typename acc_t>
 void launch_partial(const InstanceNormInput& in, const Visitor& visit, Acc3<acc_t>* partial,
                     const Split& sp, cudaStream_t stream) {
   if (in.channels_last) {
-    const int64_t blocks = in.N * ceil_div(in.C, 32) * sp.S;
+    const int64_t blocks = checked_blocks(in.N * ceil_div(in.C, 32) * sp.S);
     partial_nhwc_kernel<<<blocks, dim3(32, 8), 0, stream>>>(visit, partial, in.HW, in.C, sp.S,
                                                              sp.seg);
   } else {
-    partial_nchw_kernel<<<in.N * in.C * sp.S, kThreads, 0, stream>>>(visit, partial, in.HW, sp.S,
+    partial_nchw_kernel<<<checked_blocks(in.N * in.C * sp.S), kThreads, 0, stream>>>(visit, partial, in.HW, sp.S,
                                                                      sp.seg);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -505,11 +551,11 @@ void launch_forward_cuda(const InstanceNormInput& in, double eps, bool relu, at:
     const auto* b = static_cast<const acc_t*>(ptr_or_null(in.bias));
     auto* mu = mean.mutable_data_ptr<acc_t>();
     auto* rs = rstd.mutable_data_ptr<acc_t>();
-    if (!in.channels_last && L < kLargePlane) {
+    if (use_plane_kernels(in, sms)) {
       with_vec<scalar_t>(can_vectorize<scalar_t>(L, {x, y}), [&](auto vec) {
         with_bool(relu, [&](auto r) {
           forward_plane_kernel<scalar_t, decltype(vec)::value, decltype(r)::value>
-              <<<planes, plane_threads(L), 0, stream>>>(x, y, mu, rs, w, b, L, in.C, eps);
+              <<<checked_blocks(planes), plane_threads(L), 0, stream>>>(x, y, mu, rs, w, b, L, in.C, eps);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
       });
@@ -517,12 +563,15 @@ void launch_forward_cuda(const InstanceNormInput& in, double eps, bool relu, at:
     }
     const Split sp = split_of(in, sms);
     auto partial = at::empty({planes * sp.S * 3}, mean.options());
-    auto norm = at::empty({planes * 3}, mean.options());
+    auto norm = at::empty({planes * 4}, mean.options());
     auto* part = reinterpret_cast<Acc3<acc_t>*>(partial.mutable_data_ptr<acc_t>());
-    launch_partial(in, StatsVisitor<scalar_t>{x}, part, sp, stream);
-    finalize_stats_kernel<<<ceil_div(planes, kThreads), kThreads, 0, stream>>>(
-        part, sp.S, planes, in.C, L, eps, w, b, mu, rs, norm.mutable_data_ptr<acc_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    with_bool(in.channels_last, [&](auto cl) {
+      constexpr bool CL = decltype(cl)::value;
+      launch_partial(in, StatsVisitor<scalar_t, CL>{x, L, in.C}, part, sp, stream);
+      finalize_stats_kernel<scalar_t, CL><<<ceil_div(planes, kThreads), kThreads, 0, stream>>>(
+          x, part, sp.S, planes, in.C, L, eps, w, b, mu, rs, norm.mutable_data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
     const auto* nm = norm.const_data_ptr<acc_t>();
     with_vec<scalar_t>(can_vectorize<scalar_t>(total, {x, y}), [&](auto vec) {
       with_bool(relu, [&](auto r) {
@@ -556,11 +605,11 @@ void launch_backward_cuda(const InstanceNormInput& in, const at::Tensor& grad_ou
     const auto* rs = rstd.const_data_ptr<acc_t>();
     auto* sdy = sum_dy.mutable_data_ptr<acc_t>();
     auto* sdyx = sum_dy_xhat.mutable_data_ptr<acc_t>();
-    if (!in.channels_last && L < kLargePlane) {
+    if (use_plane_kernels(in, sms)) {
       with_vec<scalar_t>(can_vectorize<scalar_t>(L, {x, g, dx}), [&](auto vec) {
         with_bool(relu, [&](auto r) {
           backward_plane_kernel<scalar_t, decltype(vec)::value, decltype(r)::value>
-              <<<planes, plane_threads(L), 0, stream>>>(g, x, dx, mu, rs, w, b, sdy, sdyx, L,
+              <<<checked_blocks(planes), plane_threads(L), 0, stream>>>(g, x, dx, mu, rs, w, b, sdy, sdyx, L,
                                                         in.C);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
