@@ -46,7 +46,6 @@ $(STAMPS)/venv-$(USE_SYSTEM_TORCH):
 	    $(PY) -m pip install -q $$(echo $$missing | sed 's/PIL/pillow/;s/pytest_benchmark/pytest-benchmark/'); fi; \
 	else \
 	  $(PYTHON) -m venv $(VENV); \
-	  $(PY) -m pip install -q --upgrade pip; \
 	  $(PY) -m pip install -q "torch==$(TORCH_VERSION)" $(DEPS); \
 	fi
 	$(PY) -c 'import torch; print("torch", torch.__version__)'

@@ -369,10 +369,15 @@ void forward_nchw(const InstanceNormForwardParams& p) {
 
 // ---------------------------------------------------------------------------------
 // NHWC helpers: rows of C channels; a work item is (n, a block of rows).
+// An item holds about kRowItem elements (128 KiB of float32, in L2 for its two
+// passes), so that the per-(n, c) merge of item statistics stays cheap.
+constexpr int64_t kRowItem = 32768;
+
 struct RowBlocks {
   int64_t rows_per_item, items_per_image, items;
   RowBlocks(int64_t N, int64_t HW, int64_t C) {
-    rows_per_item = std::max<int64_t>(1, kChunk / std::max<int64_t>(1, C));
+    // At most kChunk rows: each channel's float sums then cover <= kChunk elements.
+    rows_per_item = std::clamp<int64_t>(kRowItem / std::max<int64_t>(1, C), 1, kChunk);
     rows_per_item = std::min(rows_per_item, HW);
     items_per_image = ceil_div(HW, rows_per_item);
     items = N * items_per_image;
@@ -586,19 +591,20 @@ inline void span_grad_sums(const T* g, const T* x, int64_t len,
   using acc_t = typename IO::acc_t;
   using aVec = typename IO::aVec;
   const aVec vm(pl.mean), vr(pl.rstd), vw(pl.w), vb(pl.b);
-  aVec A(acc_t(0)), B(acc_t(0)), g0, g1, x0, x1, gm, xh;
+  // Two accumulator pairs: the halves of a block do not wait on each other's adds.
+  aVec A0(acc_t(0)), B0(acc_t(0)), A1(acc_t(0)), B1(acc_t(0)), g0, g1, x0, x1, gm, xh;
   int64_t i = 0;
   for (; i + IO::kBlock <= len; i += IO::kBlock) {
     IO::load(g + i, g0, g1);
     IO::load(x + i, x0, x1);
     grad_terms<acc_t, kRelu>(g0, x0, vm, vr, vw, vb, gm, xh);
-    A += gm;
-    B = at::vec::fmadd(gm, xh, B);
+    A0 += gm;
+    B0 = at::vec::fmadd(gm, xh, B0);
     grad_terms<acc_t, kRelu>(g1, x1, vm, vr, vw, vb, gm, xh);
-    A += gm;
-    B = at::vec::fmadd(gm, xh, B);
+    A1 += gm;
+    B1 = at::vec::fmadd(gm, xh, B1);
   }
-  acc_t a = hsum(A), b = hsum(B);
+  acc_t a = hsum(A0 + A1), b = hsum(B0 + B1);
   for (; i < len; ++i) {
     acc_t gms, xhs;
     grad_terms_scalar<acc_t, kRelu>(static_cast<acc_t>(g[i]), static_cast<acc_t>(x[i]), pl.mean,
