@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .. import build_info
 from ..ops import instance_norm_relu
-from .timing import round_robin
+from .timing import keep_freed_memory, round_robin
 
 FULL_SHAPES = [(1, 256, 64, 64), (1, 64, 256, 256), (4, 128, 128, 128), (16, 64, 128, 128)]
 QUICK_SHAPES = [(1, 64, 64, 64), (4, 128, 32, 32)]
@@ -148,12 +148,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     ap.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    ap.add_argument("--os-allocator", action="store_true",
+                    help="keep glibc's defaults (freed large blocks go back to the OS, and "
+                         "every allocation then pays page faults)")
     args = ap.parse_args(argv)
+    tuned = False if args.os_allocator else keep_freed_memory()
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
     rounds = args.rounds or (10 if args.quick else 30)
     rows = run(shapes, device=args.device, rounds=rounds, use_compile=not args.no_compile)
     print(f"instance_norm_relu on {machine_description(torch.device(args.device))}; "
-          f"best of {rounds} round-robin rounds")
+          f"best of {rounds} round-robin rounds; freed memory "
+          f"{'kept for reuse (mallopt)' if tuned else 'returned to the OS'}")
     print(format_table(rows))
     if args.json:
         import json
