@@ -389,8 +389,8 @@ struct RowBlocks {
   }
 };
 
-// acc[c] += f(row[c]) for a row of C values, vectorised across channels.
-// f maps (vector a, vector b, first channel) -> updates; kept simple with two lambdas.
+// Visits a row of C values, vectorised across channels: vec_op(c, a, b) gets the
+// block of channels starting at c as two vectors, scalar_op(c, v) each leftover one.
 template <typename T, typename VecOp, typename ScalarOp>
 inline void row_foreach(const T* row, int64_t C, VecOp vec_op, ScalarOp scalar_op) {
   using IO = Io<T>;
