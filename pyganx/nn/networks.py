@@ -1,0 +1,279 @@
+"""Generators and discriminators of the papers pyganx implements.
+
+Each network follows its paper's definition (see docs/contracts.md and the design
+notes): CycleGAN's ResNet generator and 70x70 PatchGAN, StarGAN's generator and
+two-headed discriminator, and DCGAN's generator/discriminator (optionally
+class-conditional, as in the conditional GAN). Instance norm (+ ReLU) goes through
+pyganx's compiled op when ``fused=True`` and through ``F.instance_norm`` otherwise; the
+parameters and state_dict keys are the same either way.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .norm import InstanceNormReLU
+
+
+def _norm_act(channels: int, affine: bool, fused: bool) -> nn.Module:
+    return InstanceNormReLU(channels, affine=affine, fused=fused)
+
+
+def _norm(channels: int, affine: bool, fused: bool) -> nn.Module:
+    return InstanceNormReLU(channels, affine=affine, relu=False, fused=fused)
+
+
+def _pad(padding: str) -> tuple[nn.Module | None, int]:
+    """(padding module, conv padding) for a 3x3 conv."""
+    if padding == "reflect":
+        return nn.ReflectionPad2d(1), 0
+    if padding == "zero":
+        return None, 1
+    raise ValueError(f"padding must be 'reflect' or 'zero', got {padding!r}")
+
+
+class ResidualBlock(nn.Module):
+    """``x + IN(conv3x3(pad(ReLU(IN(conv3x3(pad(x)))))))`` (CycleGAN: reflection padding,
+    no affine, conv bias; StarGAN: zero padding, affine, no bias).
+
+    ``fused=True`` runs the norm + ReLU and the second norm through pyganx's compiled
+    instance-norm op (the fully fused block op is the network issue's next step);
+    ``fused=False`` is the plain PyTorch composition. Both have the same parameters and
+    state_dict keys. ``dropout`` > 0 adds dropout between the two
+    convolutions, as CycleGAN's ``--use_dropout``.
+    """
+
+    def __init__(self, dim: int, padding: str = "reflect", affine: bool = False,
+                 bias: bool = True, dropout: float = 0.0, fused: bool = True) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i in range(2):
+            pad, p = _pad(padding)
+            if pad is not None:
+                layers.append(pad)
+            layers.append(nn.Conv2d(dim, dim, 3, padding=p, bias=bias))
+            if i == 0:
+                layers.append(_norm_act(dim, affine, fused))
+                if dropout > 0:
+                    layers.append(nn.Dropout(dropout))
+            else:
+                layers.append(_norm(dim, affine, fused))
+        self.block = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] < 2 or x.shape[-2] < 2:
+            raise ValueError(f"ResidualBlock: H and W must be at least 2, got input of shape "
+                             f"{list(x.shape)}")
+        return x + self.block(x)
+
+
+class ResnetGenerator(nn.Module):
+    """CycleGAN generator (Zhu et al. 2017): 7x7 reflect-padded conv, two stride-2
+    downsamplings, ``n_blocks`` residual blocks, two fractionally strided upsamplings,
+    7x7 conv, tanh; instance norm without affine, convs with bias."""
+
+    def __init__(self, in_ch: int = 3, out_ch: int = 3, ngf: int = 64, n_blocks: int = 9,
+                 fused: bool = True, dropout: float = 0.0) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(in_ch, ngf, 7, bias=True),
+                                   _norm_act(ngf, False, fused)]
+        ch = ngf
+        for _ in range(2):
+            layers += [nn.Conv2d(ch, ch * 2, 3, stride=2, padding=1, bias=True),
+                       _norm_act(ch * 2, False, fused)]
+            ch *= 2
+        layers += [ResidualBlock(ch, "reflect", affine=False, bias=True, dropout=dropout,
+                                 fused=fused) for _ in range(n_blocks)]
+        for _ in range(2):
+            layers += [nn.ConvTranspose2d(ch, ch // 2, 3, stride=2, padding=1, output_padding=1,
+                                          bias=True),
+                       _norm_act(ch // 2, False, fused)]
+            ch //= 2
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ch, out_ch, 7), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+
+class PatchDiscriminator(nn.Module):
+    """The 70x70 PatchGAN (C64-C128-C256-C512, LeakyReLU 0.2, no norm on the first
+    layer, a 1-channel output map). ``norm="none"`` drops the norms (for WGAN-GP)."""
+
+    def __init__(self, in_ch: int = 3, ndf: int = 64, n_layers: int = 3,
+                 norm: str = "instance") -> None:
+        super().__init__()
+        if norm not in ("instance", "none"):
+            raise ValueError(f"norm must be 'instance' or 'none', got {norm!r}")
+
+        def block(cin: int, cout: int, stride: int) -> list[nn.Module]:
+            mods: list[nn.Module] = [nn.Conv2d(cin, cout, 4, stride=stride, padding=1, bias=True)]
+            if norm == "instance":
+                mods.append(nn.InstanceNorm2d(cout))
+            return mods + [nn.LeakyReLU(0.2, inplace=True)]
+
+        layers: list[nn.Module] = [nn.Conv2d(in_ch, ndf, 4, stride=2, padding=1),
+                                   nn.LeakyReLU(0.2, inplace=True)]
+        mult = 1
+        for n in range(1, n_layers):
+            prev, mult = mult, min(2 ** n, 8)
+            layers += block(ndf * prev, ndf * mult, 2)
+        prev, mult = mult, min(2 ** n_layers, 8)
+        layers += block(ndf * prev, ndf * mult, 1)
+        layers.append(nn.Conv2d(ndf * mult, 1, 4, stride=1, padding=1))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+
+class StarGANGenerator(nn.Module):
+    """StarGAN generator (Choi et al. 2018): the target label broadcast as extra input
+    channels, 7x7 conv, two 4x4 stride-2 downsamplings, residual blocks with zero
+    padding, two 4x4 stride-2 transposed convs, 7x7 conv, tanh; affine instance norm,
+    convs without bias."""
+
+    def __init__(self, in_ch: int = 3, c_dim: int = 5, conv_dim: int = 64, n_blocks: int = 6,
+                 fused: bool = True) -> None:
+        super().__init__()
+        self.c_dim = c_dim
+        layers: list[nn.Module] = [nn.Conv2d(in_ch + c_dim, conv_dim, 7, padding=3, bias=False),
+                                   _norm_act(conv_dim, True, fused)]
+        ch = conv_dim
+        for _ in range(2):
+            layers += [nn.Conv2d(ch, ch * 2, 4, stride=2, padding=1, bias=False),
+                       _norm_act(ch * 2, True, fused)]
+            ch *= 2
+        layers += [ResidualBlock(ch, "zero", affine=True, bias=False, fused=fused)
+                   for _ in range(n_blocks)]
+        for _ in range(2):
+            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, stride=2, padding=1, bias=False),
+                       _norm_act(ch // 2, True, fused)]
+            ch //= 2
+        layers += [nn.Conv2d(ch, in_ch, 7, padding=3, bias=False), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        """x: images (N, C, H, W); c: target labels (N, c_dim), one-hot or attribute vector."""
+        if c.dim() != 2 or c.shape[1] != self.c_dim:
+            raise ValueError(f"StarGANGenerator: expected labels of shape (N, {self.c_dim}), "
+                             f"got {list(c.shape)}")
+        c = c.to(x.dtype)[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
+        return self.model(torch.cat([x, c], dim=1))
+
+
+class StarGANDiscriminator(nn.Module):
+    """StarGAN discriminator: ``n_layers`` 4x4 stride-2 convs with LeakyReLU 0.01 and no
+    norm, then two heads on the shared trunk: a 3x3 conv giving the real/fake patch map
+    and a conv with kernel ``image_size / 2**n_layers`` giving the domain logits."""
+
+    def __init__(self, image_size: int = 128, c_dim: int = 5, conv_dim: int = 64,
+                 n_layers: int = 6, in_ch: int = 3) -> None:
+        super().__init__()
+        if image_size % (2 ** n_layers) != 0:
+            raise ValueError(f"image_size {image_size} must be a multiple of 2**n_layers = "
+                             f"{2 ** n_layers}")
+        layers: list[nn.Module] = [nn.Conv2d(in_ch, conv_dim, 4, stride=2, padding=1),
+                                   nn.LeakyReLU(0.01)]
+        ch = conv_dim
+        for _ in range(1, n_layers):
+            layers += [nn.Conv2d(ch, ch * 2, 4, stride=2, padding=1), nn.LeakyReLU(0.01)]
+            ch *= 2
+        self.main = nn.Sequential(*layers)
+        self.conv_src = nn.Conv2d(ch, 1, 3, padding=1, bias=False)
+        self.conv_cls = nn.Conv2d(ch, c_dim, image_size // 2 ** n_layers, bias=False)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.main(x)
+        return self.conv_src(h), self.conv_cls(h).flatten(1)
+
+
+def _dcgan_levels(img_size: int) -> int:
+    levels = int(round(math.log2(img_size / 4)))
+    if img_size < 8 or 4 * 2 ** levels != img_size:
+        raise ValueError(f"DCGAN img_size must be a power of two >= 8, got {img_size}")
+    return levels
+
+
+class DCGANGenerator(nn.Module):
+    """DCGAN generator (Radford et al. 2016): z projected to 4x4x(ngf*2**(levels-1)) by a
+    transposed conv (4x4x1024 at ngf=128, 64 px), fractionally strided convs halving the
+    channels, BatchNorm + ReLU except at the output, tanh. ``num_classes`` > 0 makes it
+    the conditional GAN's generator: a one-hot label joined to z."""
+
+    def __init__(self, z_dim: int = 100, ngf: int = 128, out_ch: int = 3, img_size: int = 64,
+                 num_classes: int = 0) -> None:
+        super().__init__()
+        self.z_dim, self.num_classes = z_dim, num_classes
+        levels = _dcgan_levels(img_size)
+        ch = ngf * 2 ** (levels - 1)
+        layers: list[nn.Module] = [nn.ConvTranspose2d(z_dim + num_classes, ch, 4, 1, 0, bias=False),
+                                   nn.BatchNorm2d(ch), nn.ReLU(True)]
+        for _ in range(levels - 1):
+            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False),
+                       nn.BatchNorm2d(ch // 2), nn.ReLU(True)]
+            ch //= 2
+        layers += [nn.ConvTranspose2d(ch, out_ch, 4, 2, 1, bias=False), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        if z.dim() == 2:
+            z = z[:, :, None, None]
+        if self.num_classes:
+            if labels is None:
+                raise ValueError("DCGANGenerator: this conditional generator needs labels")
+            onehot = nn.functional.one_hot(labels.long(), self.num_classes).to(z.dtype)
+            z = torch.cat([z, onehot[:, :, None, None]], dim=1)
+        return self.model(z)
+
+
+class DCGANDiscriminator(nn.Module):
+    """DCGAN discriminator: strided convs doubling the channels down to 4x4, BatchNorm
+    except on the input layer, LeakyReLU 0.2, a 4x4 conv to one logit (no sigmoid: use
+    a with-logits loss). ``num_classes`` > 0 joins the one-hot label to the image as
+    extra channels (conditional GAN)."""
+
+    def __init__(self, in_ch: int = 3, ndf: int = 64, img_size: int = 64,
+                 num_classes: int = 0) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        levels = _dcgan_levels(img_size)
+        layers: list[nn.Module] = [nn.Conv2d(in_ch + num_classes, ndf, 4, 2, 1, bias=False),
+                                   nn.LeakyReLU(0.2, True)]
+        ch = ndf
+        for _ in range(levels - 1):
+            layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch * 2),
+                       nn.LeakyReLU(0.2, True)]
+            ch *= 2
+        layers.append(nn.Conv2d(ch, 1, 4, 1, 0, bias=False))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        if self.num_classes:
+            if labels is None:
+                raise ValueError("DCGANDiscriminator: this conditional discriminator needs labels")
+            onehot = nn.functional.one_hot(labels.long(), self.num_classes).to(x.dtype)
+            x = torch.cat([x, onehot[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])], 1)
+        return self.model(x).flatten(1)
+
+
+def init_weights(module: nn.Module, std: float = 0.02) -> nn.Module:
+    """The papers' initialisation: conv weights N(0, std), norm weights N(1, std), biases 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d, InstanceNormReLU)):
+            if getattr(m, "weight", None) is not None:
+                nn.init.normal_(m.weight, 1.0, std)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+    return module
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (optionally only those that require gradients)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
