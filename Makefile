@@ -4,8 +4,8 @@
 #   make test     set up, then: CUDA + C++ build (pip), CMake/LibTorch build + ctest, pytest
 #   make bench    the benchmark suites (results go to benchmarks/RESULTS.md by hand)
 #
-# Options: USE_SYSTEM_TORCH=1 uses the interpreter's torch (a venv with system site
-# packages, nothing downloaded); PYTHON=python3.X picks the interpreter;
+# Options: USE_SYSTEM_TORCH=1 builds into the interpreter's own environment and uses
+# its torch (no venv; only missing test packages are installed); PYTHON picks it;
 # PYGANX_CPU_ONLY=1 skips the CUDA kernels; MAX_JOBS sets compile parallelism.
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -13,9 +13,15 @@ SHELL := /bin/bash
 
 PYTHON ?= python3
 VENV ?= .venv
-PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.14.1
 USE_SYSTEM_TORCH ?= 0
+# With USE_SYSTEM_TORCH=1 the interpreter itself is used, not a venv on top of it: a
+# venv made from an interpreter that is itself a venv would not see that venv's torch.
+ifeq ($(USE_SYSTEM_TORCH),1)
+  PY := $(PYTHON)
+else
+  PY := $(VENV)/bin/python
+endif
 STAMPS := .stamps
 CMAKE_BUILD := build/cmake
 
@@ -40,7 +46,6 @@ help:
 $(STAMPS)/venv-$(USE_SYSTEM_TORCH):
 	@mkdir -p $(STAMPS)
 	@if [ "$(USE_SYSTEM_TORCH)" = "1" ]; then \
-	  $(PYTHON) -m venv --system-site-packages $(VENV); \
 	  missing=$$($(PY) -c 'import importlib.util as u; print(" ".join(m for m in ["torch","numpy","ninja","setuptools","PIL","tqdm","pytest","pytest_benchmark"] if u.find_spec(m) is None))'); \
 	  if [ -n "$$missing" ]; then echo "USE_SYSTEM_TORCH=1: installing missing $$missing"; \
 	    $(PY) -m pip install -q $$(echo $$missing | sed 's/PIL/pillow/;s/pytest_benchmark/pytest-benchmark/'); fi; \
