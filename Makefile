@@ -40,7 +40,7 @@ DEPS := numpy ninja setuptools wheel pillow tqdm pytest pytest-benchmark
 .PHONY: help setup build test pytest cmake-test demo bench clean
 
 help:
-	@sed -n '2,10p' Makefile
+	@sed -n '/^#/!q;p' Makefile
 
 # --- environment -------------------------------------------------------------
 $(STAMPS)/venv-$(USE_SYSTEM_TORCH):
