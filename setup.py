@@ -108,6 +108,7 @@ def extension():
             extra_link_args=link,
         ), with_cuda
     sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "ops" / "cuda").glob("*.cu"))
+    sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "ops" / "cuda").glob("*.cpp"))
     nvcc = opt + defines + ["-DPYGANX_WITH_CUDA", "--expt-relaxed-constexpr", "-lineinfo", "--threads", "2"]
     return cpp_extension.CUDAExtension(
         "pyganx._C",

@@ -88,15 +88,24 @@ at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDoub
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_relu_forward_with(
     ForwardLauncher launch, const at::Tensor& x, const std::optional<at::Tensor>& weight,
-    const std::optional<at::Tensor>& bias, double eps, bool relu) {
+    const std::optional<at::Tensor>& bias, double eps, bool relu, const at::Tensor& residual) {
   const char* op = "pyganx.instance_norm_relu";
   TORCH_CHECK(eps >= 0.0, op, ": eps must be non-negative, got ", eps);
   auto in = prepare_input(op, x, weight, bias);
+  at::Tensor res;
+  if (residual.defined()) {
+    TORCH_CHECK(residual.sizes() == x.sizes() && residual.scalar_type() == x.scalar_type() &&
+                    residual.device() == x.device(),
+                op, ": the residual must match the input's shape, dtype and device");
+    res = (in.unbatched ? residual.unsqueeze(0) : residual)
+              .contiguous(in.channels_last ? at::MemoryFormat::ChannelsLast
+                                           : at::MemoryFormat::Contiguous);
+  }
   at::Tensor out = empty_in_layout(in, x.scalar_type());
   const auto stats_opts = x.options().dtype(acc_dtype(x.scalar_type()));
   at::Tensor mean = at::empty({in.N, in.C}, stats_opts);
   at::Tensor rstd = at::empty({in.N, in.C}, stats_opts);
-  if (in.N * in.C > 0) launch(in, eps, relu, out, mean, rstd);
+  if (in.N * in.C > 0) launch(in, res, eps, relu, out, mean, rstd);
   return {to_caller_rank(out, in), mean, rstd};
 }
 
@@ -146,10 +155,11 @@ namespace {
 
 const void* data_or_null(const at::Tensor& t) { return t.defined() ? t.const_data_ptr() : nullptr; }
 
-void launch_forward_cpu(const InstanceNormInput& in, double eps, bool relu, at::Tensor& out,
-                        at::Tensor& mean, at::Tensor& rstd) {
+void launch_forward_cpu(const InstanceNormInput& in, const at::Tensor& residual, double eps,
+                        bool relu, at::Tensor& out, at::Tensor& mean, at::Tensor& rstd) {
   cpu::InstanceNormForwardParams p;
   p.x = in.x.const_data_ptr();
+  p.residual = data_or_null(residual);
   p.out = out.mutable_data_ptr();
   p.mean = mean.mutable_data_ptr();
   p.rstd = rstd.mutable_data_ptr();
@@ -209,6 +219,9 @@ instance_norm_relu_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
 }
 
 }  // namespace
+
+InstanceNormLaunchers cpu_launchers() { return {launch_forward_cpu, launch_backward_cpu}; }
+
 }  // namespace pyganx::ops
 
 TORCH_LIBRARY_FRAGMENT(pyganx, m) {

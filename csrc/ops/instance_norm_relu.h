@@ -25,17 +25,28 @@ struct InstanceNormInput {
 at::ScalarType acc_dtype(at::ScalarType t);
 
 // Kernel launchers: write out/mean/rstd, or grad_x (undefined when not wanted),
-// sum_dy and sum_dy_xhat ([N, C], acc dtype). Called only when N * C > 0.
-using ForwardLauncher = void (*)(const InstanceNormInput& in, double eps, bool relu,
-                                 at::Tensor& out, at::Tensor& mean, at::Tensor& rstd);
+// sum_dy and sum_dy_xhat ([N, C], acc dtype). Called only when N * C > 0. `residual`
+// is undefined, or a tensor of x's shape, dtype and layout added to the output
+// (out = act(norm(x)) + residual), which the residual block uses.
+using ForwardLauncher = void (*)(const InstanceNormInput& in, const at::Tensor& residual,
+                                 double eps, bool relu, at::Tensor& out, at::Tensor& mean,
+                                 at::Tensor& rstd);
 using BackwardLauncher = void (*)(const InstanceNormInput& in, const at::Tensor& grad_out,
                                   const at::Tensor& mean, const at::Tensor& rstd, bool relu,
                                   at::Tensor& grad_x, at::Tensor& sum_dy,
                                   at::Tensor& sum_dy_xhat);
 
+// A backend's pair of launchers (the residual block calls the norms through these).
+struct InstanceNormLaunchers {
+  ForwardLauncher forward = nullptr;
+  BackwardLauncher backward = nullptr;
+};
+InstanceNormLaunchers cpu_launchers();
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_relu_forward_with(
     ForwardLauncher launch, const at::Tensor& x, const std::optional<at::Tensor>& weight,
-    const std::optional<at::Tensor>& bias, double eps, bool relu);
+    const std::optional<at::Tensor>& bias, double eps, bool relu,
+    const at::Tensor& residual = {});
 
 std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<at::Tensor>>
 instance_norm_relu_backward_with(BackwardLauncher launch, const at::Tensor& grad_out,
@@ -45,3 +56,8 @@ instance_norm_relu_backward_with(BackwardLauncher launch, const at::Tensor& grad
                                  std::array<bool, 3> output_mask);
 
 }  // namespace pyganx::ops
+
+namespace pyganx::cuda {
+// The CUDA launchers (defined in cuda/instance_norm_relu_kernel.cu; CUDA builds only).
+ops::InstanceNormLaunchers launchers();
+}  // namespace pyganx::cuda

@@ -14,6 +14,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..ops import residual_block
 from .norm import InstanceNormReLU
 
 
@@ -38,11 +39,12 @@ class ResidualBlock(nn.Module):
     """``x + IN(conv3x3(pad(ReLU(IN(conv3x3(pad(x)))))))`` (CycleGAN: reflection padding,
     no affine, conv bias; StarGAN: zero padding, affine, no bias).
 
-    ``fused=True`` runs the norm + ReLU and the second norm through pyganx's compiled
-    instance-norm op (the fully fused block op is the network issue's next step);
-    ``fused=False`` is the plain PyTorch composition. Both have the same parameters and
-    state_dict keys. ``dropout`` > 0 adds dropout between the two
-    convolutions, as CycleGAN's ``--use_dropout``.
+    ``fused=True`` runs the whole block as pyganx's compiled ``residual_block`` op
+    (padding folded into the convolutions, the second norm and the residual add in one
+    pass, a backward that keeps about one plane per block); ``fused=False`` is the plain
+    PyTorch composition. Both have the same parameters and state_dict keys. ``dropout``
+    > 0 adds dropout between the two convolutions, as CycleGAN's ``--use_dropout``;
+    that case always runs the composition.
     """
 
     def __init__(self, dim: int, padding: str = "reflect", affine: bool = False,
@@ -61,11 +63,22 @@ class ResidualBlock(nn.Module):
             else:
                 layers.append(_norm(dim, affine, fused))
         self.block = nn.Sequential(*layers)
+        self.padding = padding
+        self.fused = fused and dropout == 0
+
+    def _parts(self) -> tuple[nn.Conv2d, nn.Conv2d, InstanceNormReLU, InstanceNormReLU]:
+        convs = [m for m in self.block if isinstance(m, nn.Conv2d)]
+        norms = [m for m in self.block if isinstance(m, InstanceNormReLU)]
+        return convs[0], convs[1], norms[0], norms[1]
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.shape[-1] < 2 or x.shape[-2] < 2:
-            raise ValueError(f"ResidualBlock: H and W must be at least 2, got input of shape "
-                             f"{list(x.shape)}")
+        if x.dim() != 4 or x.shape[-1] < 2 or x.shape[-2] < 2:
+            raise ValueError(f"ResidualBlock: expected (N, C, H, W) input with H and W at "
+                             f"least 2, got shape {list(x.shape)}")
+        if self.fused:
+            c1, c2, n1, n2 = self._parts()
+            return residual_block(x, c1.weight, c1.bias, c2.weight, c2.bias, n1.weight, n1.bias,
+                                  n2.weight, n2.bias, self.padding, n1.eps)
         return x + self.block(x)
 
 

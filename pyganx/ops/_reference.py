@@ -61,3 +61,23 @@ def instance_norm_relu_backward(grad_out: Tensor, x: Tensor, mean: Tensor, rstd:
     if output_mask[2] and bias is not None:
         db = s_gm.sum(dim=(0, 2, 3)).to(bias.dtype)
     return dx, dw, db
+
+
+def residual_block(x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None,
+                   gamma1: Tensor | None = None, beta1: Tensor | None = None,
+                   gamma2: Tensor | None = None, beta2: Tensor | None = None,
+                   padding: str = "reflect", eps: float = 1e-5) -> Tensor:
+    """x + IN2(conv3x3(pad(ReLU(IN1(conv3x3(pad(x))))))) in plain PyTorch."""
+    if padding not in ("reflect", "zero"):
+        raise ValueError(f"residual_block: padding must be 'reflect' or 'zero', got {padding!r}")
+    if x.dim() != 4 or x.shape[-1] < 2 or x.shape[-2] < 2:
+        raise ValueError(f"residual_block: expected a 4-D input with H and W at least 2, got "
+                         f"shape {list(x.shape)}")
+
+    def conv(t: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        if padding == "reflect":
+            return F.conv2d(F.pad(t, (1, 1, 1, 1), mode="reflect"), w, b)
+        return F.conv2d(t, w, b, padding=1)
+
+    h = F.relu(F.instance_norm(conv(x, w1, b1), weight=gamma1, bias=beta1, eps=eps))
+    return x + F.instance_norm(conv(h, w2, b2), weight=gamma2, bias=beta2, eps=eps)

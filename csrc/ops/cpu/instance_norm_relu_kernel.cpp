@@ -267,10 +267,10 @@ inline Vectorized<acc_t> normalize_vec(const Vectorized<acc_t>& x, const Vectori
   return v;
 }
 
-// Normalises a contiguous span of one plane.
+// Normalises a contiguous span of one plane; with `res`, adds it after the activation.
 template <typename T, bool kRelu>
-inline void span_apply(const T* x, T* y, int64_t len, const Normalizer<at::opmath_type<T>>& nz,
-                       bool stream) {
+inline void span_apply(const T* x, const T* res, T* y, int64_t len,
+                       const Normalizer<at::opmath_type<T>>& nz, bool stream) {
   using IO = Io<T>;
   using acc_t = typename IO::acc_t;
   using aVec = typename IO::aVec;
@@ -281,10 +281,17 @@ inline void span_apply(const T* x, T* y, int64_t len, const Normalizer<at::opmat
         IO::load(x + i, a, b);
         a = normalize_vec<acc_t, kRelu>(a, mh, ml, vs, vb);
         b = normalize_vec<acc_t, kRelu>(b, mh, ml, vs, vb);
+        if (res) {
+          aVec ra, rb;
+          IO::load(res + i, ra, rb);
+          a = a + ra;
+          b = b + rb;
+        }
       },
       [&](int64_t i) {
-        return normalize_scalar<acc_t, kRelu>(static_cast<acc_t>(x[i]), nz.mean_hi, nz.mean_lo,
-                                              nz.scale, nz.bias);
+        const acc_t v = normalize_scalar<acc_t, kRelu>(static_cast<acc_t>(x[i]), nz.mean_hi,
+                                                       nz.mean_lo, nz.scale, nz.bias);
+        return res ? v + static_cast<acc_t>(res[i]) : v;
       });
 }
 
@@ -315,9 +322,11 @@ void forward_nchw(const InstanceNormForwardParams& p) {
   auto* rstd = static_cast<acc_t*>(p.rstd);
   const auto* weight = static_cast<const acc_t*>(p.weight);
   const auto* bias = static_cast<const acc_t*>(p.bias);
+  const T* res = static_cast<const T*>(p.residual);
   const int64_t planes = p.N * p.C, L = p.HW;
   const int64_t chunks = ceil_div(L, kChunk);
   const bool stream = planes * L * static_cast<int64_t>(sizeof(T)) >= kStreamBytes;
+  auto res_at = [&](int64_t off) { return res ? res + off : nullptr; };
 
   auto finish_plane = [&](int64_t q, const Moments& m) {
     const double r = 1.0 / std::sqrt(m.m2 / static_cast<double>(L) + p.eps);
@@ -339,7 +348,7 @@ void forward_nchw(const InstanceNormForwardParams& p) {
           span_moments(xp + s, len, cm, cm2);
           m.merge(cm, cm2, len);
         }
-        span_apply<T, kRelu>(xp, y + q * L, L, finish_plane(q, m), stream);
+        span_apply<T, kRelu>(xp, res_at(q * L), y + q * L, L, finish_plane(q, m), stream);
       }
     });
     return;
@@ -362,7 +371,8 @@ void forward_nchw(const InstanceNormForwardParams& p) {
   at::parallel_for(0, planes * chunks, task_grain(kChunk), [&](int64_t begin, int64_t end) {
     for (int64_t it = begin; it < end; ++it) {
       const int64_t q = it / chunks, s = (it % chunks) * kChunk;
-      span_apply<T, kRelu>(x + q * L + s, y + q * L + s, std::min(kChunk, L - s), nz[q], stream);
+      span_apply<T, kRelu>(x + q * L + s, res_at(q * L + s), y + q * L + s,
+                           std::min(kChunk, L - s), nz[q], stream);
     }
   });
 }
@@ -469,9 +479,10 @@ struct ChannelNormalizers {
   }
 };
 
-// Normalises rows x C channels; q0 is the (n, 0) index into the channel vectors.
+// Normalises rows x C channels (adding `res` when given); q0 is the (n, 0) index into
+// the channel vectors.
 template <typename T, bool kRelu>
-void rows_apply(const T* x, T* y, int64_t rows, int64_t C,
+void rows_apply(const T* x, const T* res, T* y, int64_t rows, int64_t C,
                 const ChannelNormalizers<at::opmath_type<T>>& cn, int64_t q0) {
   using IO = Io<T>;
   using acc_t = typename IO::acc_t;
@@ -483,20 +494,28 @@ void rows_apply(const T* x, T* y, int64_t rows, int64_t C,
   const acc_t* bi = cn.bias.data() + q0;
   for (int64_t r = 0; r < rows; ++r) {
     const T* xr = x + r * C;
+    const T* rr = res ? res + r * C : nullptr;
     T* yr = y + r * C;
     aVec a, b;
     int64_t c = 0;
     for (; c + IO::kBlock <= C; c += IO::kBlock) {
       IO::load(xr + c, a, b);
-      IO::store(yr + c,
-                normalize_vec<acc_t, kRelu>(a, aVec::loadu(mh + c), aVec::loadu(ml + c),
-                                            aVec::loadu(sc + c), aVec::loadu(bi + c)),
-                normalize_vec<acc_t, kRelu>(b, aVec::loadu(mh + c + w), aVec::loadu(ml + c + w),
-                                            aVec::loadu(sc + c + w), aVec::loadu(bi + c + w)));
+      a = normalize_vec<acc_t, kRelu>(a, aVec::loadu(mh + c), aVec::loadu(ml + c),
+                                      aVec::loadu(sc + c), aVec::loadu(bi + c));
+      b = normalize_vec<acc_t, kRelu>(b, aVec::loadu(mh + c + w), aVec::loadu(ml + c + w),
+                                      aVec::loadu(sc + c + w), aVec::loadu(bi + c + w));
+      if (rr) {
+        aVec ra, rb;
+        IO::load(rr + c, ra, rb);
+        a = a + ra;
+        b = b + rb;
+      }
+      IO::store(yr + c, a, b);
     }
     for (; c < C; ++c) {
-      yr[c] = static_cast<T>(
-          normalize_scalar<acc_t, kRelu>(static_cast<acc_t>(xr[c]), mh[c], ml[c], sc[c], bi[c]));
+      const acc_t v =
+          normalize_scalar<acc_t, kRelu>(static_cast<acc_t>(xr[c]), mh[c], ml[c], sc[c], bi[c]);
+      yr[c] = static_cast<T>(rr ? v + static_cast<acc_t>(rr[c]) : v);
     }
   }
 }
@@ -511,6 +530,7 @@ void forward_nhwc(const InstanceNormForwardParams& p) {
   auto* rstd = static_cast<acc_t*>(p.rstd);
   const auto* weight = static_cast<const acc_t*>(p.weight);
   const auto* bias = static_cast<const acc_t*>(p.bias);
+  const T* res = static_cast<const T*>(p.residual);
   const int64_t C = p.C, L = p.HW;
   const RowBlocks rb(p.N, L, C);
 
@@ -542,7 +562,8 @@ void forward_nhwc(const InstanceNormForwardParams& p) {
   at::parallel_for(0, rb.items, task_grain(rb.rows_per_item * C), [&](int64_t begin, int64_t end) {
     for (int64_t it = begin; it < end; ++it) {
       const int64_t n = rb.image(it), off = (n * L + rb.row_begin(it)) * C;
-      rows_apply<T, kRelu>(x + off, y + off, rb.row_count(it, L), C, cn, n * C);
+      rows_apply<T, kRelu>(x + off, res ? res + off : nullptr, y + off, rb.row_count(it, L), C,
+                           cn, n * C);
     }
   });
 }

@@ -22,6 +22,7 @@ struct InstanceNormForwardParams {
   void* rstd = nullptr;          // [N * C], acc type
   const void* weight = nullptr;  // [C], acc type, or null
   const void* bias = nullptr;    // [C], acc type, or null
+  const void* residual = nullptr;  // same layout and dtype as x, or null: out += residual
   int64_t N = 0, C = 0, HW = 0;
   double eps = 1e-5;
   bool relu = true;

@@ -147,7 +147,8 @@ __device__ __forceinline__ void plane_affine(const acc_t* w, const acc_t* b, int
 // ---------------------------------------------------------------------------------
 // Plane kernels (NCHW): one block per plane.
 template <typename T, int VEC, bool RELU>
-__global__ void forward_plane_kernel(const T* __restrict__ x, T* __restrict__ y,
+__global__ void forward_plane_kernel(const T* __restrict__ x, const T* __restrict__ res,
+                                     T* __restrict__ y,
                                      at::opmath_type<T>* __restrict__ mean_out,
                                      at::opmath_type<T>* __restrict__ rstd_out,
                                      const at::opmath_type<T>* __restrict__ weight,
@@ -184,10 +185,13 @@ __global__ void forward_plane_kernel(const T* __restrict__ x, T* __restrict__ y,
   const acc_t mu = s_mean, scale = s_scale, beta = s_bias;
   for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
     auto pk = reinterpret_cast<const Pack<T, VEC>*>(xp)[i];
+    Pack<T, VEC> rk;
+    if (res != nullptr) rk = reinterpret_cast<const Pack<T, VEC>*>(res + plane * L)[i];
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
-      pk.v[j] = static_cast<T>(
-          activate<acc_t, RELU>(((static_cast<acc_t>(pk.v[j]) - pivot) - mu) * scale + beta));
+      acc_t v = activate<acc_t, RELU>(((static_cast<acc_t>(pk.v[j]) - pivot) - mu) * scale + beta);
+      if (res != nullptr) v += static_cast<acc_t>(rk.v[j]);
+      pk.v[j] = static_cast<T>(v);
     }
     reinterpret_cast<Pack<T, VEC>*>(yp)[i] = pk;
   }
@@ -406,7 +410,8 @@ __device__ __forceinline__ int64_t plane_of(int64_t e, int64_t L, int64_t C) {
 }
 
 template <typename T, int VEC, bool RELU, bool CL>
-__global__ void apply_kernel(const T* __restrict__ x, T* __restrict__ y,
+__global__ void apply_kernel(const T* __restrict__ x, const T* __restrict__ res,
+                             T* __restrict__ y,
                              const at::opmath_type<T>* __restrict__ norm, int64_t total,
                              int64_t L, int64_t C) {
   using acc_t = at::opmath_type<T>;
@@ -414,13 +419,16 @@ __global__ void apply_kernel(const T* __restrict__ x, T* __restrict__ y,
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < nvec;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     auto pk = reinterpret_cast<const Pack<T, VEC>*>(x)[i];
+    Pack<T, VEC> rk;
+    if (res != nullptr) rk = reinterpret_cast<const Pack<T, VEC>*>(res)[i];
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
       const int64_t q = plane_of<CL>(i * VEC + j, L, C);
-      const acc_t v =
+      acc_t v = activate<acc_t, RELU>(
           ((static_cast<acc_t>(pk.v[j]) - norm[4 * q]) - norm[4 * q + 1]) * norm[4 * q + 2] +
-          norm[4 * q + 3];
-      pk.v[j] = static_cast<T>(activate<acc_t, RELU>(v));
+          norm[4 * q + 3]);
+      if (res != nullptr) v += static_cast<acc_t>(rk.v[j]);
+      pk.v[j] = static_cast<T>(v);
     }
     reinterpret_cast<Pack<T, VEC>*>(y)[i] = pk;
   }
@@ -536,8 +544,8 @@ Split split_of(const InstanceNormInput& in, int sms) {
   return split_for(in.HW, in.N * in.C, 4096, sms);
 }
 
-void launch_forward_cuda(const InstanceNormInput& in, double eps, bool relu, at::Tensor& out,
-                         at::Tensor& mean, at::Tensor& rstd) {
+void launch_forward_cuda(const InstanceNormInput& in, const at::Tensor& residual, double eps,
+                         bool relu, at::Tensor& out, at::Tensor& mean, at::Tensor& rstd) {
   const c10::cuda::CUDAGuard guard(in.x.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int sms = sm_count(in.x.get_device());
@@ -547,15 +555,17 @@ void launch_forward_cuda(const InstanceNormInput& in, double eps, bool relu, at:
     using acc_t = at::opmath_type<scalar_t>;
     const auto* x = in.x.const_data_ptr<scalar_t>();
     auto* y = out.mutable_data_ptr<scalar_t>();
+    const auto* res = static_cast<const scalar_t*>(ptr_or_null(residual));
     const auto* w = static_cast<const acc_t*>(ptr_or_null(in.weight));
     const auto* b = static_cast<const acc_t*>(ptr_or_null(in.bias));
     auto* mu = mean.mutable_data_ptr<acc_t>();
     auto* rs = rstd.mutable_data_ptr<acc_t>();
     if (use_plane_kernels(in, sms)) {
-      with_vec<scalar_t>(can_vectorize<scalar_t>(L, {x, y}), [&](auto vec) {
+      with_vec<scalar_t>(can_vectorize<scalar_t>(L, {x, y, res}), [&](auto vec) {
         with_bool(relu, [&](auto r) {
           forward_plane_kernel<scalar_t, decltype(vec)::value, decltype(r)::value>
-              <<<checked_blocks(planes), plane_threads(L), 0, stream>>>(x, y, mu, rs, w, b, L, in.C, eps);
+              <<<checked_blocks(planes), plane_threads(L), 0, stream>>>(x, res, y, mu, rs, w, b, L,
+                                                                        in.C, eps);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
       });
@@ -573,12 +583,13 @@ void launch_forward_cuda(const InstanceNormInput& in, double eps, bool relu, at:
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
     const auto* nm = norm.const_data_ptr<acc_t>();
-    with_vec<scalar_t>(can_vectorize<scalar_t>(total, {x, y}), [&](auto vec) {
+    with_vec<scalar_t>(can_vectorize<scalar_t>(total, {x, y, res}), [&](auto vec) {
       with_bool(relu, [&](auto r) {
         with_bool(in.channels_last, [&](auto cl) {
           constexpr int V = decltype(vec)::value;
           apply_kernel<scalar_t, V, decltype(r)::value, decltype(cl)::value>
-              <<<apply_blocks(total / V, sms), kThreads, 0, stream>>>(x, y, nm, total, L, in.C);
+              <<<apply_blocks(total / V, sms), kThreads, 0, stream>>>(x, res, y, nm, total, L,
+                                                                      in.C);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
       });
@@ -668,6 +679,9 @@ instance_norm_relu_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x
 }
 
 }  // namespace
+
+ops::InstanceNormLaunchers launchers() { return {launch_forward_cuda, launch_backward_cuda}; }
+
 }  // namespace pyganx::cuda
 
 TORCH_LIBRARY_IMPL(pyganx, CUDA, m) {

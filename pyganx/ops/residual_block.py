@@ -1,0 +1,86 @@
+"""Python face of pyganx::residual_block: the wrapper and the fake kernels.
+
+The op computes ``x + IN2(conv3x3(pad(ReLU(IN1(conv3x3(pad(x)))))))``; how it is fused
+(padding folded into the convolutions, IN2 + residual add in one pass, a backward that
+keeps only h1 and the statistics) is described in docs/ops.md. Autograd is registered
+in C++ (csrc/ops/autograd/residual_block_kernel.cpp).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import _extension
+from . import _reference
+from .instance_norm_relu import _empty_output
+
+
+def residual_block(x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None,
+                   gamma1: Tensor | None = None, beta1: Tensor | None = None,
+                   gamma2: Tensor | None = None, beta2: Tensor | None = None,
+                   padding: str = "reflect", eps: float = 1e-5) -> Tensor:
+    """The CycleGAN/StarGAN residual block as one op.
+
+    ``x``: (N, C, H, W), H and W >= 2, contiguous or channels_last (the output keeps
+    the layout); ``w1``/``w2``: (C, C, 3, 3) convolution weights with optional biases
+    ``b1``/``b2``; ``gamma``/``beta``: optional instance-norm affine parameters;
+    ``padding``: ``"reflect"`` (CycleGAN) or ``"zero"`` (StarGAN).
+    """
+    if not _extension.supports(x.device.type):
+        return _reference.residual_block(x, w1, b1, w2, b2, gamma1, beta1, gamma2, beta2,
+                                         padding, eps)
+    return torch.ops.pyganx.residual_block(x, w1, b1, w2, b2, gamma1, beta1, gamma2, beta2,
+                                           padding, eps)
+
+
+def _check(x: Tensor, w1: Tensor, w2: Tensor, padding: str) -> None:
+    torch._check(x.dim() == 4, lambda: f"residual_block: expected a 4-D (N, C, H, W) input, got shape {list(x.shape)}")
+    torch._check(x.shape[2] >= 2 and x.shape[3] >= 2,
+                 lambda: f"residual_block: H and W must be at least 2, got shape {list(x.shape)}")
+    torch._check(padding in ("reflect", "zero"),
+                 lambda: f'residual_block: padding must be "reflect" or "zero", got "{padding}"')
+    c = x.shape[1]
+    for w in (w1, w2):
+        torch._check(tuple(w.shape) == (c, c, 3, 3),
+                     lambda: f"residual_block: weights must have shape (C, C, 3, 3) with C = {c}")
+
+
+def _keeps_h2(x: Tensor, gamma2: Tensor | None, beta2: Tensor | None) -> bool:
+    # Mirrors recover_h2() in csrc/ops/residual_block.cpp.
+    return not (gamma2 is None and beta2 is None and x.dtype in (torch.float32, torch.float64))
+
+
+def _register() -> None:
+    lib = "pyganx::"
+
+    @torch.library.register_fake(lib + "residual_block")
+    def _(x, w1, b1, w2, b2, g1, be1, g2, be2, padding, eps):
+        _check(x, w1, w2, padding)
+        return _empty_output(x)
+
+    @torch.library.register_fake(lib + "_residual_block_forward")
+    def _(x, w1, b1, w2, b2, g1, be1, g2, be2, padding, eps):
+        _check(x, w1, w2, padding)
+        acc = _reference.acc_dtype(x.dtype)
+        stats = [x.new_empty((x.shape[0], x.shape[1]), dtype=acc) for _ in range(4)]
+        h2 = _empty_output(x) if _keeps_h2(x, g2, be2) else x.new_empty((0,))
+        return (_empty_output(x), _empty_output(x), h2, *stats)
+
+    @torch.library.register_fake(lib + "_residual_block_backward")
+    def _(gy, x, y, w1, b1, w2, b2, g1, be1, g2, be2, h1, h2, m1, r1, m2, r2, padding, eps,
+          mask):
+        _check(x, w1, w2, padding)
+        like = (x, w1, b1, w2, b2, g1, be1, g2, be2)
+        out = []
+        for i, t in enumerate(like):
+            if not mask[i] or t is None:
+                out.append(None)
+            elif i == 0:
+                out.append(_empty_output(x))
+            else:
+                out.append(torch.empty_like(t, memory_format=torch.contiguous_format))
+        return tuple(out)
+
+
+if _extension.extension_available():
+    _register()
