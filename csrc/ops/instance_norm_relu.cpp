@@ -51,7 +51,9 @@ InstanceNormInput prepare_input(const char* op, const at::Tensor& x,
   at::Tensor x4 = in.unbatched ? x.unsqueeze(0) : x;
   in.N = x4.size(0);
   in.C = x4.size(1);
-  in.HW = x4.size(2) * x4.size(3);
+  in.H = x4.size(2);
+  in.W = x4.size(3);
+  in.HW = in.H * in.W;
   TORCH_CHECK(in.N * in.C == 0 || in.HW > 1, op,
               ": expected more than 1 spatial element per channel (H * W > 1), got input size ",
               x.sizes());
@@ -88,7 +90,8 @@ at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDoub
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_relu_forward_with(
     ForwardLauncher launch, const at::Tensor& x, const std::optional<at::Tensor>& weight,
-    const std::optional<at::Tensor>& bias, double eps, bool relu, const at::Tensor& residual) {
+    const std::optional<at::Tensor>& bias, double eps, bool relu, const at::Tensor& residual,
+    bool pad_out) {
   const char* op = "pyganx.instance_norm_relu";
   TORCH_CHECK(eps >= 0.0, op, ": eps must be non-negative, got ", eps);
   auto in = prepare_input(op, x, weight, bias);
@@ -101,11 +104,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_relu_forward_with(
               .contiguous(in.channels_last ? at::MemoryFormat::ChannelsLast
                                            : at::MemoryFormat::Contiguous);
   }
-  at::Tensor out = empty_in_layout(in, x.scalar_type());
+  at::Tensor out;
+  if (pad_out) {
+    TORCH_CHECK(!res.defined() && !in.unbatched && in.H >= 2 && in.W >= 2, op,
+                ": a padded output needs 4-D input with H, W >= 2 and no residual");
+    out = at::empty({in.N, in.C, in.H + 2, in.W + 2},
+                    in.x.options().memory_format(in.channels_last ? at::MemoryFormat::ChannelsLast
+                                                                  : at::MemoryFormat::Contiguous));
+  } else {
+    out = empty_in_layout(in, x.scalar_type());
+  }
   const auto stats_opts = x.options().dtype(acc_dtype(x.scalar_type()));
   at::Tensor mean = at::empty({in.N, in.C}, stats_opts);
   at::Tensor rstd = at::empty({in.N, in.C}, stats_opts);
-  if (in.N * in.C > 0) launch(in, res, eps, relu, out, mean, rstd);
+  if (in.N * in.C > 0) launch(in, res, pad_out, eps, relu, out, mean, rstd);
   return {to_caller_rank(out, in), mean, rstd};
 }
 
@@ -155,11 +167,15 @@ namespace {
 
 const void* data_or_null(const at::Tensor& t) { return t.defined() ? t.const_data_ptr() : nullptr; }
 
-void launch_forward_cpu(const InstanceNormInput& in, const at::Tensor& residual, double eps,
-                        bool relu, at::Tensor& out, at::Tensor& mean, at::Tensor& rstd) {
+void launch_forward_cpu(const InstanceNormInput& in, const at::Tensor& residual, bool pad_out,
+                        double eps, bool relu, at::Tensor& out, at::Tensor& mean,
+                        at::Tensor& rstd) {
   cpu::InstanceNormForwardParams p;
   p.x = in.x.const_data_ptr();
   p.residual = data_or_null(residual);
+  p.pad_out = pad_out;
+  p.H = in.H;
+  p.W = in.W;
   p.out = out.mutable_data_ptr();
   p.mean = mean.mutable_data_ptr();
   p.rstd = rstd.mutable_data_ptr();

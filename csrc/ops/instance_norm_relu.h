@@ -18,7 +18,7 @@ struct InstanceNormInput {
   at::Tensor bias;    // [C] contiguous in the acc dtype, or undefined
   bool channels_last = false;
   bool unbatched = false;  // the caller passed (C, H, W)
-  int64_t N = 0, C = 0, HW = 0;
+  int64_t N = 0, C = 0, HW = 0, H = 0, W = 0;
 };
 
 // Statistics dtype: float64 for float64 input, float32 otherwise.
@@ -27,10 +27,11 @@ at::ScalarType acc_dtype(at::ScalarType t);
 // Kernel launchers: write out/mean/rstd, or grad_x (undefined when not wanted),
 // sum_dy and sum_dy_xhat ([N, C], acc dtype). Called only when N * C > 0. `residual`
 // is undefined, or a tensor of x's shape, dtype and layout added to the output
-// (out = act(norm(x)) + residual), which the residual block uses.
+// (out = act(norm(x)) + residual); with pad_out, out is (N, C, H + 2, W + 2) in x's
+// layout and its 1-pixel ring holds the reflection (the residual block uses both).
 using ForwardLauncher = void (*)(const InstanceNormInput& in, const at::Tensor& residual,
-                                 double eps, bool relu, at::Tensor& out, at::Tensor& mean,
-                                 at::Tensor& rstd);
+                                 bool pad_out, double eps, bool relu, at::Tensor& out,
+                                 at::Tensor& mean, at::Tensor& rstd);
 using BackwardLauncher = void (*)(const InstanceNormInput& in, const at::Tensor& grad_out,
                                   const at::Tensor& mean, const at::Tensor& rstd, bool relu,
                                   at::Tensor& grad_x, at::Tensor& sum_dy,
@@ -46,7 +47,7 @@ InstanceNormLaunchers cpu_launchers();
 std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_relu_forward_with(
     ForwardLauncher launch, const at::Tensor& x, const std::optional<at::Tensor>& weight,
     const std::optional<at::Tensor>& bias, double eps, bool relu,
-    const at::Tensor& residual = {});
+    const at::Tensor& residual = {}, bool pad_out = false);
 
 std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<at::Tensor>>
 instance_norm_relu_backward_with(BackwardLauncher launch, const at::Tensor& grad_out,

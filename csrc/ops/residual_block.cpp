@@ -25,6 +25,7 @@
 #include "residual_block.h"
 
 #include <ATen/ops/cat.h>
+#include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/convolution.h>
 #include <ATen/ops/convolution_backward.h>
 #include <ATen/ops/empty.h>
@@ -102,15 +103,18 @@ at::MemoryFormat layout_of(const at::Tensor& x) {
              : at::MemoryFormat::Contiguous;
 }
 
-// Both thin strips the reflected ring is made of, and the matching kernel slices:
-//   tb: rows 1 and H-2 (what rows -1 and H reflect), each reflection-padded along W,
-//       as (N, 2C, 1, W+2), with k_tb = [w[:, :, 0:1, :]; w[:, :, 2:3, :]] (2C_out, C, 1, 3);
-//   lr: columns 1 and W-2, as (N, 2C, H, 1), with k_lr = [w[..., 0:1]; w[..., 2:3]].
-// A groups=2 convolution of each gives the correction of output rows 0 and H-1
-// (corners included) and of columns 0 and W-1.
+// conv3x3(reflect_pad(x)) without the padded tensor: the zero-padded convolution plus
+// the ring's contribution, which reaches only the outermost output rows and columns.
+// Row -1 reflects row 1 and row H reflects row H-2 (each reflection-padded along W,
+// which covers the corners); they meet kernel rows 0 and 2. Column -1 reflects column 1
+// and column W column W-2 (zero above and below: the corners are in the rows); they
+// meet kernel columns 0 and 2. The four strips, laid out as rows, form one grouped
+// convolution with the four matching 1x3 kernel slices (two when H != W).
 struct Ring {
-  at::Tensor rows;  // (N, 2C, W): rows 1 and H-2, before their reflection padding
-  at::Tensor tb, lr, k_tb, k_lr;
+  at::Tensor rows;     // (N, 2C, W): x rows 1 and H-2, before their reflection padding
+  at::Tensor strips;   // (N, 4C, 1, W+2) when H == W, else undefined
+  at::Tensor tb, lr;   // (N, 2C, 1, W+2), (N, 2C, 1, H+2): the row and the column strips
+  at::Tensor k;        // (4 C_out, C, 1, 3): kernel rows 0, 2, columns 0, 2 (as rows)
 };
 
 Ring ring_of(const at::Tensor& x, const at::Tensor& w) {
@@ -118,67 +122,121 @@ Ring ring_of(const at::Tensor& x, const at::Tensor& w) {
   Ring r;
   r.rows = at::cat({x.narrow(2, 1, 1), x.narrow(2, H - 2, 1)}, 1).squeeze(2);
   r.tb = at::reflection_pad1d(r.rows, {1, 1}).unsqueeze(2);
-  r.lr = at::cat({x.narrow(3, 1, 1), x.narrow(3, W - 2, 1)}, 1);
-  r.k_tb = at::cat({w.narrow(2, 0, 1), w.narrow(2, 2, 1)}, 0);
-  r.k_lr = at::cat({w.narrow(3, 0, 1), w.narrow(3, 2, 1)}, 0);
+  const at::Tensor cols =
+      at::cat({x.narrow(3, 1, 1), x.narrow(3, W - 2, 1)}, 1).squeeze(3);  // (N, 2C, H)
+  r.lr = at::constant_pad_nd(cols, {1, 1}, 0).unsqueeze(2);
+  if (H == W) r.strips = at::cat({r.tb, r.lr}, 1);
+  r.k = at::cat({w.narrow(2, 0, 1), w.narrow(2, 2, 1), w.narrow(3, 0, 1).transpose(2, 3),
+                 w.narrow(3, 2, 1).transpose(2, 3)},
+                0);
   return r;
 }
 
-at::Tensor grouped(const at::Tensor& in, const at::Tensor& k, int64_t pad_h) {
-  return at::convolution(in, k, std::nullopt, {1, 1}, {pad_h, 0}, {1, 1}, false, {0, 0}, 2);
+at::Tensor strip_conv(const at::Tensor& in, const at::Tensor& k, int64_t groups) {
+  return at::convolution(in, k, std::nullopt, {1, 1}, {0, 0}, {1, 1}, false, {0, 0}, groups);
 }
 
-// Adds the first half of `a` (split along split_dim) to index `first` of out's `dim`, and
-// the second half to index `last`.
-void add_halves(at::Tensor& out, const at::Tensor& a, int64_t dim, int64_t first, int64_t last,
-                int64_t split_dim = 1) {
-  const int64_t half = a.size(split_dim) / 2;
-  out.narrow(dim, first, 1).add_(a.narrow(split_dim, 0, half));
-  out.narrow(dim, last, 1).add_(a.narrow(split_dim, half, half));
+// out (N, C, H, W) += the four strip results s (N, 4C, 1, L) or the halves of two.
+void add_ring(at::Tensor& out, const at::Tensor& top_bottom, const at::Tensor& left_right) {
+  const int64_t C = out.size(1), H = out.size(2), W = out.size(3);
+  out.narrow(2, 0, 1).add_(top_bottom.narrow(1, 0, C));
+  out.narrow(2, H - 1, 1).add_(top_bottom.narrow(1, C, C));
+  out.narrow(3, 0, 1).add_(left_right.narrow(1, 0, C).transpose(2, 3));
+  out.narrow(3, W - 1, 1).add_(left_right.narrow(1, C, C).transpose(2, 3));
 }
 
-// conv3x3(pad(x)) with the padding folded in (see the header comment).
-at::Tensor conv3x3(const at::Tensor& x, const at::Tensor& w, const OptTensor& b, bool reflect,
-                   at::MemoryFormat fmt) {
-  at::Tensor h = at::convolution(x, w, b, {1, 1}, {1, 1}, {1, 1}, false, {0, 0}, 1);
-  if (reflect) {
-    const Ring r = ring_of(x, w);
-    add_halves(h, grouped(r.tb, r.k_tb, 0), 2, 0, h.size(2) - 1);
-    add_halves(h, grouped(r.lr, r.k_lr, 1), 3, 0, h.size(3) - 1);
+void add_reflect_ring(at::Tensor& h, const at::Tensor& x, const at::Tensor& w) {
+  const Ring r = ring_of(x, w);
+  const int64_t C = w.size(0);
+  if (r.strips.defined()) {
+    const at::Tensor s = strip_conv(r.strips, r.k, 4);
+    add_ring(h, s.narrow(1, 0, 2 * C), s.narrow(1, 2 * C, 2 * C));
+  } else {
+    add_ring(h, strip_conv(r.tb, r.k.narrow(0, 0, 2 * C), 2),
+             strip_conv(r.lr, r.k.narrow(0, 2 * C, 2 * C), 2));
   }
+}
+
+// Gradients of the ring term w.r.t. x and w, added to gx / gw.
+void reflect_ring_backward(const at::Tensor& g, const at::Tensor& x, const at::Tensor& w,
+                           std::array<bool, 2> mask, at::Tensor& gx, at::Tensor& gw) {
+  const int64_t C = w.size(0), H = x.size(2), W = x.size(3);
+  const Ring r = ring_of(x, w);
+  const at::Tensor g_tb = at::cat({g.narrow(2, 0, 1), g.narrow(2, H - 1, 1)}, 1);
+  const at::Tensor g_lr =
+      at::cat({g.narrow(3, 0, 1), g.narrow(3, W - 1, 1)}, 1).transpose(2, 3);
+  at::Tensor gi_tb, gi_lr, gk;
+  auto back = [&](const at::Tensor& go, const at::Tensor& in, const at::Tensor& k, int64_t groups) {
+    auto res = at::convolution_backward(go, in, k, std::nullopt, {1, 1}, {0, 0}, {1, 1}, false,
+                                        {0, 0}, groups, {mask[0], mask[1], false});
+    return std::make_pair(std::get<0>(res), std::get<1>(res));
+  };
+  if (r.strips.defined()) {
+    auto [gi, gkk] = back(at::cat({g_tb, g_lr}, 1), r.strips, r.k, 4);
+    if (mask[0]) {
+      gi_tb = gi.narrow(1, 0, 2 * C);
+      gi_lr = gi.narrow(1, 2 * C, 2 * C);
+    }
+    gk = gkk;
+  } else {
+    auto [a, ka] = back(g_tb, r.tb, r.k.narrow(0, 0, 2 * C), 2);
+    auto [b, kb] = back(g_lr, r.lr, r.k.narrow(0, 2 * C, 2 * C), 2);
+    gi_tb = a;
+    gi_lr = b;
+    if (mask[1]) gk = at::cat({ka, kb}, 0);
+  }
+  if (mask[1]) {
+    gw.narrow(2, 0, 1).add_(gk.narrow(0, 0, C));
+    gw.narrow(2, 2, 1).add_(gk.narrow(0, C, C));
+    gw.narrow(3, 0, 1).add_(gk.narrow(0, 2 * C, C).transpose(2, 3));
+    gw.narrow(3, 2, 1).add_(gk.narrow(0, 3 * C, C).transpose(2, 3));
+  }
+  if (mask[0]) {
+    const at::Tensor g_rows = at::reflection_pad1d_backward(gi_tb.squeeze(2), r.rows, {1, 1});
+    gx.narrow(2, 1, 1).add_(g_rows.narrow(1, 0, C).unsqueeze(2));
+    gx.narrow(2, H - 2, 1).add_(g_rows.narrow(1, C, C).unsqueeze(2));
+    const at::Tensor g_cols = gi_lr.squeeze(2).narrow(2, 1, H);  // drop the zero padding
+    gx.narrow(3, 1, 1).add_(g_cols.narrow(1, 0, C).unsqueeze(3));
+    gx.narrow(3, W - 2, 1).add_(g_cols.narrow(1, C, C).unsqueeze(3));
+  }
+}
+
+// conv3x3 of x with 1-pixel padding: the convolution's own zero padding, plus the ring
+// term for reflection. `prepadded`: x already holds the reflected ring (N, C, H+2, W+2).
+at::Tensor conv3x3(const at::Tensor& x, const at::Tensor& w, const OptTensor& b, bool reflect,
+                   bool prepadded, at::MemoryFormat fmt) {
+  const int64_t p = prepadded ? 0 : 1;
+  at::Tensor h = at::convolution(x, w, b, {1, 1}, {p, p}, {1, 1}, false, {0, 0}, 1);
+  if (reflect && !prepadded) add_reflect_ring(h, x, w);
   return h.contiguous(fmt);
 }
 
-// Gradients of conv3x3 w.r.t. (x, w, b) for mask.
+// Gradients of conv3x3 w.r.t. (x, w, b) for mask (x's gradient has x's shape: the
+// padded one when x is prepadded).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward(
     const at::Tensor& g, const at::Tensor& x, const at::Tensor& w, bool has_bias, bool reflect,
-    std::array<bool, 3> mask) {
-  const int64_t C = w.size(0), H = x.size(2), W = x.size(3);
-  std::vector<int64_t> bias_sizes{C};
+    bool prepadded, std::array<bool, 3> mask) {
+  const int64_t p = prepadded ? 0 : 1;
+  std::vector<int64_t> bias_sizes{w.size(0)};
   auto [gx, gw, gb] = at::convolution_backward(
-      g, x, w, has_bias ? at::OptionalIntArrayRef(bias_sizes) : std::nullopt, {1, 1}, {1, 1},
+      g, x, w, has_bias ? at::OptionalIntArrayRef(bias_sizes) : std::nullopt, {1, 1}, {p, p},
       {1, 1}, false, {0, 0}, 1, {mask[0], mask[1], mask[2] && has_bias});
-  if (reflect && (mask[0] || mask[1])) {
-    const Ring r = ring_of(x, w);
-    const at::Tensor g_tb = at::cat({g.narrow(2, 0, 1), g.narrow(2, H - 1, 1)}, 1);
-    const at::Tensor g_lr = at::cat({g.narrow(3, 0, 1), g.narrow(3, W - 1, 1)}, 1);
-    auto [gi_tb, gk_tb, u0] = at::convolution_backward(
-        g_tb, r.tb, r.k_tb, std::nullopt, {1, 1}, {0, 0}, {1, 1}, false, {0, 0}, 2,
-        {mask[0], mask[1], false});
-    auto [gi_lr, gk_lr, u1] = at::convolution_backward(
-        g_lr, r.lr, r.k_lr, std::nullopt, {1, 1}, {1, 0}, {1, 1}, false, {0, 0}, 2,
-        {mask[0], mask[1], false});
-    if (mask[1]) {
-      add_halves(gw, gk_tb, 2, 0, 2, 0);
-      add_halves(gw, gk_lr, 3, 0, 2, 0);
-    }
-    if (mask[0]) {
-      const at::Tensor g_rows = at::reflection_pad1d_backward(gi_tb.squeeze(2), r.rows, {1, 1});
-      add_halves(gx, g_rows.unsqueeze(2), 2, 1, H - 2);
-      add_halves(gx, gi_lr, 3, 1, W - 2);
-    }
+  if (reflect && !prepadded && (mask[0] || mask[1])) {
+    reflect_ring_backward(g, x, w, {mask[0], mask[1]}, gx, gw);
   }
   return {gx, gw, gb};
+}
+
+// The gradient of a reflection-padded (N, C, H+2, W+2) buffer folded onto its interior:
+// ring columns onto columns 1 and W-2 (all padded rows), then ring rows onto rows 1 and
+// H-2. Returns the interior (N, C, H, W) in layout fmt.
+at::Tensor fold_reflect_ring(at::Tensor gp, at::MemoryFormat fmt) {
+  const int64_t Hp = gp.size(2), Wp = gp.size(3);
+  gp.narrow(3, 2, 1).add_(gp.narrow(3, 0, 1));
+  gp.narrow(3, Wp - 3, 1).add_(gp.narrow(3, Wp - 1, 1));
+  gp.narrow(2, 2, 1).add_(gp.narrow(2, 0, 1));
+  gp.narrow(2, Hp - 3, 1).add_(gp.narrow(2, Hp - 1, 1));
+  return gp.narrow(2, 1, Hp - 2).narrow(3, 1, Wp - 2).contiguous(fmt);
 }
 
 // Whether the backward recovers the second norm's output as y - x instead of keeping h2.
@@ -199,11 +257,13 @@ Forward run_forward(const InstanceNormLaunchers& k, const at::Tensor& x_in, cons
   const auto fmt = layout_of(x_in);
   const at::Tensor x = x_in.contiguous(fmt);
   Forward f;
-  f.h1 = conv3x3(x, p.w1, p.b1, reflect, fmt);
+  f.h1 = conv3x3(x, p.w1, p.b1, reflect, false, fmt);
+  // With reflection the norm kernel writes the activation straight into a padded
+  // buffer, ring included; zero padding is the convolution's own.
   at::Tensor a;
-  std::tie(a, f.mean1, f.rstd1) =
-      instance_norm_relu_forward_with(k.forward, f.h1, p.gamma1, p.beta1, eps, true);
-  at::Tensor h2 = conv3x3(a, p.w2, p.b2, reflect, fmt);
+  std::tie(a, f.mean1, f.rstd1) = instance_norm_relu_forward_with(
+      k.forward, f.h1, p.gamma1, p.beta1, eps, true, {}, reflect);
+  at::Tensor h2 = conv3x3(a, p.w2, p.b2, reflect, reflect, fmt);
   a.reset();
   std::tie(f.y, f.mean2, f.rstd2) =
       instance_norm_relu_forward_with(k.forward, h2, p.gamma2, p.beta2, eps, false, x);
@@ -267,12 +327,13 @@ BlockGrads residual_block_backward_with(const InstanceNormLaunchers& k, const at
 
   // conv2, on the recomputed activation ReLU(IN1(h1)).
   const at::Tensor h1c = h1.contiguous(fmt);
-  at::Tensor act = std::get<0>(
-      instance_norm_relu_forward_with(k.forward, h1c, p.gamma1, p.beta1, eps, true));
-  auto [g_act, g_w2, g_b2] =
-      conv3x3_backward(gh2, act, p.w2, defined(p.b2), reflect, {true, mask[3], mask[4]});
+  at::Tensor act = std::get<0>(instance_norm_relu_forward_with(
+      k.forward, h1c, p.gamma1, p.beta1, eps, true, {}, reflect));
+  auto [g_act, g_w2, g_b2] = conv3x3_backward(gh2, act, p.w2, defined(p.b2), reflect, reflect,
+                                              {true, mask[3], mask[4]});
   act.reset();
   gh2.reset();
+  if (reflect) g_act = fold_reflect_ring(g_act, fmt);
 
   // IN1 + ReLU.
   auto [g_h1, d_gamma1, d_beta1] = instance_norm_relu_backward_with(
@@ -281,8 +342,8 @@ BlockGrads residual_block_backward_with(const InstanceNormLaunchers& k, const at
   g_act.reset();
 
   // conv1, plus the identity path.
-  auto [g_x, g_w1, g_b1] =
-      conv3x3_backward(*g_h1, x, p.w1, defined(p.b1), reflect, {mask[0], mask[1], mask[2]});
+  auto [g_x, g_w1, g_b1] = conv3x3_backward(*g_h1, x, p.w1, defined(p.b1), reflect, false,
+                                            {mask[0], mask[1], mask[2]});
   auto opt = [](const at::Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; };
   OptTensor gx;
   if (mask[0]) gx = g_x.add_(gy).contiguous(fmt);

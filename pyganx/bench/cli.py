@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-SUITES = ("ops",)
+SUITES = ("ops", "nets")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -13,5 +13,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"usage: pyganx bench [{'|'.join(SUITES)}] [options]; `pyganx bench ops --help` for options",
               file=sys.stderr)
         return 0 if suite in ("-h", "--help") else 2
+    if suite == "nets":
+        from . import nets
+        return nets.main(argv)
     from . import ops
     return ops.main(argv)

@@ -295,6 +295,23 @@ inline void span_apply(const T* x, const T* res, T* y, int64_t len,
       });
 }
 
+// Normalises one NCHW plane into a (H + 2) x (W + 2) plane and fills its ring with
+// the reflection: padded row 0 repeats row 2 (input row 1), row H + 1 repeats row H - 1,
+// column 0 repeats column 2, column W + 1 column W - 1 (corners follow from the rows).
+template <typename T, bool kRelu>
+inline void plane_apply_padded(const T* xp, T* yp, int64_t H, int64_t W,
+                               const Normalizer<at::opmath_type<T>>& nz) {
+  const int64_t Wp = W + 2;
+  for (int64_t i = 0; i < H; ++i) {
+    T* row = yp + (i + 1) * Wp;
+    span_apply<T, kRelu>(xp + i * W, nullptr, row + 1, W, nz, false);
+    row[0] = row[2];
+    row[W + 1] = row[W - 1];
+  }
+  std::copy(yp + 2 * Wp, yp + 3 * Wp, yp);
+  std::copy(yp + (H - 1) * Wp, yp + H * Wp, yp + (H + 1) * Wp);
+}
+
 template <typename acc_t>
 struct PlaneAffine {
   acc_t w = 1, b = 0;
@@ -327,6 +344,7 @@ void forward_nchw(const InstanceNormForwardParams& p) {
   const int64_t chunks = ceil_div(L, kChunk);
   const bool stream = planes * L * static_cast<int64_t>(sizeof(T)) >= kStreamBytes;
   auto res_at = [&](int64_t off) { return res ? res + off : nullptr; };
+  const int64_t padded_plane = (p.H + 2) * (p.W + 2);
 
   auto finish_plane = [&](int64_t q, const Moments& m) {
     const double r = 1.0 / std::sqrt(m.m2 / static_cast<double>(L) + p.eps);
@@ -348,7 +366,11 @@ void forward_nchw(const InstanceNormForwardParams& p) {
           span_moments(xp + s, len, cm, cm2);
           m.merge(cm, cm2, len);
         }
-        span_apply<T, kRelu>(xp, res_at(q * L), y + q * L, L, finish_plane(q, m), stream);
+        if (p.pad_out) {
+          plane_apply_padded<T, kRelu>(xp, y + q * padded_plane, p.H, p.W, finish_plane(q, m));
+        } else {
+          span_apply<T, kRelu>(xp, res_at(q * L), y + q * L, L, finish_plane(q, m), stream);
+        }
       }
     });
     return;
@@ -367,6 +389,14 @@ void forward_nchw(const InstanceNormForwardParams& p) {
     for (int64_t k = 0; k < chunks; ++k)
       m.merge(cmean[q * chunks + k], cm2[q * chunks + k], std::min(kChunk, L - k * kChunk));
     nz[q] = finish_plane(q, m);
+  }
+  if (p.pad_out) {
+    at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t q = begin; q < end; ++q) {
+        plane_apply_padded<T, kRelu>(x + q * L, y + q * padded_plane, p.H, p.W, nz[q]);
+      }
+    });
+    return;
   }
   at::parallel_for(0, planes * chunks, task_grain(kChunk), [&](int64_t begin, int64_t end) {
     for (int64_t it = begin; it < end; ++it) {
@@ -520,6 +550,42 @@ void rows_apply(const T* x, const T* res, T* y, int64_t rows, int64_t C,
   }
 }
 
+// The apply pass of the NHWC forward into rows of W + 2 pixels with the reflected ring
+// (see plane_apply_padded): items are split where they cross an image row, then the
+// ring columns and the ring rows are copied in two passes.
+template <typename T, bool kRelu>
+void forward_nhwc_apply_padded(const InstanceNormForwardParams& p, const RowBlocks& rb,
+                               const ChannelNormalizers<at::opmath_type<T>>& cn) {
+  const T* x = static_cast<const T*>(p.x);
+  T* y = static_cast<T*>(p.out);
+  const int64_t C = p.C, L = p.HW, H = p.H, W = p.W, Wp = W + 2;
+  auto pixel = [&](int64_t n, int64_t hp, int64_t wp) { return y + ((n * (H + 2) + hp) * Wp + wp) * C; };
+  at::parallel_for(0, rb.items, task_grain(rb.rows_per_item * C), [&](int64_t begin, int64_t end) {
+    for (int64_t it = begin; it < end; ++it) {
+      const int64_t n = rb.image(it), stop = rb.row_begin(it) + rb.row_count(it, L);
+      for (int64_t pix = rb.row_begin(it); pix < stop;) {
+        const int64_t h = pix / W, w = pix % W, seg = std::min(W - w, stop - pix);
+        rows_apply<T, kRelu>(x + (n * L + pix) * C, nullptr, pixel(n, h + 1, w + 1), seg, C, cn,
+                             n * C);
+        pix += seg;
+      }
+    }
+  });
+  at::parallel_for(0, p.N * H, task_grain(4 * C), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / H, hp = r % H + 1;
+      std::copy(pixel(n, hp, 2), pixel(n, hp, 3), pixel(n, hp, 0));
+      std::copy(pixel(n, hp, W - 1), pixel(n, hp, W), pixel(n, hp, W + 1));
+    }
+  });
+  at::parallel_for(0, p.N, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      std::copy(pixel(n, 2, 0), pixel(n, 3, 0), pixel(n, 0, 0));
+      std::copy(pixel(n, H - 1, 0), pixel(n, H, 0), pixel(n, H + 1, 0));
+    }
+  });
+}
+
 // Forward, NHWC: per-item channel moments, merged per (n, c), then one apply pass.
 template <typename T, bool kRelu>
 void forward_nhwc(const InstanceNormForwardParams& p) {
@@ -559,6 +625,10 @@ void forward_nhwc(const InstanceNormForwardParams& p) {
       cn.set(q, Normalizer<acc_t>::make(m.mean, r, aff.w, aff.b));
     }
   });
+  if (p.pad_out) {
+    forward_nhwc_apply_padded<T, kRelu>(p, rb, cn);
+    return;
+  }
   at::parallel_for(0, rb.items, task_grain(rb.rows_per_item * C), [&](int64_t begin, int64_t end) {
     for (int64_t it = begin; it < end; ++it) {
       const int64_t n = rb.image(it), off = (n * L + rb.row_begin(it)) * C;

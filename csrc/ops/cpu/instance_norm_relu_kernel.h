@@ -24,6 +24,11 @@ struct InstanceNormForwardParams {
   const void* bias = nullptr;    // [C], acc type, or null
   const void* residual = nullptr;  // same layout and dtype as x, or null: out += residual
   int64_t N = 0, C = 0, HW = 0;
+  // pad_out: out has planes of (H + 2) x (W + 2) (NCHW) or rows of W + 2 pixels (NHWC),
+  // and the kernel fills the 1-pixel ring with the reflection of the result (the input
+  // of a reflection-padded 3x3 convolution, written in the same pass). Not with residual.
+  bool pad_out = false;
+  int64_t H = 0, W = 0;
   double eps = 1e-5;
   bool relu = true;
   bool channels_last = false;  // memory is N, H, W, C instead of N, C, H, W

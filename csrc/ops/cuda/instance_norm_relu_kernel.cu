@@ -144,16 +144,47 @@ __device__ __forceinline__ void plane_affine(const acc_t* w, const acc_t* b, int
   bc = b ? b[c] : acc_t(0);
 }
 
+// Writes v at pixel `pix` (h, w) of image `img` (NCHW: the plane; NHWC: n, channel c)
+// of a reflection-padded (H + 2) x (W + 2) output, and at the ring positions that
+// reflect that pixel: padded row 0 mirrors input row 1, row H + 1 row H - 2, column 0
+// column 1, column W + 1 column W - 2 (corners both ways).
+template <typename T, bool CL>
+__device__ __forceinline__ void store_reflect_padded(T* __restrict__ y, int64_t img, int64_t c,
+                                                     int64_t pix, int64_t H, int64_t W,
+                                                     int64_t C, T v) {
+  const int64_t h = pix / W, w = pix % W, Wp = W + 2;
+  auto put = [&](int64_t hp, int64_t wp) {
+    const int64_t at = (img * (H + 2) + hp) * Wp + wp;
+    if constexpr (CL) {
+      y[at * C + c] = v;
+    } else {
+      y[at] = v;
+    }
+  };
+  int64_t rows[3];
+  int nr = 0;
+  rows[nr++] = h + 1;
+  if (h == 1) rows[nr++] = 0;
+  if (h == H - 2) rows[nr++] = H + 1;
+  for (int k = 0; k < nr; ++k) {
+    put(rows[k], w + 1);
+    if (w == 1) put(rows[k], 0);
+    if (w == W - 2) put(rows[k], W + 1);
+  }
+}
+
 // ---------------------------------------------------------------------------------
 // Plane kernels (NCHW): one block per plane.
-template <typename T, int VEC, bool RELU>
+// PAD: y is reflection-padded (store_reflect_padded); needs VEC == 1.
+template <typename T, int VEC, bool RELU, bool PAD>
 __global__ void forward_plane_kernel(const T* __restrict__ x, const T* __restrict__ res,
                                      T* __restrict__ y,
                                      at::opmath_type<T>* __restrict__ mean_out,
                                      at::opmath_type<T>* __restrict__ rstd_out,
                                      const at::opmath_type<T>* __restrict__ weight,
                                      const at::opmath_type<T>* __restrict__ bias, int64_t L,
-                                     int64_t C, double eps) {
+                                     int64_t C, double eps, int64_t H, int64_t W) {
+  static_assert(!PAD || VEC == 1, "a padded output is written element by element");
   using acc_t = at::opmath_type<T>;
   __shared__ acc_t s_mean, s_scale, s_bias;
   const int64_t plane = blockIdx.x;
@@ -193,7 +224,11 @@ __global__ void forward_plane_kernel(const T* __restrict__ x, const T* __restric
       if (res != nullptr) v += static_cast<acc_t>(rk.v[j]);
       pk.v[j] = static_cast<T>(v);
     }
-    reinterpret_cast<Pack<T, VEC>*>(yp)[i] = pk;
+    if constexpr (PAD) {
+      store_reflect_padded<T, false>(y, plane, 0, i, H, W, C, pk.v[0]);
+    } else {
+      reinterpret_cast<Pack<T, VEC>*>(yp)[i] = pk;
+    }
   }
 }
 
@@ -409,11 +444,12 @@ __device__ __forceinline__ int64_t plane_of(int64_t e, int64_t L, int64_t C) {
   return e / L;
 }
 
-template <typename T, int VEC, bool RELU, bool CL>
+template <typename T, int VEC, bool RELU, bool CL, bool PAD>
 __global__ void apply_kernel(const T* __restrict__ x, const T* __restrict__ res,
                              T* __restrict__ y,
                              const at::opmath_type<T>* __restrict__ norm, int64_t total,
-                             int64_t L, int64_t C) {
+                             int64_t L, int64_t C, int64_t H, int64_t W) {
+  static_assert(!PAD || VEC == 1, "a padded output is written element by element");
   using acc_t = at::opmath_type<T>;
   const int64_t nvec = total / VEC;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < nvec;
@@ -430,7 +466,15 @@ __global__ void apply_kernel(const T* __restrict__ x, const T* __restrict__ res,
       if (res != nullptr) v += static_cast<acc_t>(rk.v[j]);
       pk.v[j] = static_cast<T>(v);
     }
-    reinterpret_cast<Pack<T, VEC>*>(y)[i] = pk;
+    if constexpr (PAD) {
+      if constexpr (CL) {
+        store_reflect_padded<T, true>(y, i / (L * C), i % C, (i / C) % L, H, W, C, pk.v[0]);
+      } else {
+        store_reflect_padded<T, false>(y, i / L, 0, i % L, H, W, C, pk.v[0]);
+      }
+    } else {
+      reinterpret_cast<Pack<T, VEC>*>(y)[i] = pk;
+    }
   }
 }
 
@@ -544,8 +588,9 @@ Split split_of(const InstanceNormInput& in, int sms) {
   return split_for(in.HW, in.N * in.C, 4096, sms);
 }
 
-void launch_forward_cuda(const InstanceNormInput& in, const at::Tensor& residual, double eps,
-                         bool relu, at::Tensor& out, at::Tensor& mean, at::Tensor& rstd) {
+void launch_forward_cuda(const InstanceNormInput& in, const at::Tensor& residual, bool pad_out,
+                         double eps, bool relu, at::Tensor& out, at::Tensor& mean,
+                         at::Tensor& rstd) {
   const c10::cuda::CUDAGuard guard(in.x.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int sms = sm_count(in.x.get_device());
@@ -561,11 +606,20 @@ void launch_forward_cuda(const InstanceNormInput& in, const at::Tensor& residual
     auto* mu = mean.mutable_data_ptr<acc_t>();
     auto* rs = rstd.mutable_data_ptr<acc_t>();
     if (use_plane_kernels(in, sms)) {
+      if (pad_out) {
+        with_bool(relu, [&](auto r) {
+          forward_plane_kernel<scalar_t, 1, decltype(r)::value, true>
+              <<<checked_blocks(planes), plane_threads(L), 0, stream>>>(
+                  x, nullptr, y, mu, rs, w, b, L, in.C, eps, in.H, in.W);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
+        return;
+      }
       with_vec<scalar_t>(can_vectorize<scalar_t>(L, {x, y, res}), [&](auto vec) {
         with_bool(relu, [&](auto r) {
-          forward_plane_kernel<scalar_t, decltype(vec)::value, decltype(r)::value>
+          forward_plane_kernel<scalar_t, decltype(vec)::value, decltype(r)::value, false>
               <<<checked_blocks(planes), plane_threads(L), 0, stream>>>(x, res, y, mu, rs, w, b, L,
-                                                                        in.C, eps);
+                                                                        in.C, eps, in.H, in.W);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
       });
@@ -583,13 +637,24 @@ void launch_forward_cuda(const InstanceNormInput& in, const at::Tensor& residual
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
     const auto* nm = norm.const_data_ptr<acc_t>();
+    if (pad_out) {
+      with_bool(relu, [&](auto r) {
+        with_bool(in.channels_last, [&](auto cl) {
+          apply_kernel<scalar_t, 1, decltype(r)::value, decltype(cl)::value, true>
+              <<<apply_blocks(total, sms), kThreads, 0, stream>>>(x, nullptr, y, nm, total, L,
+                                                                  in.C, in.H, in.W);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
+      });
+      return;
+    }
     with_vec<scalar_t>(can_vectorize<scalar_t>(total, {x, y, res}), [&](auto vec) {
       with_bool(relu, [&](auto r) {
         with_bool(in.channels_last, [&](auto cl) {
           constexpr int V = decltype(vec)::value;
-          apply_kernel<scalar_t, V, decltype(r)::value, decltype(cl)::value>
+          apply_kernel<scalar_t, V, decltype(r)::value, decltype(cl)::value, false>
               <<<apply_blocks(total / V, sms), kThreads, 0, stream>>>(x, res, y, nm, total, L,
-                                                                      in.C);
+                                                                      in.C, in.H, in.W);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
       });

@@ -1,0 +1,255 @@
+"""pyganx::residual_block: values and gradients against the plain PyTorch block, the
+PyTorch machinery (opcheck, gradcheck, compile, export), errors, and what it saves."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pyganx.nn import ResidualBlock, ResnetGenerator
+from pyganx.ops import _reference, residual_block
+
+from conftest import ALL_DTYPES, assert_matches_reference, devices, requires_ext
+
+pytestmark = requires_ext
+
+
+def _block_args(C, dtype, device, affine, bias, g):
+    def r(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(device, dtype)
+    w1, w2 = r(C, C, 3, 3, scale=0.4), r(C, C, 3, 3, scale=0.4)
+    b1, b2 = (r(C), r(C)) if bias else (None, None)
+    if affine:
+        norms = [(torch.rand(C, generator=g, dtype=torch.float64) + 0.5).to(device, dtype), r(C),
+                 (torch.rand(C, generator=g, dtype=torch.float64) + 0.5).to(device, dtype), r(C)]
+    else:
+        norms = [None] * 4
+    return [w1, b1, w2, b2, *norms]
+
+
+def _grads(fn, x, params, gy):
+    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in [x, *params]]
+    y = fn(leaves[0], *leaves[1:])
+    grads = torch.autograd.grad(y, [t for t in leaves if t is not None], gy)
+    return y.detach(), list(grads)
+
+
+CASES = [
+    # (N, C, H, W), padding, affine, bias, channels_last
+    ((2, 4, 5, 7), "reflect", False, True, False),   # CycleGAN block, odd sizes, batch > 1
+    ((1, 6, 8, 8), "reflect", False, True, True),
+    ((1, 5, 2, 9), "reflect", True, False, False),    # smallest H reflection allows
+    ((3, 4, 6, 3), "zero", True, False, False),      # StarGAN block
+    ((2, 8, 9, 5), "zero", True, False, True),
+    ((1, 3, 3, 2), "zero", False, True, False),
+]
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("shape, padding, affine, bias, channels_last", CASES)
+def test_matches_the_unfused_block(device, dtype, shape, padding, affine, bias, channels_last):
+    g = torch.Generator().manual_seed(hash((shape, padding, affine)) % 2**31)
+    x64 = torch.randn(*shape, generator=g, dtype=torch.float64).to(device) * 2 + 0.5
+    if channels_last:
+        x64 = x64.contiguous(memory_format=torch.channels_last)
+    p64 = _block_args(shape[1], torch.float64, device, affine, bias, g)
+    gy64 = torch.randn(*shape, generator=g, dtype=torch.float64).to(device)
+
+    def ours(x, *p):
+        return residual_block(x, *p, padding=padding)
+
+    def ref(x, *p):
+        return _reference.residual_block(x, *p, padding=padding)
+
+    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+    x, p, gy = cast(x64), [cast(t) for t in p64], cast(gy64)
+    if channels_last:
+        x, gy = (t.contiguous(memory_format=torch.channels_last) for t in (x, gy))
+    y, grads = _grads(ours, x, p, gy)
+    y_t, grads_t = _grads(ref, x, p, gy)         # PyTorch in the same dtype
+    y_r, grads_r = _grads(ref, x64, p64, gy64)   # the float64 reference
+    assert y.dtype == dtype
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last
+                           else torch.contiguous_format)
+    assert_matches_reference(y, y_t, y_r)
+    names = ["x", "w1", "b1", "w2", "b2", "gamma1", "beta1", "gamma2", "beta2"]
+    names = [n for n, t in zip(names, [x, *p]) if t is not None]
+    # The conv biases before a norm have a gradient of exactly zero; what is computed
+    # there is rounding noise of sums over a plane. So errors are measured against the
+    # largest gradient of the block, in units of the dtype's epsilon.
+    scale = max(c.abs().max().item() for c in grads_r)
+    rel = {torch.float64: 1e-9, torch.float32: 2e-5}
+    for name, a, b, c in zip(names, grads, grads_t, grads_r):
+        err = (a.double().cpu() - c.cpu()).abs().max().item()
+        if dtype in rel:
+            bound = rel[dtype] * scale
+        else:
+            err_torch = (b.double().cpu() - c.cpu()).abs().max().item()
+            bound = 2 * err_torch + torch.finfo(dtype).eps * scale
+        assert torch.isfinite(a).all(), f"grad {name}: non-finite"
+        assert err <= bound, f"grad {name}: {dtype} max error {err:.3g} > {bound:.3g}"
+
+
+def _op_args(device, padding, affine, dtype=torch.float64, shape=(2, 3, 4, 5)):
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(*shape, generator=g, dtype=dtype).to(device)
+    p = _block_args(shape[1], dtype, device, affine, not affine, g)
+    return x, p
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("padding, affine", [("reflect", False), ("zero", True)])
+def test_opcheck(device, padding, affine):
+    for dtype in (torch.float32, torch.float64):
+        x, p = _op_args(device, padding, affine, dtype)
+        args = (x, *p, padding, 1e-5)
+        req = tuple(t.clone().requires_grad_() if isinstance(t, torch.Tensor) else t for t in args)
+        torch.library.opcheck(torch.ops.pyganx.residual_block.default, args)
+        torch.library.opcheck(torch.ops.pyganx.residual_block.default, req)
+        torch.library.opcheck(torch.ops.pyganx._residual_block_forward.default, req)
+        y, h1, h2, m1, r1, m2, r2 = torch.ops.pyganx._residual_block_forward(*args)
+        gy = torch.randn_like(y)
+        for mask in ([True] * 9, [True] + [False] * 8, [False, True, True, True, True] + [True] * 4):
+            torch.library.opcheck(torch.ops.pyganx._residual_block_backward.default,
+                                  (gy, x, y, *p, h1, h2, m1, r1, m2, r2, padding, 1e-5, mask))
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("padding, affine", [("reflect", False), ("reflect", True),
+                                             ("zero", False), ("zero", True)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gradcheck_float64(device, padding, affine, channels_last):
+    x, p = _op_args(device, padding, affine, shape=(2, 2, 3, 4))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    leaves = [t.requires_grad_() for t in [x, *p] if t is not None]
+    slots = [i for i, t in enumerate([x, *p]) if t is not None]
+
+    def fn(*ts):
+        full = [None] * 9
+        for i, t in zip(slots, ts):
+            full[i] = t
+        return residual_block(full[0], *full[1:], padding=padding)
+
+    assert torch.autograd.gradcheck(fn, tuple(leaves))
+
+
+def test_gradient_only_for_what_requires_it_and_no_node_without_grad():
+    x, p = _op_args("cpu", "reflect", False, torch.float32)
+    w1 = p[0].requires_grad_()
+    residual_block(x, *p).sum().backward()
+    assert w1.grad is not None and x.grad is None and p[2].grad is None
+    assert residual_block(x, *[t.detach() if t is not None else None for t in p]).grad_fn is None
+    with torch.no_grad():
+        assert residual_block(x, *p).grad_fn is None
+
+
+def test_torch_compile_fullgraph_forward_and_backward():
+    blk = ResidualBlock(4)
+    x = torch.randn(2, 4, 6, 5, requires_grad=True)
+    compiled = torch.compile(blk, fullgraph=True)
+    y = compiled(x)
+    y.square().sum().backward()
+    gx, gw = x.grad.clone(), blk.block[1].weight.grad.clone()
+    x.grad = None
+    blk.zero_grad()
+    ref = blk(x)
+    ref.square().sum().backward()
+    torch.testing.assert_close(y, ref)
+    torch.testing.assert_close(gx, x.grad)
+    torch.testing.assert_close(gw, blk.block[1].weight.grad)
+
+
+def test_torch_compile_keeps_the_fused_op():
+    from torch._dynamo.testing import CompileCounterWithBackend
+    cnt = CompileCounterWithBackend("aot_eager")
+    blk = ResidualBlock(4)
+    torch.compile(blk, backend=cnt, fullgraph=True)(torch.randn(1, 4, 5, 5))
+    ops = [n.target for g in cnt.graphs for n in g.graph.nodes if n.op == "call_function"]
+    assert torch.ops.pyganx.residual_block.default in ops or any(
+        "residual_block" in str(t) for t in ops), ops
+
+
+def test_torch_export():
+    blk = ResidualBlock(4, padding="zero", affine=True, bias=False).eval()
+    x = torch.randn(2, 4, 6, 6)
+    ep = torch.export.export(blk, (x,))
+    assert any("residual_block" in str(n.target) for n in ep.graph.nodes)
+    torch.testing.assert_close(ep.module()(x), blk(x))
+
+
+def test_bad_input_is_a_clear_error():
+    x, p = _op_args("cpu", "reflect", False, torch.float32)
+    with pytest.raises(RuntimeError, match="H and W must be at least 2"):
+        torch.ops.pyganx.residual_block(x[:, :, :1], *p, "reflect", 1e-5)
+    with pytest.raises(RuntimeError, match='padding must be "reflect" or "zero"'):
+        torch.ops.pyganx.residual_block(x, *p, "circular", 1e-5)
+    with pytest.raises(RuntimeError, match=r"w1 must have shape \(C, C, 3, 3\)"):
+        torch.ops.pyganx.residual_block(x, p[0][:, :, :2], *p[1:], "reflect", 1e-5)
+    with pytest.raises(RuntimeError, match="expected a 4-D"):
+        torch.ops.pyganx.residual_block(x[0], *p, "reflect", 1e-5)
+    with pytest.raises(RuntimeError, match="w2 is"):
+        torch.ops.pyganx.residual_block(x, p[0], p[1], p[2].double(), *p[3:], "reflect", 1e-5)
+    with pytest.raises(ValueError, match="at least 2"):
+        ResidualBlock(3)(torch.randn(1, 3, 1, 8))
+
+
+@pytest.mark.parametrize("padding, affine, bias", [("reflect", False, True), ("zero", True, False)])
+def test_module_state_dict_moves_between_fused_and_unfused(padding, affine, bias):
+    torch.manual_seed(0)
+    plain = ResidualBlock(6, padding, affine, bias, fused=False)
+    if affine:
+        with torch.no_grad():
+            for m in plain.modules():
+                if getattr(m, "affine", False):
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.normal_()
+    fused = ResidualBlock(6, padding, affine, bias, fused=True)
+    assert list(fused.state_dict()) == list(plain.state_dict())
+    fused.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 6, 9, 7)
+    torch.testing.assert_close(fused(x), plain(x))
+    # dropout > 0 runs the composition (CycleGAN --use_dropout), in eval too
+    plain_drop = ResidualBlock(6, padding, affine, bias, dropout=0.5, fused=False).eval()
+    drop = ResidualBlock(6, padding, affine, bias, dropout=0.5, fused=True).eval()
+    drop.load_state_dict(plain_drop.state_dict())
+    assert not drop.fused
+    torch.testing.assert_close(drop(x), plain_drop(x))
+
+
+def saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the unique storages autograd saves for backward, parameters excluded."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in params:
+            seen[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x)
+    del out
+    return sum(seen.values())
+
+
+def test_fused_block_keeps_one_plane_besides_its_boundaries():
+    C, H, W = 8, 16, 16
+    plane = C * H * W * 4
+    x = torch.randn(1, C, H, W, requires_grad=True)
+    fused = saved_bytes(ResidualBlock(C, fused=True), x)
+    # x, y and h1, plus four [1, C] float32 statistics.
+    assert fused == 3 * plane + 4 * C * 4
+    unfused = saved_bytes(ResidualBlock(C, fused=False), x)
+    assert unfused > 5 * plane
+
+
+def test_fused_resnet_generator_saves_at_most_0_6x_of_unfused():
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 256, 256, requires_grad=True)
+    unfused = saved_bytes(ResnetGenerator(n_blocks=9, fused=False), x)
+    fused = saved_bytes(ResnetGenerator(n_blocks=9, fused=True), x)
+    # The issue's figure for the unfused 9-block generator: about 343 MiB.
+    assert 320 * 2**20 < unfused < 370 * 2**20, unfused / 2**20
+    assert fused <= 0.6 * unfused, (fused / 2**20, unfused / 2**20)
