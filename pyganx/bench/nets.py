@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     ap.add_argument("--only", choices=["block", "generator"], help="run one part")
+    ap.add_argument("--no-bf16", action="store_true", help="on CUDA, skip the bfloat16 block rows")
     ap.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     ap.add_argument("--os-allocator", action="store_true",
                     help="keep glibc's defaults for freed memory (see `bench ops --help`)")
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "block"):
         for shape in QUICK_BLOCK_SHAPES if args.quick else BLOCK_SHAPES:
             rows += bench_block(shape, dev, rounds, use_compile)
-            if dev.type == "cuda" and not args.quick:
+            if dev.type == "cuda" and not args.quick and not args.no_bf16:
                 rows += bench_block(shape, dev, rounds, use_compile, torch.bfloat16)
     if args.only in (None, "generator"):
         size, blocks = (64, 2) if args.quick else (256, 9)
