@@ -47,7 +47,11 @@ CASES = [
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
 @pytest.mark.parametrize("shape, padding, affine, bias, channels_last", CASES)
-def test_matches_the_unfused_block(device, dtype, shape, padding, affine, bias, channels_last):
+def test_matches_the_unfused_block(device, dtype, shape, padding, affine, bias, channels_last,
+                                   monkeypatch):
+    # cuDNN's TF32 convolutions (PyTorch's default) would put 1e-3 errors into both
+    # sides; what is compared here is the fusion around the convolutions.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     g = torch.Generator().manual_seed(hash((shape, padding, affine)) % 2**31)
     x64 = torch.randn(*shape, generator=g, dtype=torch.float64).to(device) * 2 + 0.5
     if channels_last:

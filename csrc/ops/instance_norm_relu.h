@@ -37,10 +37,23 @@ using BackwardLauncher = void (*)(const InstanceNormInput& in, const at::Tensor&
                                   at::Tensor& grad_x, at::Tensor& sum_dy,
                                   at::Tensor& sum_dy_xhat);
 
-// A backend's pair of launchers (the residual block calls the norms through these).
+// The reflection-padding ring term of a 3x3 convolution (see residual_block.cpp):
+// forward adds it to h; backward adds its gradients to gx and gw (either may be
+// undefined; gw contiguous). A backend without kernels for it leaves these null and the
+// residual block computes the term with ATen convolutions of thin strips.
+using RingForward = void (*)(at::Tensor& h, const at::Tensor& x, const at::Tensor& w);
+using RingBackward = void (*)(const at::Tensor& g, const at::Tensor& x, const at::Tensor& w,
+                              at::Tensor& gx, at::Tensor& gw);
+struct ReflectRing {
+  RingForward forward = nullptr;
+  RingBackward backward = nullptr;
+};
+
+// A backend's launchers (the residual block calls the norms through these).
 struct InstanceNormLaunchers {
   ForwardLauncher forward = nullptr;
   BackwardLauncher backward = nullptr;
+  ReflectRing ring{};
 };
 InstanceNormLaunchers cpu_launchers();
 
@@ -59,6 +72,7 @@ instance_norm_relu_backward_with(BackwardLauncher launch, const at::Tensor& grad
 }  // namespace pyganx::ops
 
 namespace pyganx::cuda {
-// The CUDA launchers (defined in cuda/instance_norm_relu_kernel.cu; CUDA builds only).
+// The CUDA launchers (defined in cuda/*.cu; CUDA builds only).
 ops::InstanceNormLaunchers launchers();
+ops::ReflectRing ring_launchers();
 }  // namespace pyganx::cuda

@@ -34,6 +34,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -383,7 +384,9 @@ void forward_nchw(const InstanceNormForwardParams& p) {
       span_moments(x + q * L + s, std::min(kChunk, L - s), cmean[it], cm2[it]);
     }
   });
-  std::vector<Normalizer<acc_t>> nz(planes);
+  // Not a std::vector: GCC 13 refuses to inline std::allocator's always_inline members
+  // for a type of this (target-pragma) namespace into the ISA-specific code.
+  std::unique_ptr<Normalizer<acc_t>[]> nz(new Normalizer<acc_t>[planes]);
   for (int64_t q = 0; q < planes; ++q) {
     Moments m;
     for (int64_t k = 0; k < chunks; ++k)

@@ -745,7 +745,9 @@ instance_norm_relu_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x
 
 }  // namespace
 
-ops::InstanceNormLaunchers launchers() { return {launch_forward_cuda, launch_backward_cuda}; }
+ops::InstanceNormLaunchers launchers() {
+  return {launch_forward_cuda, launch_backward_cuda, ring_launchers()};
+}
 
 }  // namespace pyganx::cuda
 

@@ -2,6 +2,7 @@
 // The target is set by pragma rather than per-file compiler flags so that setup.py
 // and CMake need no per-source options; the dispatcher only calls into this code
 // when ATen reports that the CPU supports AVX2.
+#include "../kernel_prelude.h"  // before the pragma: see that file
 #pragma GCC target("avx2,fma,f16c,bmi,bmi2,popcnt,lzcnt")
 // GCC enables the instructions with the pragma, but headers that test the ISA macros
 // (sleef.h) may be read before it takes effect in the preprocessor; state them.

@@ -1,5 +1,6 @@
 // AVX-512 (F, BW, VL, DQ) compile of ../instance_norm_relu_kernel.cpp (x86-64, GCC or
 // Clang); see ../avx2/instance_norm_relu_kernel.cpp for why a pragma sets the target.
+#include "../kernel_prelude.h"  // before the pragma: see that file
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi,bmi2,popcnt,lzcnt")
 // See ../avx2/instance_norm_relu_kernel.cpp for why the ISA macros are stated here.
 #ifndef __AVX__
