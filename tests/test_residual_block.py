@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pyganx.bench.nets import saved_bytes
 from pyganx.nn import ResidualBlock, ResnetGenerator
 from pyganx.ops import _reference, residual_block
 
@@ -219,23 +220,6 @@ def test_module_state_dict_moves_between_fused_and_unfused(padding, affine, bias
     drop.load_state_dict(plain_drop.state_dict())
     assert not drop.fused
     torch.testing.assert_close(drop(x), plain_drop(x))
-
-
-def saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
-    """Bytes of the unique storages autograd saves for backward, parameters excluded."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        s = t.untyped_storage()
-        if s.data_ptr() not in params:
-            seen[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = model(x)
-    del out
-    return sum(seen.values())
 
 
 def test_fused_block_keeps_one_plane_besides_its_boundaries():

@@ -1,5 +1,4 @@
-"""Network benchmark: the residual block and the CycleGAN generator, eager PyTorch vs
-torch.compile vs pyganx's fused block.
+"""Network benchmark: the residual block and the CycleGAN generator, eager vs compile vs pyganx.
 
 Candidates, timed round-robin in one process with the same weights:
   eager    the plain PyTorch composition (``fused=False``)
@@ -22,7 +21,7 @@ import torch
 
 from ..nn import ResidualBlock, ResnetGenerator
 from .ops import machine_description
-from .timing import keep_freed_memory, round_robin
+from .timing import add_common_args, fmt, keep_freed_memory, round_robin
 
 BLOCK_SHAPES = [(1, 256, 64, 64), (4, 256, 32, 32)]
 QUICK_BLOCK_SHAPES = [(1, 64, 32, 32)]
@@ -158,7 +157,7 @@ def bench_generator(size, n_blocks, device, rounds, use_compile) -> list[NetRow]
 
 def format_table(rows: list[NetRow]) -> str:
     def f(v, spec=".2f"):
-        return "-" if v is None else format(v, spec)
+        return fmt(v, spec)
     out = ["| case | mode | eager ms | compile ms | pyganx ms | x eager | x compile "
            "| saved MiB eager / pyganx | peak MiB eager / compile / pyganx |",
            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -174,15 +173,9 @@ def format_table(rows: list[NetRow]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="pyganx bench nets", description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--quick", action="store_true", help="small shapes, few rounds")
-    ap.add_argument("--rounds", type=int, default=None)
-    ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    add_common_args(ap)
     ap.add_argument("--only", choices=["block", "generator"], help="run one part")
     ap.add_argument("--no-bf16", action="store_true", help="on CUDA, skip the bfloat16 block rows")
-    ap.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
-    ap.add_argument("--os-allocator", action="store_true",
-                    help="keep glibc's defaults for freed memory (see `bench ops --help`)")
     args = ap.parse_args(argv)
     tuned = False if args.os_allocator else keep_freed_memory()
     dev = torch.device(args.device)

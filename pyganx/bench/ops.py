@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .. import build_info
 from ..ops import instance_norm_relu
-from .timing import keep_freed_memory, round_robin
+from .timing import add_common_args, fmt, keep_freed_memory, round_robin
 
 FULL_SHAPES = [(1, 256, 64, 64), (1, 64, 256, 256), (4, 128, 128, 128), (16, 64, 128, 128)]
 QUICK_SHAPES = [(1, 64, 64, 64), (4, 128, 32, 32)]
@@ -129,7 +129,7 @@ def run(shapes: Iterable[tuple[int, ...]] = FULL_SHAPES, device: str = "cpu", ro
 
 def format_table(rows: list[OpRow]) -> str:
     def f(v, spec=".3f"):
-        return "-" if v is None else format(v, spec)
+        return fmt(v, spec)
     out = ["| shape | dtype | layout | mode | eager ms | compile ms | pyganx ms | copy ms "
            "| x eager | x compile | GB/s | of copy |",
            "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -143,14 +143,7 @@ def format_table(rows: list[OpRow]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="pyganx bench ops", description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--quick", action="store_true", help="small shapes, few rounds")
-    ap.add_argument("--rounds", type=int, default=None)
-    ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
-    ap.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
-    ap.add_argument("--os-allocator", action="store_true",
-                    help="keep glibc's defaults (freed large blocks go back to the OS, and "
-                         "every allocation then pays page faults)")
+    add_common_args(ap)
     args = ap.parse_args(argv)
     tuned = False if args.os_allocator else keep_freed_memory()
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES

@@ -77,3 +77,20 @@ def keep_freed_memory() -> bool:
         return ok
     except (OSError, AttributeError):
         return False
+
+
+def fmt(value, spec: str) -> str:
+    """A table cell: '-' for a missing value."""
+    return "-" if value is None else format(value, spec)
+
+
+def add_common_args(ap) -> None:
+    """The options every `pyganx bench` suite takes."""
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--quick", action="store_true", help="small shapes, few rounds")
+    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    ap.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    ap.add_argument("--os-allocator", action="store_true",
+                    help="keep glibc's defaults (freed large blocks go back to the OS, and "
+                         "every allocation then pays page faults)")
