@@ -1,5 +1,5 @@
-"""The `pyganx` command. This first version has `info` and `bench`; training, export
-and serving subcommands are added by their issues."""
+"""The `pyganx` command: `info`, `plugins` and `bench` so far; training, export and
+serving subcommands are added by their issues."""
 from __future__ import annotations
 
 import argparse
@@ -20,11 +20,34 @@ def _info(_args) -> int:
     return 0
 
 
+def _plugins(_args) -> int:
+    from . import registry
+
+    rows = []
+    for e in registry.entries():
+        err = e.error
+        if err is None:
+            cls = e.load()
+            doc = (cls.__doc__ or "").strip().splitlines()
+            rows.append((e.name, cls.data_kind, e.distribution, doc[0] if doc else ""))
+        else:
+            rows.append((e.name, "-", e.distribution, f"error: {err}"))
+    if not rows:
+        print(f"no GAN variants installed (entry-point group {registry.GROUP!r})")
+        return 0
+    header = ("name", "data", "distribution", "description")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(3)]
+    for r in [header] + rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="pyganx", description="pyganx: image GANs for PyTorch")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="build information, torch version, devices")
+    sub.add_parser("plugins", help="the installed GAN variants (entry points pyganx.gans)")
     sub.add_parser("bench", help="benchmarks: `pyganx bench ops [--quick] [--device D]`", add_help=False)
     if argv and argv[0] == "bench":
         from .bench.cli import main as bench_main
@@ -32,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "info":
         return _info(args)
+    if args.command == "plugins":
+        return _plugins(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -1,0 +1,149 @@
+"""The public plugin API: what a GAN variant implements so that pyganx can train,
+sample, checkpoint and export it (docs/plugins.md; interfaces in docs/contracts.md).
+
+A plugin is a subclass of :class:`GANPlugin`, registered under a name in the entry-point
+group ``pyganx.gans`` of its distribution::
+
+    [project.entry-points."pyganx.gans"]
+    mygan = "my_package.mygan:MyGAN"
+
+The engine owns the loop, devices, mixed precision, DDP, logging and checkpoints; the
+plugin owns its networks, losses and one training step.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from torch import Tensor, nn, optim
+
+#: The version of this API. A plugin sets ``api_version`` to the version it was
+#: written for; the registry refuses a plugin whose version differs.
+API_VERSION = 1
+
+#: What a plugin trains on.
+DATA_KINDS = ("noise", "labelled", "unpaired", "paired", "multi_domain")
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """One exportable generator: the attribute in ``networks()`` and its inputs.
+
+    ``inputs`` names what the exported graph takes, in order: ``"image"``, ``"label"``
+    (a class index), ``"domain"`` (a target-domain index) or ``"z"`` (noise).
+    ``domains`` names the domains or classes the label/domain input indexes.
+    """
+
+    network: str
+    inputs: tuple[str, ...] = ("image",)
+    domains: tuple[str, ...] = ()
+    z_dim: int | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What the engine tells a plugin about its data when it builds the networks."""
+
+    channels: int = 3
+    image_size: int = 64
+    num_classes: int = 0
+    domains: tuple[str, ...] = ()
+    description: str = ""
+
+
+class GANPlugin:
+    """Base class of every GAN variant.
+
+    Subclasses set the class attributes ``api_version``, ``Config`` (a dataclass whose
+    fields, with the paper's defaults, become ``--kebab-case`` CLI flags) and
+    ``data_kind`` (one of :data:`DATA_KINDS`), and implement ``networks``,
+    ``optimizers`` and ``train_step``. The rest has working defaults.
+    """
+
+    api_version: ClassVar[int] = API_VERSION
+    Config: ClassVar[type] = None  # type: ignore[assignment]
+    data_kind: ClassVar[str] = ""
+
+    def __init__(self, config: Any, data_info: DataInfo) -> None:
+        self.config = config
+        self.data_info = data_info
+
+    # --- required ----------------------------------------------------------------
+    def networks(self) -> dict[str, nn.Module]:
+        """The trainable networks by name (checkpointed, moved to the device, DDP-wrapped)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement networks()")
+
+    def optimizers(self) -> dict[str, optim.Optimizer]:
+        """The optimizers by name; ``ctx.step(name)`` steps one."""
+        raise NotImplementedError(f"{type(self).__name__} must implement optimizers()")
+
+    def train_step(self, batch: Any, ctx: Any) -> dict[str, float]:
+        """One iteration on one batch; returns the losses to log. Use ``ctx.backward(loss)``,
+        ``ctx.step(name)`` and ``with ctx.autocast():`` so the engine can own AMP and DDP."""
+        raise NotImplementedError(f"{type(self).__name__} must implement train_step()")
+
+    # --- optional ----------------------------------------------------------------
+    def schedulers(self, total_steps: int) -> dict[str, optim.lr_scheduler.LRScheduler]:
+        """Learning-rate schedulers by name, stepped once per training step."""
+        return {}
+
+    def extra_state(self) -> dict[str, Any]:
+        """Anything besides networks and optimizers to checkpoint (tensors and plain values)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restores what :meth:`extra_state` returned."""
+
+    def sample(self, batch: Any) -> dict[str, Tensor]:
+        """Named rows of images in [-1, 1] for the sample grids."""
+        return {}
+
+    def export_specs(self) -> dict[str, ExportSpec]:
+        """The exportable generators; the first is the default."""
+        return {}
+
+
+# --- configuration <-> command line -------------------------------------------------
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _field_type(cls: type, f: dataclasses.Field) -> Any:
+    hints = typing.get_type_hints(cls)
+    return hints.get(f.name, f.type)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
+    """Adds one ``--kebab-case`` option per field of the dataclass ``config_cls``."""
+    group = parser.add_argument_group(f"{config_cls.__name__} (plugin options)")
+    for f in dataclasses.fields(config_cls):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        kind = _field_type(config_cls, f)
+        help_text = f.metadata.get("help", "")
+        if kind is bool:
+            group.add_argument(_flag(f.name), dest=f.name, default=default,
+                               action=argparse.BooleanOptionalAction,
+                               help=f"{help_text} (default: {default})")
+        elif kind in (int, float, str):
+            group.add_argument(_flag(f.name), dest=f.name, type=kind, default=default,
+                               help=f"{help_text} (default: {default})")
+        else:
+            raise TypeError(f"{config_cls.__name__}.{f.name}: config fields must be bool, int, "
+                            f"float or str to become CLI flags, got {kind!r}")
+
+
+def config_from_arguments(config_cls: type, args: argparse.Namespace) -> Any:
+    """Builds the config dataclass from parsed arguments (fields not given keep defaults)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)
+              if getattr(args, f.name, None) is not None}
+    return config_cls(**values)
+
+
+__all__ = ["API_VERSION", "DATA_KINDS", "DataInfo", "ExportSpec", "GANPlugin",
+           "add_config_arguments", "config_from_arguments", "field"]
