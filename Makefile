@@ -35,7 +35,7 @@ export MAX_JOBS ?= 2
 
 SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
 # Python packages the tests and the harness need besides torch.
-DEPS := numpy ninja setuptools wheel pillow tqdm pytest pytest-benchmark
+DEPS := numpy ninja setuptools wheel pillow tqdm pytest pytest-benchmark scikit-learn matplotlib
 
 .PHONY: help setup build test pytest cmake-test demo bench clean
 
@@ -43,12 +43,12 @@ help:
 	@sed -n '/^#/!q;p' Makefile
 
 # --- environment -------------------------------------------------------------
-$(STAMPS)/venv-$(USE_SYSTEM_TORCH):
+$(STAMPS)/venv-$(USE_SYSTEM_TORCH): Makefile
 	@mkdir -p $(STAMPS)
 	@if [ "$(USE_SYSTEM_TORCH)" = "1" ]; then \
-	  missing=$$($(PY) -c 'import importlib.util as u; print(" ".join(m for m in ["torch","numpy","ninja","setuptools","PIL","tqdm","pytest","pytest_benchmark"] if u.find_spec(m) is None))'); \
+	  missing=$$($(PY) -c 'import importlib.util as u; print(" ".join(m for m in ["torch","numpy","ninja","setuptools","PIL","tqdm","pytest","pytest_benchmark","sklearn","matplotlib"] if u.find_spec(m) is None))'); \
 	  if [ -n "$$missing" ]; then echo "USE_SYSTEM_TORCH=1: installing missing $$missing"; \
-	    $(PY) -m pip install -q $$(echo $$missing | sed 's/PIL/pillow/;s/pytest_benchmark/pytest-benchmark/'); fi; \
+	    $(PY) -m pip install -q $$(echo $$missing | sed 's/PIL/pillow/;s/pytest_benchmark/pytest-benchmark/;s/sklearn/scikit-learn/'); fi; \
 	else \
 	  $(PYTHON) -m venv $(VENV); \
 	  $(PY) -m pip install -q "torch==$(TORCH_VERSION)" $(DEPS); \

@@ -42,12 +42,33 @@ def _plugins(_args) -> int:
     return 0
 
 
+def _data(args) -> int:
+    from .data import demo
+
+    if args.data_command == "export":
+        try:
+            root = demo.export(args.name, args.folder)
+        except (ValueError, RuntimeError, OSError) as e:
+            print(f"pyganx data export: {e}", file=sys.stderr)
+            return 1
+        counts = {d.name: sum(1 for _ in d.rglob("*.png")) for d in sorted(root.iterdir()) if d.is_dir()}
+        print(f"wrote {args.name} to {root}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        return 0
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="pyganx", description="pyganx: image GANs for PyTorch")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="build information, torch version, devices")
     sub.add_parser("plugins", help="the installed GAN variants (entry points pyganx.gans)")
+    data = sub.add_parser("data", help="bundled demo data: `pyganx data export NAME DIR`")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    exp = data_sub.add_parser("export", help="write a bundled set as image folders",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    exp.add_argument("name", choices=["digits", "photos"], help="which set")
+    exp.add_argument("folder", help="where to write trainA/ trainB/ testA/ testB/ (...)")
     sub.add_parser("bench", help="benchmarks: `pyganx bench ops [--quick] [--device D]`", add_help=False)
     if argv and argv[0] == "bench":
         from .bench.cli import main as bench_main
@@ -57,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         return _info(args)
     if args.command == "plugins":
         return _plugins(args)
+    if args.command == "data":
+        return _data(args)
     parser.error(f"unknown command {args.command}")
     return 2
 
