@@ -124,7 +124,7 @@ print(f"pyganx: building the {'CUDA + CPU' if WITH_CUDA else 'CPU-only'} extensi
 
 setup(
     version=version(),
-    packages=find_packages(include=["pyganx", "pyganx.*"]) + ["pyganx_plugins"],
+    packages=find_packages(include=["pyganx", "pyganx.*"]) + ["pyganx_plugins", "pyganx_plugins.cyclegan"],
     package_dir={"pyganx_plugins": "plugins"},
     ext_modules=[ext],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},

@@ -1,5 +1,5 @@
-"""The `pyganx` command: `info`, `plugins` and `bench` so far; training, export and
-serving subcommands are added by their issues."""
+"""The `pyganx` command: `info`, `plugins`, `train`, `data` and `bench` so far; the
+sample, eval, export, translate and serve subcommands are added by their issues."""
 from __future__ import annotations
 
 import argparse
@@ -57,6 +57,79 @@ def _data(args) -> int:
     return 2
 
 
+def _train(argv: list[str]) -> int:
+    from . import registry
+    from .plugin import add_config_arguments, config_from_arguments
+
+    variant = argv[0] if argv and not argv[0].startswith("-") else None
+    if variant is None:
+        names = ", ".join(registry.names()) or "none installed"
+        print(f"usage: pyganx train VARIANT [options]; VARIANT is one of: {names}\n"
+              f"`pyganx train VARIANT --help` lists a variant's options", file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    try:
+        cls = registry.get(variant)
+    except registry.PluginError as e:
+        print(f"pyganx train: {e}", file=sys.stderr)
+        return 1
+    ap = argparse.ArgumentParser(prog=f"pyganx train {variant}",
+                                 description=(cls.__doc__ or "").strip().splitlines()[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    src = ap.add_mutually_exclusive_group()
+    src.add_argument("--data", help="data folder (trainA/ trainB/ [testA/ testB/], class folders, ...)")
+    src.add_argument("--demo", choices=["digits", "photos"], help="a bundled offline data set")
+    ap.add_argument("--data-a", help="domain A folder (unpaired data)")
+    ap.add_argument("--data-b", help="domain B folder (unpaired data)")
+    ap.add_argument("-o", "--out", required=True, help="run directory")
+    length = ap.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, help="training iterations")
+    length.add_argument("--epochs", type=int, help="passes over the training set")
+    ap.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
+                    help="continue from CKPT, or from the run's latest checkpoint")
+    ap.add_argument("--image-size", type=int, help="training size (default: the data set's, or 256)")
+    ap.add_argument("--batch-size", type=int, default=1, help="per process")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--deterministic", action="store_true", help="deterministic algorithms")
+    ap.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
+    ap.add_argument("--ema", type=float, help="keep an EMA of the generators with this decay")
+    ap.add_argument("--sample-every", type=int, default=200, help="steps between sample grids")
+    ap.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
+    ap.add_argument("--keep", type=int, default=3, help="checkpoints kept")
+    ap.add_argument("--device", help="cuda, mps or cpu (default: the first available)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    try:
+        add_config_arguments(ap, cls.Config)
+    except (TypeError, argparse.ArgumentError) as e:
+        print(f"pyganx train: plugin {variant!r}: {e}", file=sys.stderr)
+        return 1
+    args = ap.parse_args(argv[1:])
+    if args.steps is None and args.epochs is None:
+        ap.error("give --steps N or --epochs N")
+    if not (args.data or args.demo or (args.data_a and args.data_b)):
+        ap.error("give --data DIR, --data-a DIR --data-b DIR, or --demo NAME")
+    from .engine import TrainError, Trainer, TrainOptions
+
+    opts = TrainOptions(out=args.out, data=args.data, data_a=args.data_a, data_b=args.data_b,
+                        demo=args.demo, steps=args.steps, epochs=args.epochs, resume=args.resume,
+                        image_size=args.image_size, batch_size=args.batch_size,
+                        precision=args.precision, seed=args.seed,
+                        deterministic=args.deterministic, workers=args.workers, ema=args.ema,
+                        sample_every=args.sample_every, checkpoint_every=args.checkpoint_every,
+                        keep=args.keep, device=args.device, progress=not args.no_progress)
+    try:
+        result = Trainer(variant, cls, config_from_arguments(cls.Config, args), opts).fit()
+    except (TrainError, ValueError, RuntimeError, OSError) as e:
+        if args.debug:
+            raise
+        print(f"pyganx train: {e}", file=sys.stderr)
+        return 1
+    print(f"trained {variant} for {result['steps']} steps in {result['seconds']:.1f} s; "
+          f"run directory: {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="pyganx", description="pyganx: image GANs for PyTorch")
@@ -70,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("name", choices=["digits", "photos"], help="which set")
     exp.add_argument("folder", help="where to write trainA/ trainB/ testA/ testB/ (...)")
     sub.add_parser("bench", help="benchmarks: `pyganx bench ops [--quick] [--device D]`", add_help=False)
+    sub.add_parser("train", help="train a GAN variant: `pyganx train VARIANT --help`", add_help=False)
+    if argv and argv[0] == "train":
+        return _train(argv[1:])
     if argv and argv[0] == "bench":
         from .bench.cli import main as bench_main
         return bench_main(argv[1:])

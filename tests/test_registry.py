@@ -61,8 +61,8 @@ def test_pyganx_plugins_lists_a_third_party_plugin_and_reports_broken_ones(insta
     r = _pyganx(good, "plugins")
     assert r.returncode == 0, r.stderr
     lines = {line.split()[0]: line for line in r.stdout.splitlines()[1:]}
-    assert "tiny" in lines and "noise" in lines["tiny"] and "pyganx-plugin-tiny 0.3.0" in lines["tiny"]
-    assert "Tiny MLP GAN for tests." in lines["tiny"]
+    assert "tiny" in lines and "unpaired" in lines["tiny"] and "pyganx-plugin-tiny 0.3.0" in lines["tiny"]
+    assert "Tiny translator for tests." in lines["tiny"]
     # the broken plugin is reported with its distribution and the original error ...
     assert "pyganx-plugin-broken 0.0.1" in lines["broken"]
     assert "ModuleNotFoundError" in lines["broken"] and "a_module_that_does_not_exist" in lines["broken"]
@@ -74,10 +74,10 @@ def test_registry_loads_the_plugin_class_and_its_config(installed, on_path):
     on_path(installed[0])
     assert {"tiny", "broken", "oldapi"} <= set(registry.names())
     cls = registry.get("tiny")
-    assert issubclass(cls, GANPlugin) and cls.data_kind == "noise"
-    plugin = cls(cls.Config(z_dim=4), DataInfo(channels=1, image_size=8))
-    assert set(plugin.networks()) == {"G", "D"}
-    assert plugin.export_specs()["G"].inputs == ("z",)
+    assert issubclass(cls, GANPlugin) and cls.data_kind == "unpaired"
+    plugin = cls(cls.Config(width=2), DataInfo(channels=1, image_size=8))
+    assert set(plugin.networks()) == {"G"}
+    assert plugin.export_specs()["G"].inputs == ("image",)
 
 
 def test_failures_are_clear_errors_and_do_not_hide_the_others(installed, on_path):
@@ -89,6 +89,16 @@ def test_failures_are_clear_errors_and_do_not_hide_the_others(installed, on_path
     with pytest.raises(registry.PluginError, match=r"no GAN variant named 'nope'.*installed: .*tiny"):
         registry.get("nope")
     assert registry.get("tiny").__name__ == "TinyGAN"  # still fine after the failures
+
+
+def test_pyganx_train_runs_a_third_party_plugin(installed, tmp_path):
+    good, _ = installed
+    r = _pyganx(good, "train", "tiny", "--demo", "digits", "--steps", "3", "--width", "2",
+                "-o", str(tmp_path / "run"), "--no-progress", "--sample-every", "3")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "run" / "checkpoints" / "latest.txt").is_file()
+    assert (tmp_path / "run" / "samples" / "step-000000003.png").is_file()
+    assert len((tmp_path / "run" / "losses.csv").read_text().splitlines()) == 4
 
 
 def test_two_distributions_claiming_one_name_is_an_error_naming_both(installed, on_path):

@@ -2,6 +2,8 @@
 PyTorch machinery (opcheck, gradcheck, compile, export), errors, and what it saves."""
 from __future__ import annotations
 
+import zlib
+
 import pytest
 import torch
 
@@ -53,7 +55,7 @@ def test_matches_the_unfused_block(device, dtype, shape, padding, affine, bias, 
     # cuDNN's TF32 convolutions (PyTorch's default) would put 1e-3 errors into both
     # sides; what is compared here is the fusion around the convolutions.
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    g = torch.Generator().manual_seed(hash((shape, padding, affine)) % 2**31)
+    g = torch.Generator().manual_seed(zlib.crc32(repr((shape, padding, affine)).encode()))
     x64 = torch.randn(*shape, generator=g, dtype=torch.float64).to(device) * 2 + 0.5
     if channels_last:
         x64 = x64.contiguous(memory_format=torch.channels_last)
@@ -89,8 +91,13 @@ def test_matches_the_unfused_block(device, dtype, shape, padding, affine, bias, 
         if dtype in rel:
             bound = rel[dtype] * scale
         else:
+            # Weight gradients are sums over N*H*W products of rounded operands: in
+            # bfloat16 PyTorch's own block lands up to ~11 % of the largest gradient away
+            # from float64 (measured over 36 seeded cases), and which implementation is
+            # closer varies with the data. Allowed: twice PyTorch's error plus 16 units
+            # of rounding of the largest gradient.
             err_torch = (b.double().cpu() - c.cpu()).abs().max().item()
-            bound = 2 * err_torch + torch.finfo(dtype).eps * scale
+            bound = 2 * err_torch + 16 * torch.finfo(dtype).eps * scale
         assert torch.isfinite(a).all(), f"grad {name}: non-finite"
         assert err <= bound, f"grad {name}: {dtype} max error {err:.3g} > {bound:.3g}"
 

@@ -1,9 +1,10 @@
-"""A minimal noise-to-image GAN written against pyganx's public plugin API only."""
+"""A minimal unpaired translator written against pyganx's public plugin API only."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pyganx.plugin import DataInfo, ExportSpec, GANPlugin, field
@@ -11,34 +12,39 @@ from pyganx.plugin import DataInfo, ExportSpec, GANPlugin, field
 
 @dataclass
 class TinyConfig:
-    z_dim: int = field(default=8, metadata={"help": "noise dimension"})
-    lr: float = field(default=2e-4, metadata={"help": "Adam learning rate"})
-    hinge: bool = field(default=False, metadata={"help": "hinge loss instead of BCE"})
+    width: int = field(default=4, metadata={"help": "hidden channels"})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
+    hinge: bool = field(default=False, metadata={"help": "an unused switch"})
 
 
 class TinyGAN(GANPlugin):
-    """Tiny MLP GAN for tests."""
+    """Tiny translator for tests."""
 
     api_version = 1
     Config = TinyConfig
-    data_kind = "noise"
+    data_kind = "unpaired"
 
     def __init__(self, config: TinyConfig, data_info: DataInfo) -> None:
         super().__init__(config, data_info)
-        n = data_info.channels * data_info.image_size ** 2
-        self.G = nn.Sequential(nn.Linear(config.z_dim, n), nn.Tanh())
-        self.D = nn.Linear(n, 1)
-        self.opt = {name: torch.optim.Adam(m.parameters(), lr=config.lr)
-                    for name, m in (("G", self.G), ("D", self.D))}
+        c = data_info.channels
+        self.G = nn.Sequential(nn.Conv2d(c, config.width, 1), nn.ReLU(), nn.Conv2d(config.width, c, 1))
+        self.opt = {"G": torch.optim.Adam(self.G.parameters(), lr=config.lr)}
 
     def networks(self):
-        return {"G": self.G, "D": self.D}
+        return {"G": self.G}
 
     def optimizers(self):
         return self.opt
 
     def train_step(self, batch, ctx):
-        return {}
+        with ctx.autocast():
+            loss = F.l1_loss(self.G(batch["A"]), batch["B"])
+        ctx.backward(loss)
+        ctx.step("G")
+        return {"l1": loss.item()}
+
+    def sample(self, batch):
+        return {"A": batch["A"], "G(A)": torch.tanh(self.G(batch["A"]))}
 
     def export_specs(self):
-        return {"G": ExportSpec("G", inputs=("z",), z_dim=self.config.z_dim)}
+        return {"G": ExportSpec("G", inputs=("image",))}

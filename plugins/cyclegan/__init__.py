@@ -1,0 +1,146 @@
+"""CycleGAN (Zhu, Park, Isola, Efros 2017): unpaired image-to-image translation.
+
+G_AB: A -> B and G_BA: B -> A are ResNet generators (9 blocks from 256 px, else 6);
+D_A, D_B are 70x70 PatchGANs. Least-squares adversarial loss, cycle-consistency L1
+(weight 10), identity L1 (0.5 x 10), a pool of 50 generated images per discriminator,
+discriminator loss halved, Adam 2e-4 with betas (0.5, 0.999), the learning rate constant
+for the first half of training and decaying linearly to zero over the second (the
+paper's 100 + 100 epochs). Every number is a CLI flag (see Config).
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from pyganx.losses import ImagePool, gan_loss
+from pyganx.nn import PatchDiscriminator, ResnetGenerator, init_weights
+from pyganx.plugin import DataInfo, ExportSpec, GANPlugin, field
+
+
+@dataclass
+class CycleGANConfig:
+    ngf: int = field(default=64, metadata={"help": "generator width"})
+    ndf: int = field(default=64, metadata={"help": "discriminator width"})
+    n_blocks: int = field(default=0, metadata={"help": "residual blocks (0: 9 from 256 px, else 6)"})
+    lambda_cycle: float = field(default=10.0, metadata={"help": "cycle-consistency weight"})
+    lambda_identity: float = field(default=0.5, metadata={"help": "identity weight, x lambda_cycle"})
+    pool_size: int = field(default=50, metadata={"help": "image pool size (0: off)"})
+    lr: float = field(default=2e-4, metadata={"help": "Adam learning rate"})
+    beta1: float = field(default=0.5, metadata={"help": "Adam beta1"})
+    beta2: float = field(default=0.999, metadata={"help": "Adam beta2"})
+    gan_loss: str = field(default="lsgan", metadata={"help": "lsgan | bce | hinge"})
+    decay_start: float = field(default=0.5, metadata={"help": "fraction of training before the linear lr decay"})
+    flip: bool = field(default=True, metadata={"help": "random horizontal flips (off where the data forbids them)"})
+    fused: bool = field(default=True, metadata={"help": "pyganx's fused residual blocks"})
+
+
+def linear_decay(total_steps: int, decay_start: float):
+    """lr factor: 1 until decay_start * total, then linearly to 0 at the end."""
+    start = int(total_steps * decay_start)
+    span = max(1, total_steps - start)
+
+    def factor(step: int) -> float:
+        return 1.0 if step < start else max(0.0, 1.0 - (step - start) / span)
+    return factor
+
+
+class CycleGAN(GANPlugin):
+    """Unpaired image-to-image translation (Zhu et al. 2017)."""
+
+    api_version = 1
+    Config = CycleGANConfig
+    data_kind = "unpaired"
+
+    def __init__(self, config: CycleGANConfig, data_info: DataInfo) -> None:
+        super().__init__(config, data_info)
+        c = data_info.channels
+        blocks = config.n_blocks or (9 if data_info.image_size >= 256 else 6)
+        self.G_AB = ResnetGenerator(c, c, config.ngf, blocks, fused=config.fused)
+        self.G_BA = ResnetGenerator(c, c, config.ngf, blocks, fused=config.fused)
+        self.D_A = PatchDiscriminator(c, config.ndf)
+        self.D_B = PatchDiscriminator(c, config.ndf)
+        for m in (self.G_AB, self.G_BA, self.D_A, self.D_B):
+            init_weights(m)
+        betas = (config.beta1, config.beta2)
+        self.opt = {
+            "G": torch.optim.Adam(itertools.chain(self.G_AB.parameters(), self.G_BA.parameters()),
+                                  lr=config.lr, betas=betas),
+            "D": torch.optim.Adam(itertools.chain(self.D_A.parameters(), self.D_B.parameters()),
+                                  lr=config.lr, betas=betas),
+        }
+        self.pool_A = ImagePool(config.pool_size, seed=1)
+        self.pool_B = ImagePool(config.pool_size, seed=2)
+
+    def networks(self):
+        return {"G_AB": self.G_AB, "G_BA": self.G_BA, "D_A": self.D_A, "D_B": self.D_B}
+
+    def optimizers(self):
+        return self.opt
+
+    def schedulers(self, total_steps: int):
+        f = linear_decay(total_steps, self.config.decay_start)
+        return {k: torch.optim.lr_scheduler.LambdaLR(o, f) for k, o in self.opt.items()}
+
+    def train_step(self, batch, ctx):
+        cfg = self.config
+        real_A, real_B = batch["A"], batch["B"]
+        # generators
+        for d in (self.D_A, self.D_B):
+            d.requires_grad_(False)
+        with ctx.autocast():
+            fake_B, fake_A = self.G_AB(real_A), self.G_BA(real_B)
+            rec_A, rec_B = self.G_BA(fake_B), self.G_AB(fake_A)
+            loss_gan = (gan_loss(cfg.gan_loss, self.D_B(fake_B), True, for_generator=True)
+                        + gan_loss(cfg.gan_loss, self.D_A(fake_A), True, for_generator=True))
+            loss_cycle = (F.l1_loss(rec_A, real_A) + F.l1_loss(rec_B, real_B)) * cfg.lambda_cycle
+            loss_idt = torch.zeros((), device=real_A.device)
+            if cfg.lambda_identity > 0:
+                loss_idt = (F.l1_loss(self.G_AB(real_B), real_B) + F.l1_loss(self.G_BA(real_A), real_A)) \
+                    * cfg.lambda_cycle * cfg.lambda_identity
+            loss_G = loss_gan + loss_cycle + loss_idt
+        ctx.zero_grad("G")
+        ctx.backward(loss_G)
+        ctx.step("G")
+        # discriminators, on pooled fakes; each loss halved
+        for d in (self.D_A, self.D_B):
+            d.requires_grad_(True)
+        with ctx.autocast():
+            pf_B, pf_A = self.pool_B.query(fake_B.detach()), self.pool_A.query(fake_A.detach())
+            loss_D_B = 0.5 * (gan_loss(cfg.gan_loss, self.D_B(real_B), True)
+                              + gan_loss(cfg.gan_loss, self.D_B(pf_B), False))
+            loss_D_A = 0.5 * (gan_loss(cfg.gan_loss, self.D_A(real_A), True)
+                              + gan_loss(cfg.gan_loss, self.D_A(pf_A), False))
+        ctx.zero_grad("D")
+        ctx.backward(loss_D_A + loss_D_B)
+        ctx.step("D")
+        return {"G_gan": loss_gan.item(), "G_cycle": loss_cycle.item(), "G_idt": loss_idt.item(),
+                "D_A": loss_D_A.item(), "D_B": loss_D_B.item()}
+
+    def extra_state(self):
+        return {"pool_A": self.pool_A.state_dict(), "pool_B": self.pool_B.state_dict()}
+
+    def load_extra_state(self, state):
+        dev = next(self.G_AB.parameters()).device
+        if "pool_A" in state:
+            self.pool_A.load_state_dict(state["pool_A"], dev)
+            self.pool_B.load_state_dict(state["pool_B"], dev)
+
+    def sample(self, batch):
+        was = self.G_AB.training, self.G_BA.training
+        self.G_AB.eval()
+        self.G_BA.eval()
+        try:
+            a, b = batch["A"], batch["B"]
+            fb, fa = self.G_AB(a), self.G_BA(b)
+            return {"real A": a, "fake B": fb, "recovered A": self.G_BA(fb),
+                    "real B": b, "fake A": fa, "recovered B": self.G_AB(fa)}
+        finally:
+            self.G_AB.train(was[0])
+            self.G_BA.train(was[1])
+
+    def export_specs(self):
+        return {"G_AB": ExportSpec("G_AB", ("image",), ("A", "B"), description="A -> B"),
+                "G_BA": ExportSpec("G_BA", ("image",), ("B", "A"), description="B -> A")}

@@ -1,0 +1,421 @@
+"""The training loop for any plugin: data, devices, precision, seeds, schedules, EMA,
+progress, CSV/plot logging, sample grids, atomic checkpoints and exact resume.
+
+The run directory follows docs/contracts.md: config.json, checkpoints/step-*.pt with
+latest.txt, samples/step-*.png, losses.csv and losses.png.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .. import __version__
+from ..data import EvalTransform, LabelledImages, PairedImages, TrainTransform, UnpairedImages
+from ..data import demo as demo_data
+from ..data.images import ImageError, to_pil
+from ..plugin import DataInfo, GANPlugin
+from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .context import TrainContext, resolve_precision
+
+
+class TrainError(RuntimeError):
+    """A problem with the run's inputs, for a one-line message."""
+
+
+@dataclass
+class TrainOptions:
+    out: str
+    data: str | None = None
+    data_a: str | None = None
+    data_b: str | None = None
+    demo: str | None = None
+    steps: int | None = None
+    epochs: int | None = None
+    resume: str | None = None          # "" = the run's latest checkpoint
+    image_size: int | None = None
+    batch_size: int = 1
+    precision: str = "auto"
+    seed: int = 0
+    deterministic: bool = False
+    workers: int = 0
+    ema: float | None = None
+    sample_every: int = 200
+    checkpoint_every: int = 500
+    keep: int = 3
+    device: str | None = None
+    progress: bool = True
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    if name:
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+@dataclass
+class RunData:
+    train: Dataset
+    test: Dataset
+    info: DataInfo
+    description: str
+
+
+def _flip_allowed(config: Any) -> bool:
+    return bool(getattr(config, "flip", True))
+
+
+def build_data(kind: str, opts: TrainOptions, config: Any) -> RunData:
+    """Datasets for the plugin's data kind from --demo, --data or --data-a/--data-b."""
+    if kind not in ("unpaired", "paired", "labelled", "multi_domain"):
+        raise TrainError(f"data kind {kind!r} has no built-in dataset yet")
+    if opts.demo:
+        try:
+            ds = demo_data.load(opts.demo)
+        except (ValueError, RuntimeError) as e:
+            raise TrainError(str(e)) from None
+        size = opts.image_size or ds.size
+        flip = ds.flip and _flip_allowed(config)
+        tr, ev = TrainTransform(size, flip=flip), EvalTransform(size)
+        if kind == "unpaired":
+            train = UnpairedImages([s.image for s in ds.train_a], [s.image for s in ds.train_b], tr,
+                                   channels=ds.channels, seed=opts.seed)
+            test = UnpairedImages([s.image for s in ds.test_a], [s.image for s in ds.test_b], ev,
+                                  channels=ds.channels, seed=opts.seed)
+            info = DataInfo(ds.channels, size, 0, ("A", "B"), ds.description)
+        elif kind == "labelled":
+            train = LabelledImages(samples=ds.labelled("train"), transform=tr, channels=ds.channels)
+            test = LabelledImages(samples=ds.labelled("test"), transform=ev, channels=ds.channels)
+            info = DataInfo(ds.channels, size, 10, (), ds.description)
+        elif kind == "multi_domain":
+            train = LabelledImages(samples=ds.domains("train"), classes=ds.styles, transform=tr,
+                                   channels=ds.channels)
+            test = LabelledImages(samples=ds.domains("test"), classes=ds.styles, transform=ev,
+                                  channels=ds.channels)
+            info = DataInfo(ds.channels, size, 0, tuple(ds.styles), ds.description)
+        else:
+            raise TrainError(f"the demo sets have no paired view; use --data with {kind} data")
+        return RunData(train, test, info, f"demo {opts.demo}: {ds.description}")
+    size = opts.image_size or 256
+    flip = _flip_allowed(config)
+    tr, ev = TrainTransform(size, flip=flip), EvalTransform(size)
+    try:
+        if kind == "unpaired":
+            if opts.data:
+                root = Path(opts.data)
+                a, b = root / "trainA", root / "trainB"
+                ta = root / "testA" if (root / "testA").is_dir() else a
+                tb = root / "testB" if (root / "testB").is_dir() else b
+            elif opts.data_a and opts.data_b:
+                a, b, ta, tb = Path(opts.data_a), Path(opts.data_b), Path(opts.data_a), Path(opts.data_b)
+            else:
+                raise TrainError("unpaired data needs --data DIR (with trainA/ trainB/) or "
+                                 "--data-a DIR --data-b DIR, or --demo NAME")
+            train = UnpairedImages(a, b, tr, seed=opts.seed)
+            test = UnpairedImages(ta, tb, ev, channels=train.channels, seed=opts.seed)
+            desc = f"unpaired {a} | {b}"
+            info = DataInfo(train.channels, size, 0, ("A", "B"), desc)
+        elif kind == "paired":
+            if not opts.data:
+                raise TrainError("paired data needs --data DIR (with train/ [test/] of A|B "
+                                 "images, or trainA/ trainB/ of matching names)")
+            root = Path(opts.data)
+            if (root / "trainA").is_dir():
+                train = PairedImages(root / "trainA", root / "trainB", tr, seed=opts.seed)
+                test = train
+            else:
+                train = PairedImages(root / "train", None, tr, seed=opts.seed)
+                test = PairedImages(root / "test" if (root / "test").is_dir() else root / "train",
+                                    None, ev, channels=train.channels)
+            desc = f"paired {root}"
+            info = DataInfo(train.channels, size, 0, ("A", "B"), desc)
+        else:
+            if not opts.data:
+                raise TrainError(f"{kind} data needs --data DIR with one sub-folder per "
+                                 f"{'class' if kind == 'labelled' else 'domain'}")
+            train = LabelledImages(opts.data, tr, seed=opts.seed)
+            test = LabelledImages(opts.data, ev, channels=train.channels)
+            desc = f"{kind} {opts.data}"
+            info = DataInfo(train.channels, size, len(train.classes) if kind == "labelled" else 0,
+                            tuple(train.classes) if kind == "multi_domain" else (), desc)
+    except ImageError as e:
+        raise TrainError(str(e)) from None
+    return RunData(train, test, info, desc)
+
+
+def _batch_to(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _batch_to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_batch_to(v, device) for v in batch)
+    return batch
+
+
+def save_grid(rows: dict[str, torch.Tensor], path: Path) -> None:
+    """One row per entry of ``rows`` (each (N, C, H, W) in [-1, 1]), written atomically."""
+    from PIL import Image
+
+    from .checkpoint import atomic_write_bytes
+
+    tiles = [[to_pil(t) for t in row] for row in rows.values()]
+    n = max(len(r) for r in tiles)
+    w, h = tiles[0][0].size
+    mode = "RGB" if any(t.mode == "RGB" for r in tiles for t in r) else "L"
+    grid = Image.new(mode, (n * w, len(tiles) * h))
+    for i, r in enumerate(tiles):
+        for j, t in enumerate(r):
+            grid.paste(t.convert(mode), (j * w, i * h))
+    atomic_write_bytes(path, lambda f: grid.save(f, format="PNG"))
+
+
+def plot_losses(csv_path: Path, png_path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    keys = [k for k in rows[0] if k not in ("step", "epoch", "seconds")]
+    steps = [int(r["step"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for k in keys:
+        vals = np.array([float(r[k]) if r[k] else np.nan for r in rows])
+        win = max(1, len(vals) // 50)
+        smooth = np.convolve(np.nan_to_num(vals), np.ones(win) / win, mode="same") if win > 1 else vals
+        ax.plot(steps, smooth, label=k, linewidth=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    from .checkpoint import atomic_write_bytes
+    atomic_write_bytes(png_path, lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)
+
+
+class Trainer:
+    """Trains one plugin instance into a run directory."""
+
+    def __init__(self, name: str, plugin_cls: type[GANPlugin], config: Any, opts: TrainOptions):
+        if (opts.steps is None) == (opts.epochs is None):
+            raise TrainError("give exactly one of --steps N and --epochs N")
+        self.name, self.opts, self.config = name, opts, config
+        self.run = Path(opts.out)
+        self.device = pick_device(opts.device)
+        seed_everything(opts.seed, opts.deterministic)
+        self.data = build_data(plugin_cls.data_kind, opts, config)
+        self.plugin = plugin_cls(config, self.data.info)
+        self.nets = self.plugin.networks()
+        for m in self.nets.values():
+            m.to(self.device)
+        self.optimizers = self.plugin.optimizers()
+        self.ctx = TrainContext(self.device, self.optimizers,
+                                resolve_precision(opts.precision, self.device))
+        self.loader_gen = torch.Generator()
+        self.loader = DataLoader(self.data.train, batch_size=opts.batch_size, shuffle=False,
+                                 sampler=_EpochSampler(len(self.data.train), opts.seed),
+                                 drop_last=len(self.data.train) >= opts.batch_size,
+                                 num_workers=opts.workers, pin_memory=self.device.type == "cuda",
+                                 persistent_workers=opts.workers > 0)
+        per_epoch = max(1, len(self.loader))
+        self.total_steps = opts.steps if opts.steps is not None else opts.epochs * per_epoch
+        self.schedulers = self.plugin.schedulers(self.total_steps)
+        gen_names = [s.network for s in self.plugin.export_specs().values()]
+        self.ema = ({n: copy.deepcopy(self.nets[n]).eval().requires_grad_(False) for n in gen_names}
+                    if opts.ema else {})
+        self.step = self.epoch = self.batch_index = 0
+        self.fixed = self._fixed_batch()
+
+    # --- state ---------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "pyganx_version": __version__, "plugin": self.name,
+            "config": dataclasses.asdict(self.config),
+            "step": self.step, "epoch": self.epoch, "batch_index": self.batch_index,
+            "networks": {k: m.state_dict() for k, m in self.nets.items()},
+            "ema": {k: m.state_dict() for k, m in self.ema.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "scaler": self.ctx.scaler.state_dict() if self.ctx.scaler is not None else {},
+            "extra": self.plugin.extra_state(),
+            "rng": rng_state(),
+        }
+
+    def load_state(self, st: dict) -> None:
+        if st.get("plugin") != self.name:
+            raise TrainError(f"the checkpoint is of plugin {st.get('plugin')!r}, not {self.name!r}")
+        for k, m in self.nets.items():
+            m.load_state_dict(st["networks"][k])
+        for k, m in self.ema.items():
+            if k in st.get("ema", {}):
+                m.load_state_dict(st["ema"][k])
+        for k, o in self.optimizers.items():
+            o.load_state_dict(st["optimizers"][k])
+        for k, s in self.schedulers.items():
+            s.load_state_dict(st["schedulers"][k])
+        if self.ctx.scaler is not None and st.get("scaler"):
+            self.ctx.scaler.load_state_dict(st["scaler"])
+        self.plugin.load_extra_state(st.get("extra", {}))
+        set_rng_state(st["rng"])
+        self.step, self.epoch, self.batch_index = st["step"], st["epoch"], st["batch_index"]
+
+    def _fixed_batch(self):
+        n = min(8, len(self.data.test))
+        items = [self.data.test[i * max(1, len(self.data.test) // n)] for i in range(n)]
+        return _batch_to(torch.utils.data.default_collate(items), self.device)
+
+    # --- loop ----------------------------------------------------------------------
+    def _write_config(self) -> None:
+        self.run.mkdir(parents=True, exist_ok=True)
+        cfg = {"plugin": self.name, "config": dataclasses.asdict(self.config),
+               "data": self.data.description, "image_size": self.data.info.image_size,
+               "channels": self.data.info.channels, "pyganx_version": __version__,
+               "options": dataclasses.asdict(self.opts)}
+        (self.run / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+
+    def _sample(self) -> None:
+        nets = self.nets
+        if self.ema:
+            saved = {k: self.nets[k] for k in self.ema}
+            self.plugin_nets_swap(self.ema)
+        try:
+            with torch.no_grad():
+                rows = self.plugin.sample(self.fixed)
+        finally:
+            if self.ema:
+                self.plugin_nets_swap(saved)
+        if rows:
+            save_grid(rows, self.run / "samples" / f"step-{self.step:09d}.png")
+        del nets
+
+    def plugin_nets_swap(self, nets: dict) -> None:
+        """Points the plugin's generator attributes at ``nets`` (EMA sampling)."""
+        for k, m in nets.items():
+            setattr(self.plugin, k, m)
+
+    def _update_ema(self) -> None:
+        d = self.opts.ema
+        with torch.no_grad():
+            for k, e in self.ema.items():
+                for pe, p in zip(e.parameters(), self.nets[k].parameters()):
+                    pe.lerp_(p, 1 - d)
+                for be, b in zip(e.buffers(), self.nets[k].buffers()):
+                    be.copy_(b)
+
+    def _checkpoint(self) -> Path:
+        return save_checkpoint(self.run / "checkpoints", self.step, self.state(), self.opts.keep)
+
+    def fit(self) -> dict:
+        opts = self.opts
+        if opts.resume is not None:
+            ck = Path(opts.resume) if opts.resume else latest_checkpoint(self.run / "checkpoints")
+            if ck is None or not ck.is_file():
+                raise TrainError(f"nothing to resume: no checkpoint in {self.run / 'checkpoints'}")
+            self.load_state(load_checkpoint(ck))
+        elif (self.run / "checkpoints").is_dir() and latest_checkpoint(self.run / "checkpoints"):
+            raise TrainError(f"{self.run} already holds a run; use --resume or another --out")
+        self._write_config()
+        csv_path = self.run / "losses.csv"
+        writer_file = open(csv_path, "a", newline="")
+        writer = None
+        bar = None
+        if opts.progress:
+            from tqdm import tqdm
+            bar = tqdm(total=self.total_steps, initial=self.step, unit="it", dynamic_ncols=True)
+        for m in self.nets.values():
+            m.train()
+        t0, last = time.time(), {}
+        try:
+            while self.step < self.total_steps:
+                if hasattr(self.data.train, "set_epoch"):
+                    self.data.train.set_epoch(self.epoch)
+                self.loader.sampler.set_epoch(self.epoch)
+                for i, batch in enumerate(self.loader):
+                    if i < self.batch_index:
+                        continue  # resuming mid-epoch: the order is the same, skip what was done
+                    losses = self.plugin.train_step(_batch_to(batch, self.device), self.ctx)
+                    self.ctx.end_iteration()
+                    for s in self.schedulers.values():
+                        s.step()
+                    if self.ema:
+                        self._update_ema()
+                    self.step += 1
+                    self.batch_index = i + 1
+                    last = {k: float(v) for k, v in losses.items()}
+                    if writer is None:
+                        writer = csv.DictWriter(writer_file, ["step", "epoch", "seconds", *last])
+                        if csv_path.stat().st_size == 0:
+                            writer.writeheader()
+                    writer.writerow({"step": self.step, "epoch": self.epoch,
+                                     "seconds": round(time.time() - t0, 3), **last})
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix({k: f"{v:.3f}" for k, v in last.items()}, refresh=False)
+                    if any(not math.isfinite(v) for v in last.values()):
+                        raise TrainError(f"a loss became non-finite at step {self.step}: {last}")
+                    done = self.step >= self.total_steps
+                    if self.step % opts.sample_every == 0 or done:
+                        writer_file.flush()
+                        self._sample()
+                        plot_losses(csv_path, self.run / "losses.png")
+                    if self.step % opts.checkpoint_every == 0 or done:
+                        self._checkpoint()
+                    if done:
+                        break
+                else:
+                    self.epoch += 1
+                    self.batch_index = 0
+                    continue
+                break
+        finally:
+            writer_file.close()
+            if bar is not None:
+                bar.close()
+        return {"steps": self.step, "seconds": time.time() - t0, "losses": last}
+
+
+class _EpochSampler(torch.utils.data.Sampler):
+    """A shuffled order per epoch, derived from (seed, epoch): the same on resume."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n

@@ -1,0 +1,170 @@
+"""The training engine and the CycleGAN plugin: checkpoints that survive a crash, exact
+resume, the run directory, losses and the image pool, and CLI errors."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from pyganx import registry
+from pyganx.cli import main as cli_main
+from pyganx.engine import Trainer, TrainOptions, latest_checkpoint, load_checkpoint, save_checkpoint
+from pyganx.engine.checkpoint import rng_state, set_rng_state
+from pyganx.losses import ImagePool, gan_loss
+
+SMALL = ["--ngf", "8", "--ndf", "8", "--n-blocks", "1"]
+
+
+def test_checkpoints_are_atomic_and_the_newest_k_kept(tmp_path, monkeypatch):
+    for step in (1, 2, 3, 4):
+        save_checkpoint(tmp_path, step, {"step": step, "w": torch.full((3,), float(step))}, keep=2)
+    assert sorted(p.name for p in tmp_path.glob("step-*.pt")) == ["step-000000003.pt",
+                                                                  "step-000000004.pt"]
+    assert latest_checkpoint(tmp_path).name == "step-000000004.pt"
+
+    def crash(obj, f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt("power cut")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, 5, {"step": 5}, keep=2)
+    monkeypatch.undo()
+    # the previous checkpoint is untouched and still the latest; no temporary file is left
+    assert latest_checkpoint(tmp_path).name == "step-000000004.pt"
+    assert load_checkpoint(latest_checkpoint(tmp_path))["step"] == 4
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    with pytest.raises(RuntimeError, match="bad.pt: cannot read checkpoint"):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_rng_state_round_trip():
+    import random
+
+    import numpy as np
+    st = rng_state()
+    a = (torch.rand(3), np.random.rand(3), random.random())
+    set_rng_state(st)
+    b = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_gan_losses_and_image_pool():
+    p = torch.tensor([[0.5, 2.0]])
+    assert gan_loss("lsgan", p, True).item() == pytest.approx(((0.5 - 1) ** 2 + 1) / 2)
+    assert gan_loss("lsgan", p, False).item() == pytest.approx((0.25 + 4) / 2)
+    assert gan_loss("hinge", p, True).item() == pytest.approx(0.25)
+    assert gan_loss("hinge", p, True, for_generator=True).item() == pytest.approx(-1.25)
+    with pytest.raises(ValueError, match="unknown GAN loss"):
+        gan_loss("nope", p, True)
+    pool = ImagePool(2, seed=0)
+    imgs = [torch.full((1, 1, 2, 2), float(i)) for i in range(8)]
+    assert torch.equal(pool.query(imgs[0]), imgs[0]) and torch.equal(pool.query(imgs[1]), imgs[1])
+    state = pool.state_dict()
+    first = [pool.query(x).clone() for x in imgs[2:]]
+    other = ImagePool(2, seed=99)
+    other.load_state_dict(state)
+    assert all(torch.equal(a, other.query(x)) for a, x in zip(first, imgs[2:]))
+    seen = {float(t.mean()) for t in first}
+    assert seen - {2.0, 3.0, 4.0, 5.0, 6.0, 7.0}   # some answers came from the history
+
+
+def test_cyclegan_is_registered_through_its_entry_point():
+    cls = registry.get("cyclegan")
+    assert cls.__module__ == "pyganx_plugins.cyclegan" and cls.data_kind == "unpaired"
+    cfg = cls.Config()
+    assert (cfg.lambda_cycle, cfg.lambda_identity, cfg.pool_size, cfg.lr, cfg.beta1) == (
+        10.0, 0.5, 50, 2e-4, 0.5)
+
+
+def test_linear_decay_schedule():
+    from pyganx_plugins.cyclegan import linear_decay
+    f = linear_decay(200, 0.5)
+    assert [f(0), f(99), f(100), f(150), f(199)] == [1.0, 1.0, 1.0, 0.5, pytest.approx(0.01)]
+
+
+def _options(tmp_path, name, steps, **kw):
+    return TrainOptions(out=str(tmp_path / name), demo="digits", steps=steps, progress=False,
+                        sample_every=kw.pop("sample_every", 1000),
+                        checkpoint_every=kw.pop("checkpoint_every", 1000), **kw)
+
+
+def _trainer(tmp_path, name, steps, **kw):
+    cls = registry.get("cyclegan")
+    cfg = cls.Config(ngf=8, ndf=8, n_blocks=1, pool_size=2)
+    return Trainer("cyclegan", cls, cfg, _options(tmp_path, name, steps, **kw))
+
+
+def test_cyclegan_run_directory(tmp_path):
+    rc = cli_main(["train", "cyclegan", "--demo", "digits", "--steps", "4", "-o",
+                   str(tmp_path / "run"), "--no-progress", "--sample-every", "2",
+                   "--checkpoint-every", "2", "--keep", "1", *SMALL])
+    assert rc == 0
+    run = tmp_path / "run"
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["plugin"] == "cyclegan" and cfg["config"]["ngf"] == 8 and cfg["channels"] == 1
+    assert cfg["config"]["flip"] is True and "digits" in cfg["data"]
+    assert [p.name for p in (run / "checkpoints").glob("*.pt")] == ["step-000000004.pt"]
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["step-000000002.png",
+                                                                  "step-000000004.png"]
+    rows = list(csv.DictReader(open(run / "losses.csv")))
+    assert [r["step"] for r in rows] == ["1", "2", "3", "4"]
+    assert {"G_gan", "G_cycle", "G_idt", "D_A", "D_B"} <= set(rows[0])
+    assert (run / "losses.png").stat().st_size > 1000
+    ck = load_checkpoint(run / "checkpoints" / "step-000000004.pt")
+    assert ck["step"] == 4 and set(ck["networks"]) == {"G_AB", "G_BA", "D_A", "D_B"}
+    assert ck["extra"]["pool_A"]["images"].shape[0] == 2
+    from PIL import Image
+    grid = Image.open(run / "samples" / "step-000000004.png")
+    assert grid.size == (8 * 32, 6 * 32)    # 8 test images; rows real/fake/recovered x 2
+    # a second run into the same folder needs --resume
+    assert cli_main(["train", "cyclegan", "--demo", "digits", "--steps", "4", "-o", str(run),
+                     "--no-progress", *SMALL]) == 1
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = _trainer(tmp_path, "a", 6)
+    straight.fit()
+
+    interrupted = _trainer(tmp_path, "b", 6, checkpoint_every=3)
+    real_step = interrupted.plugin.train_step
+    calls = {"n": 0}
+
+    def stop_after_three(batch, ctx):
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return real_step(batch, ctx)
+
+    interrupted.plugin.train_step = stop_after_three
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    resumed = _trainer(tmp_path, "b", 6, resume="")
+    resumed.fit()
+    assert resumed.step == 6
+    for name, net in straight.nets.items():
+        for (k, a), b in zip(net.state_dict().items(), resumed.nets[name].state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=lambda m: f"{name}.{k}: {m}")
+    lr = [g["lr"] for g in straight.optimizers["G"].param_groups]
+    assert lr == [g["lr"] for g in resumed.optimizers["G"].param_groups]
+
+
+def test_train_errors_are_one_line(tmp_path, capsys):
+    assert cli_main(["train", "nope", "--demo", "digits", "--steps", "1", "-o", str(tmp_path)]) == 1
+    assert "no GAN variant named 'nope'" in capsys.readouterr().err
+    (tmp_path / "A").mkdir()
+    (tmp_path / "B").mkdir()
+    (tmp_path / "A" / "x.png").write_bytes(b"not an image")
+    from PIL import Image
+    Image.new("RGB", (40, 40)).save(tmp_path / "B" / "y.png")
+    rc = cli_main(["train", "cyclegan", "--data-a", str(tmp_path / "A"), "--data-b",
+                   str(tmp_path / "B"), "--steps", "1", "-o", str(tmp_path / "run"),
+                   "--image-size", "32", "--no-progress", *SMALL])
+    err = capsys.readouterr().err
+    assert rc == 1 and "x.png: cannot read image" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as e:
+        cli_main(["train", "cyclegan", "--steps", "1", "-o", str(tmp_path / "r2")])
+    assert e.value.code == 2
