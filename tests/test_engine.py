@@ -116,7 +116,7 @@ def test_cyclegan_run_directory(tmp_path):
     assert (run / "losses.png").stat().st_size > 1000
     ck = load_checkpoint(run / "checkpoints" / "step-000000004.pt")
     assert ck["step"] == 4 and set(ck["networks"]) == {"G_AB", "G_BA", "D_A", "D_B"}
-    assert ck["extra"]["pool_A"]["images"].shape[0] == 2
+    assert ck["extra"]["pool_A"]["images"].shape[0] == 4      # 4 fakes so far, pool of 50
     from PIL import Image
     grid = Image.open(run / "samples" / "step-000000004.png")
     assert grid.size == (8 * 32, 6 * 32)    # 8 test images; rows real/fake/recovered x 2
