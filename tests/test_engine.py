@@ -168,3 +168,18 @@ def test_train_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli_main(["train", "cyclegan", "--steps", "1", "-o", str(tmp_path / "r2")])
     assert e.value.code == 2
+
+
+def test_ema_of_the_generators_is_kept_and_checkpointed(tmp_path):
+    t = _trainer(tmp_path, "ema", 3, ema=0.5, sample_every=3)
+    start = {k: v.clone() for k, v in t.nets["G_AB"].state_dict().items()}
+    t.fit()
+    ck = load_checkpoint(latest_checkpoint(tmp_path / "ema" / "checkpoints"))
+    assert set(ck["ema"]) == {"G_AB", "G_BA"}
+    name = next(k for k in start if k.endswith("weight"))
+    live, ema, first = ck["networks"]["G_AB"][name], ck["ema"]["G_AB"][name], start[name]
+    # the average lies between where training started and where it is now
+    assert not torch.equal(ema, live) and not torch.equal(ema, first)
+    assert (ema - live).abs().max() < (first - live).abs().max() + 1e-6
+    assert (tmp_path / "ema" / "samples" / "step-000000003.png").is_file()
+    assert t.plugin.G_AB is t.nets["G_AB"]          # sampling with EMA put the live nets back
