@@ -113,18 +113,14 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _field_type(cls: type, f: dataclasses.Field) -> Any:
-    hints = typing.get_type_hints(cls)
-    return hints.get(f.name, f.type)
-
-
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
     """Adds one ``--kebab-case`` option per field of the dataclass ``config_cls``."""
     group = parser.add_argument_group(f"{config_cls.__name__} (plugin options)")
+    hints = typing.get_type_hints(config_cls)
     for f in dataclasses.fields(config_cls):
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        kind = _field_type(config_cls, f)
+        kind = hints.get(f.name, f.type)
         help_text = f.metadata.get("help", "")
         if kind is bool:
             group.add_argument(_flag(f.name), dest=f.name, default=default,

@@ -10,11 +10,12 @@
 // 3x3 convolutions with optional bias, instance norms with optional affine.
 //
 // What is fused (see docs/ops.md, "Residual block"):
-// - Padding is never materialised. Both convolutions run with ATen's implicit zero
-//   padding; for reflection padding the difference (the reflected ring minus zeros)
-//   only touches the outermost output rows and columns and is added there by two thin
-//   grouped convolutions over the rows/columns the ring reflects (an exact
-//   reformulation, ~2-3 % of the block's FLOPs at 64x64).
+// - Padding is never materialised as a copy. With reflection, IN1 + ReLU writes conv2's
+//   input straight into a padded buffer (ring included) and conv2 runs with padding 0;
+//   conv1 runs with ATen's implicit zero padding and the difference a reflection makes
+//   (it only reaches the outermost output rows and columns) is added by thin grouped
+//   strip convolutions (CPU) or the ring kernels of the backend (an exact
+//   reformulation, 4/H of a convolution's FLOPs).
 // - IN1 + ReLU is one pass; IN2 + the residual add is one pass.
 // - Lean backward: besides x and y (kept anyway as block boundaries) only h1 (the first
 //   conv's output) and the per-plane statistics are kept. The ReLU'd activation is

@@ -11,7 +11,6 @@ import csv
 import dataclasses
 import json
 import math
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -27,7 +26,8 @@ from ..data import EvalTransform, LabelledImages, PairedImages, TrainTransform, 
 from ..data import demo as demo_data
 from ..data.images import ImageError, to_pil
 from ..plugin import DataInfo, GANPlugin
-from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (atomic_write_bytes, latest_checkpoint, load_checkpoint, rng_state,
+                         save_checkpoint, set_rng_state)
 from .context import TrainContext, resolve_precision
 
 
@@ -182,8 +182,6 @@ def save_grid(rows: dict[str, torch.Tensor], path: Path) -> None:
     """One row per entry of ``rows`` (each (N, C, H, W) in [-1, 1]), written atomically."""
     from PIL import Image
 
-    from .checkpoint import atomic_write_bytes
-
     tiles = [[to_pil(t) for t in row] for row in rows.values()]
     n = max(len(r) for r in tiles)
     w, h = tiles[0][0].size
@@ -218,7 +216,6 @@ def plot_losses(csv_path: Path, png_path: Path) -> None:
     ax.set_ylabel("loss")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    from .checkpoint import atomic_write_bytes
     atomic_write_bytes(png_path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
 
@@ -241,7 +238,6 @@ class Trainer:
         self.optimizers = self.plugin.optimizers()
         self.ctx = TrainContext(self.device, self.optimizers,
                                 resolve_precision(opts.precision, self.device))
-        self.loader_gen = torch.Generator()
         self.loader = DataLoader(self.data.train, batch_size=opts.batch_size, shuffle=False,
                                  sampler=_EpochSampler(len(self.data.train), opts.seed),
                                  drop_last=len(self.data.train) >= opts.batch_size,
@@ -304,7 +300,6 @@ class Trainer:
         (self.run / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
     def _sample(self) -> None:
-        nets = self.nets
         if self.ema:
             saved = {k: self.nets[k] for k in self.ema}
             self.plugin_nets_swap(self.ema)
@@ -316,7 +311,6 @@ class Trainer:
                 self.plugin_nets_swap(saved)
         if rows:
             save_grid(rows, self.run / "samples" / f"step-{self.step:09d}.png")
-        del nets
 
     def plugin_nets_swap(self, nets: dict) -> None:
         """Points the plugin's generator attributes at ``nets`` (EMA sampling)."""
