@@ -147,3 +147,39 @@ def test_data_export_cli(tmp_path, capsys):
     again = UnpairedImages(root / "trainA", root / "trainB", EvalTransform(32))
     assert again.channels == 1
     assert "wrote digits" in capsys.readouterr().out
+
+
+def test_unreadable_images_raise_by_default_and_are_skipped_on_request(tmp_path, capsys):
+    a, b = _folder(tmp_path / "A", 3, 200), _folder(tmp_path / "B", 2, 50)
+    bad = a / "1.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    ds = UnpairedImages(a, b, EvalTransform(8))
+    assert ds[0]["A"].shape == (3, 8, 8)
+    with pytest.raises(ImageError, match=r"1\.png: cannot read image"):
+        ds[1]
+
+    skip = UnpairedImages(a, b, EvalTransform(8), skip_bad_images=True)
+    items = [skip[i] for i in range(len(skip))] + [skip[1], skip[-2]]
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and str(bad) in err, err      # once per path
+    assert "skipping an unreadable image" in err
+    # the bad item is replaced by the next index's, the same every time
+    assert torch.equal(items[1]["A"], items[2]["A"]) and torch.equal(items[1]["B"], items[2]["B"])
+    assert torch.equal(items[0]["A"], ds[0]["A"]) and torch.equal(items[3]["A"], items[2]["A"])
+    with pytest.raises(IndexError):
+        skip[3]
+
+    # labelled (the same base class): the last item wraps around to the first
+    cls = tmp_path / "L"
+    _folder(cls / "x", 2, 10)
+    (cls / "x" / "9.png").write_bytes(b"garbage")
+    lab = LabelledImages(cls, EvalTransform(4), skip_bad_images=True)
+    assert len(lab) == 3 and torch.equal(lab[2]["image"], lab[0]["image"])
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and str(cls / "x" / "9.png") in err, err
+
+    # nothing readable left: an ImageError, still naming a path
+    for p in (cls / "x").iterdir():
+        p.write_bytes(b"garbage")
+    with pytest.raises(ImageError, match=r"no readable image left: all 3 items .*\.png"):
+        LabelledImages(cls, EvalTransform(4), skip_bad_images=True)[0]

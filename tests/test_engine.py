@@ -129,7 +129,8 @@ def test_resume_continues_exactly(tmp_path):
     straight = _trainer(tmp_path, "a", 6)
     straight.fit()
 
-    interrupted = _trainer(tmp_path, "b", 6, checkpoint_every=3)
+    # killed at step 3, after the checkpoint of step 2: step 3 was logged but is redone
+    interrupted = _trainer(tmp_path, "b", 6, checkpoint_every=2)
     real_step = interrupted.plugin.train_step
     calls = {"n": 0}
 
@@ -145,6 +146,8 @@ def test_resume_continues_exactly(tmp_path):
     resumed = _trainer(tmp_path, "b", 6, resume="")
     resumed.fit()
     assert resumed.step == 6
+    logged = [int(r["step"]) for r in csv.DictReader(open(tmp_path / "b" / "losses.csv"))]
+    assert logged == [1, 2, 3, 4, 5, 6]
     for name, net in straight.nets.items():
         for (k, a), b in zip(net.state_dict().items(), resumed.nets[name].state_dict().values()):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=lambda m: f"{name}.{k}: {m}")
@@ -183,3 +186,95 @@ def test_ema_of_the_generators_is_kept_and_checkpointed(tmp_path):
     assert (ema - live).abs().max() < (first - live).abs().max() + 1e-6
     assert (tmp_path / "ema" / "samples" / "step-000000003.png").is_file()
     assert t.plugin.G_AB is t.nets["G_AB"]          # sampling with EMA put the live nets back
+
+
+def _image_folders(tmp_path):
+    from PIL import Image
+    for d in ("A", "B"):
+        (tmp_path / d).mkdir()
+    for i in range(2):
+        Image.new("RGB", (40, 40), (120 * i, 60, 0)).save(tmp_path / "A" / f"{i}.png")
+        Image.new("RGB", (40, 40), (0, 60, 120 * i)).save(tmp_path / "B" / f"{i}.png")
+    bad = tmp_path / "A" / "2_truncated.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    return tmp_path / "A", tmp_path / "B", bad
+
+
+def test_an_unreadable_image_stops_training_unless_skipped(tmp_path, capsys):
+    a, b, bad = _image_folders(tmp_path)
+    args = ["train", "cyclegan", "--data-a", str(a), "--data-b", str(b), "--steps", "3",
+            "--image-size", "32", "--no-progress", "--sample-every", "1000",
+            "--checkpoint-every", "1000", *SMALL]
+    assert cli_main([*args, "-o", str(tmp_path / "stops")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{bad}: cannot read image" in err and "Traceback" not in err
+
+    assert cli_main([*args, "-o", str(tmp_path / "skips"), "--skip-bad-images"]) == 0
+    err = capsys.readouterr().err
+    warned = [line for line in err.splitlines() if str(bad) in line]
+    assert len(warned) == 1 and "skipping an unreadable image" in warned[0], err
+    ck = load_checkpoint(latest_checkpoint(tmp_path / "skips" / "checkpoints"))
+    assert ck["step"] == 3
+
+
+def test_resume_with_other_networks_is_one_line(tmp_path, capsys):
+    run = str(tmp_path / "run")
+    args = ["train", "cyclegan", "--demo", "digits", "-o", run, "--no-progress", "--ndf", "8",
+            "--sample-every", "1000", "--checkpoint-every", "1000"]
+    assert cli_main([*args, "--steps", "2", "--image-size", "32", "--ngf", "8",
+                     "--n-blocks", "0"]) == 0
+    capsys.readouterr()
+    assert cli_main([*args, "--steps", "4", "--image-size", "32", "--ngf", "16",
+                     "--n-blocks", "0", "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "networks do not match this run" in err and "ngf=8" in err and "ngf=16" in err, err
+    # n_blocks 0 means 9 blocks from 256 px, else 6: the image size changes the networks
+    assert cli_main([*args, "--steps", "4", "--image-size", "256", "--ngf", "8",
+                     "--n-blocks", "0", "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "image_size=32" in err and "image_size=256" in err, err
+    assert "ngf" not in err
+
+
+def _fake_tensorboard(events):
+    import types
+
+    class SummaryWriter:
+        def __init__(self, log_dir):
+            events.append(("open", log_dir))
+
+        def add_scalar(self, tag, value, step):
+            events.append(("scalar", tag, value, step))
+
+        def flush(self):
+            events.append(("flush",))
+
+        def close(self):
+            events.append(("close",))
+
+    module = types.ModuleType("torch.utils.tensorboard")
+    module.SummaryWriter = SummaryWriter
+    return module
+
+
+def test_losses_go_to_tensorboard_when_it_imports(tmp_path, monkeypatch):
+    import sys
+    events = []
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", _fake_tensorboard(events))
+    _trainer(tmp_path, "tb", 3, sample_every=2).fit()
+    rows = list(csv.DictReader(open(tmp_path / "tb" / "losses.csv")))
+    names = [k for k in rows[0] if k not in ("step", "epoch", "seconds")]
+    assert len(names) == 5
+    scalars = [("scalar", f"loss/{k}", float(r[k]), int(r["step"])) for r in rows for k in names]
+    # every loss of every step, flushed with the sample grids (steps 2 and 3), then closed
+    assert events == [("open", str(tmp_path / "tb" / "tb")), *scalars[:10], ("flush",),
+                      *scalars[10:], ("flush",), ("close",)]
+
+
+def test_no_tensorboard_no_trace(tmp_path, monkeypatch, capsys):
+    import sys
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)   # import fails
+    _trainer(tmp_path, "plain", 1).fit()
+    assert not (tmp_path / "plain" / "tb").exists()
+    assert "ensorBoard" not in capsys.readouterr().err

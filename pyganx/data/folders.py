@@ -4,10 +4,15 @@ Every dataset returns tensors in [-1, 1]. Randomness (which B image goes with an
 image, crops, flips) comes from a generator seeded by (seed, epoch, index), so a run is
 reproducible and two processes that agree on the seed agree on the data; call
 ``set_epoch`` once per epoch, as with ``DistributedSampler``.
+
+An unreadable image raises ImageError naming its path. With ``skip_bad_images=True``
+the dataset warns once per path (per process) on stderr and returns the next index's
+item instead; it raises ImageError only when no index gives a readable item.
 """
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Callable, Sequence, Union
 
@@ -19,6 +24,16 @@ from .images import ImageError, image_channels, list_images, load_image
 
 Item = Union[Path, Image.Image]
 Transform = Callable[[Image.Image, torch.Generator], torch.Tensor]
+
+_warned: set[str] = set()   # the unreadable images already reported by this process
+
+
+def _warn_skipped(e: ImageError) -> None:
+    key = str(e.path) if e.path is not None else str(e)
+    if key not in _warned:
+        _warned.add(key)
+        msg = " ".join(str(e).split())
+        print(f"pyganx: skipping an unreadable image: {msg}", file=sys.stderr, flush=True)
 
 
 def _generator(seed: int, epoch: int, index: int, stream: int) -> torch.Generator:
@@ -51,13 +66,36 @@ def _channels(items: Sequence[Item], channels: int | None) -> int:
 
 
 class _Seeded(Dataset):
-    def __init__(self, transform: Transform, seed: int) -> None:
+    """Seeded randomness per (epoch, index), and the skipping of unreadable images:
+    subclasses implement ``_item(i)``."""
+
+    def __init__(self, transform: Transform, seed: int, skip_bad_images: bool = False) -> None:
         self.transform = transform
         self.seed = seed
         self.epoch = 0
+        self.skip_bad_images = skip_bad_images
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def _item(self, i: int):
+        raise NotImplementedError
+
+    def __getitem__(self, i: int):
+        if not self.skip_bad_images:
+            return self._item(i)
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"index {i} out of range for {n} items")
+        i %= n
+        for k in range(n):
+            try:
+                return self._item((i + k) % n)
+            except ImageError as e:
+                _warn_skipped(e)
+                last = e
+        raise ImageError(f"no readable image left: all {n} items have an unreadable image "
+                         f"(the last: {last})", last.path)
 
     def _gen(self, index: int, stream: int) -> torch.Generator:
         return _generator(self.seed, self.epoch, index, stream)
@@ -68,15 +106,16 @@ class UnpairedImages(_Seeded):
     Returns {"A": tensor, "B": tensor}."""
 
     def __init__(self, a: str | os.PathLike | Sequence[Item], b: str | os.PathLike | Sequence[Item],
-                 transform: Transform, channels: int | None = None, seed: int = 0) -> None:
-        super().__init__(transform, seed)
+                 transform: Transform, channels: int | None = None, seed: int = 0,
+                 skip_bad_images: bool = False) -> None:
+        super().__init__(transform, seed, skip_bad_images)
         self.a, self.b = _images(a, "domain A"), _images(b, "domain B")
         self.channels = _channels(self.a + self.b, channels)
 
     def __len__(self) -> int:
         return max(len(self.a), len(self.b))
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def _item(self, i: int) -> dict[str, torch.Tensor]:
         j = int(torch.randint(len(self.b), (), generator=self._gen(i, 0)))
         return {"A": self.transform(_load(self.a[i % len(self.a)], self.channels), self._gen(i, 1)),
                 "B": self.transform(_load(self.b[j], self.channels), self._gen(i, 2))}
@@ -89,8 +128,8 @@ class LabelledImages(_Seeded):
     def __init__(self, root: str | os.PathLike | None = None, transform: Transform | None = None,
                  channels: int | None = None, seed: int = 0,
                  samples: Sequence[tuple[Item, int]] | None = None,
-                 classes: Sequence[str] | None = None) -> None:
-        super().__init__(transform, seed)
+                 classes: Sequence[str] | None = None, skip_bad_images: bool = False) -> None:
+        super().__init__(transform, seed, skip_bad_images)
         if samples is not None:
             self.samples = list(samples)
             self.classes = list(classes or sorted({str(c) for _, c in samples}))
@@ -110,7 +149,7 @@ class LabelledImages(_Seeded):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> dict:
+    def _item(self, i: int) -> dict:
         item, label = self.samples[i]
         return {"image": self.transform(_load(item, self.channels), self._gen(i, 0)),
                 "label": label}
@@ -123,8 +162,8 @@ class PairedImages(_Seeded):
 
     def __init__(self, a: str | os.PathLike, b: str | os.PathLike | None = None,
                  transform: Transform | None = None, channels: int | None = None,
-                 seed: int = 0) -> None:
-        super().__init__(transform, seed)
+                 seed: int = 0, skip_bad_images: bool = False) -> None:
+        super().__init__(transform, seed, skip_bad_images)
         self.side_by_side = b is None
         if self.side_by_side:
             self.pairs = [(p, None) for p in _images(a, "paired images")]
@@ -138,13 +177,13 @@ class PairedImages(_Seeded):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def _item(self, i: int) -> dict[str, torch.Tensor]:
         pa, pb = self.pairs[i]
         img_a = _load(pa, self.channels)
         if self.side_by_side:
             w = img_a.width // 2
             if w < 1:
-                raise ImageError(f"{pa}: too narrow to be a side-by-side A|B pair")
+                raise ImageError(f"{pa}: too narrow to be a side-by-side A|B pair", pa)
             img_a, img_b = img_a.crop((0, 0, w, img_a.height)), img_a.crop((w, 0, 2 * w, img_a.height))
         else:
             img_b = _load(pb, self.channels)

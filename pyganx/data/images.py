@@ -19,7 +19,11 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 
 
 class ImageError(ValueError):
-    """An image that cannot be used; the message names the file."""
+    """An image that cannot be used; the message names the file (``path``, where known)."""
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
@@ -59,9 +63,9 @@ def load_image(path: str | os.PathLike, channels: int = 3) -> Image.Image:
                 img = Image.alpha_composite(white, rgba)
             img = img.convert("RGB" if channels == 3 else "L")
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
+        raise ImageError(f"{path}: cannot read image ({type(e).__name__}: {e})", path) from None
     if img.width < 1 or img.height < 1:
-        raise ImageError(f"{path}: empty image")
+        raise ImageError(f"{path}: empty image", path)
     return img
 
 

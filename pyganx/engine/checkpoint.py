@@ -2,7 +2,8 @@
 ``torch.load(weights_only=True)``), written atomically: to a temporary file in the
 same folder, flushed and fsynced, then renamed over the target, so a crash mid-save
 leaves the previous checkpoint as it was. ``latest.txt`` names the newest; the newest
-K are kept."""
+K are kept. The temporary file of a save that was killed (``.step-*.pt.*.tmp``) is
+removed by the next save into the folder."""
 from __future__ import annotations
 
 import os
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 _NAME = re.compile(r"^step-(\d{9})\.pt$")
+_TEMP = re.compile(r"^\.step-\d{9}\.pt\.[A-Za-z0-9_]+\.tmp$")   # atomic_write_bytes's, for a step
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -53,11 +55,29 @@ def atomic_write_bytes(path: Path, write) -> None:
 def save_checkpoint(folder: str | os.PathLike, step: int, state: dict, keep: int = 3) -> Path:
     folder = Path(folder)
     path = folder / f"step-{step:09d}.pt"
+    # temporary files left by a killed save: those already there and not written to during
+    # this save are removed after it
+    stale = {}
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if _TEMP.match(p.name):
+                try:
+                    st = p.stat()
+                except OSError:
+                    continue
+                stale[p] = (st.st_mtime_ns, st.st_size)
     atomic_write_bytes(path, lambda f: torch.save(state, f))
     atomic_write_bytes(folder / "latest.txt", lambda f: f.write((path.name + "\n").encode()))
     if keep > 0:
         for old in sorted(p for p in folder.iterdir() if _NAME.match(p.name))[:-keep]:
             old.unlink()
+    for p, seen in stale.items():
+        try:
+            st = p.stat()
+            if (st.st_mtime_ns, st.st_size) == seen:
+                p.unlink()
+        except OSError:
+            pass
     return path
 
 

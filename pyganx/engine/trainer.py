@@ -12,6 +12,9 @@ import dataclasses
 import json
 import math
 import random
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +60,7 @@ class TrainOptions:
     keep: int = 3
     device: str | None = None
     progress: bool = True
+    skip_bad_images: bool = False     # warn about and skip unreadable images
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -94,6 +98,7 @@ def build_data(kind: str, opts: TrainOptions, config: Any) -> RunData:
     """Datasets for the plugin's data kind from --demo, --data or --data-a/--data-b."""
     if kind not in ("unpaired", "paired", "labelled", "multi_domain"):
         raise TrainError(f"data kind {kind!r} has no built-in dataset yet")
+    skip = opts.skip_bad_images
     if opts.demo:
         try:
             ds = demo_data.load(opts.demo)
@@ -104,19 +109,21 @@ def build_data(kind: str, opts: TrainOptions, config: Any) -> RunData:
         tr, ev = TrainTransform(size, flip=flip), EvalTransform(size)
         if kind == "unpaired":
             train = UnpairedImages([s.image for s in ds.train_a], [s.image for s in ds.train_b], tr,
-                                   channels=ds.channels, seed=opts.seed)
+                                   channels=ds.channels, seed=opts.seed, skip_bad_images=skip)
             test = UnpairedImages([s.image for s in ds.test_a], [s.image for s in ds.test_b], ev,
-                                  channels=ds.channels, seed=opts.seed)
+                                  channels=ds.channels, seed=opts.seed, skip_bad_images=skip)
             info = DataInfo(ds.channels, size, 0, ("A", "B"), ds.description)
         elif kind == "labelled":
-            train = LabelledImages(samples=ds.labelled("train"), transform=tr, channels=ds.channels)
-            test = LabelledImages(samples=ds.labelled("test"), transform=ev, channels=ds.channels)
+            train = LabelledImages(samples=ds.labelled("train"), transform=tr, channels=ds.channels,
+                                   skip_bad_images=skip)
+            test = LabelledImages(samples=ds.labelled("test"), transform=ev, channels=ds.channels,
+                                  skip_bad_images=skip)
             info = DataInfo(ds.channels, size, 10, (), ds.description)
         elif kind == "multi_domain":
             train = LabelledImages(samples=ds.domains("train"), classes=ds.styles, transform=tr,
-                                   channels=ds.channels)
+                                   channels=ds.channels, skip_bad_images=skip)
             test = LabelledImages(samples=ds.domains("test"), classes=ds.styles, transform=ev,
-                                  channels=ds.channels)
+                                  channels=ds.channels, skip_bad_images=skip)
             info = DataInfo(ds.channels, size, 0, tuple(ds.styles), ds.description)
         else:
             raise TrainError(f"the demo sets have no paired view; use --data with {kind} data")
@@ -136,8 +143,9 @@ def build_data(kind: str, opts: TrainOptions, config: Any) -> RunData:
             else:
                 raise TrainError("unpaired data needs --data DIR (with trainA/ trainB/) or "
                                  "--data-a DIR --data-b DIR, or --demo NAME")
-            train = UnpairedImages(a, b, tr, seed=opts.seed)
-            test = UnpairedImages(ta, tb, ev, channels=train.channels, seed=opts.seed)
+            train = UnpairedImages(a, b, tr, seed=opts.seed, skip_bad_images=skip)
+            test = UnpairedImages(ta, tb, ev, channels=train.channels, seed=opts.seed,
+                                  skip_bad_images=skip)
             desc = f"unpaired {a} | {b}"
             info = DataInfo(train.channels, size, 0, ("A", "B"), desc)
         elif kind == "paired":
@@ -146,20 +154,21 @@ def build_data(kind: str, opts: TrainOptions, config: Any) -> RunData:
                                  "images, or trainA/ trainB/ of matching names)")
             root = Path(opts.data)
             if (root / "trainA").is_dir():
-                train = PairedImages(root / "trainA", root / "trainB", tr, seed=opts.seed)
+                train = PairedImages(root / "trainA", root / "trainB", tr, seed=opts.seed,
+                                     skip_bad_images=skip)
                 test = train
             else:
-                train = PairedImages(root / "train", None, tr, seed=opts.seed)
+                train = PairedImages(root / "train", None, tr, seed=opts.seed, skip_bad_images=skip)
                 test = PairedImages(root / "test" if (root / "test").is_dir() else root / "train",
-                                    None, ev, channels=train.channels)
+                                    None, ev, channels=train.channels, skip_bad_images=skip)
             desc = f"paired {root}"
             info = DataInfo(train.channels, size, 0, ("A", "B"), desc)
         else:
             if not opts.data:
                 raise TrainError(f"{kind} data needs --data DIR with one sub-folder per "
                                  f"{'class' if kind == 'labelled' else 'domain'}")
-            train = LabelledImages(opts.data, tr, seed=opts.seed)
-            test = LabelledImages(opts.data, ev, channels=train.channels)
+            train = LabelledImages(opts.data, tr, seed=opts.seed, skip_bad_images=skip)
+            test = LabelledImages(opts.data, ev, channels=train.channels, skip_bad_images=skip)
             desc = f"{kind} {opts.data}"
             info = DataInfo(train.channels, size, len(train.classes) if kind == "labelled" else 0,
                             tuple(train.classes) if kind == "multi_domain" else (), desc)
@@ -242,7 +251,8 @@ class Trainer:
                                  sampler=_EpochSampler(len(self.data.train), opts.seed),
                                  drop_last=len(self.data.train) >= opts.batch_size,
                                  num_workers=opts.workers, pin_memory=self.device.type == "cuda",
-                                 persistent_workers=opts.workers > 0)
+                                 persistent_workers=opts.workers > 0,
+                                 worker_init_fn=_worker_leaves_sigint_to_the_trainer)
         per_epoch = max(1, len(self.loader))
         self.total_steps = opts.steps if opts.steps is not None else opts.epochs * per_epoch
         self.schedulers = self.plugin.schedulers(self.total_steps)
@@ -250,6 +260,7 @@ class Trainer:
         self.ema = ({n: copy.deepcopy(self.nets[n]).eval().requires_grad_(False) for n in gen_names}
                     if opts.ema else {})
         self.step = self.epoch = self.batch_index = 0
+        self._saved: tuple[int, Path] | None = None   # (step, path) of the last checkpoint
         self.fixed = self._fixed_batch()
 
     # --- state ---------------------------------------------------------------------
@@ -257,6 +268,7 @@ class Trainer:
         return {
             "pyganx_version": __version__, "plugin": self.name,
             "config": dataclasses.asdict(self.config),
+            "data_info": dataclasses.asdict(self.data.info),
             "step": self.step, "epoch": self.epoch, "batch_index": self.batch_index,
             "networks": {k: m.state_dict() for k, m in self.nets.items()},
             "ema": {k: m.state_dict() for k, m in self.ema.items()},
@@ -271,10 +283,12 @@ class Trainer:
         if st.get("plugin") != self.name:
             raise TrainError(f"the checkpoint is of plugin {st.get('plugin')!r}, not {self.name!r}")
         for k, m in self.nets.items():
-            m.load_state_dict(st["networks"][k])
+            if k not in st.get("networks", {}):
+                raise self._mismatch(st, f"it has no network {k!r}")
+            self._load_weights(st, k, m, st["networks"][k])
         for k, m in self.ema.items():
             if k in st.get("ema", {}):
-                m.load_state_dict(st["ema"][k])
+                self._load_weights(st, k, m, st["ema"][k])
         for k, o in self.optimizers.items():
             o.load_state_dict(st["optimizers"][k])
         for k, s in self.schedulers.items():
@@ -284,6 +298,28 @@ class Trainer:
         self.plugin.load_extra_state(st.get("extra", {}))
         set_rng_state(st["rng"])
         self.step, self.epoch, self.batch_index = st["step"], st["epoch"], st["batch_index"]
+
+    def _load_weights(self, st: dict, name: str, net: torch.nn.Module, weights: dict) -> None:
+        try:
+            net.load_state_dict(weights)
+        except RuntimeError as e:  # shapes or names differ: its message lists every tensor
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            raise self._mismatch(st, f"{name}: {lines[1] if len(lines) > 1 else lines[0]}") from None
+
+    def _mismatch(self, st: dict, detail: str) -> TrainError:
+        """The one-line error for a checkpoint whose networks do not fit this run's: the
+        settings that differ (plugin config, image size, channels), else ``detail``."""
+        ours = dataclasses.asdict(self.config)
+        theirs = st.get("config") or {}
+        diff = [(k, theirs[k], v) for k, v in ours.items() if k in theirs and theirs[k] != v]
+        info = st.get("data_info") or {}
+        for k in ("image_size", "channels"):
+            if k in info and info[k] != getattr(self.data.info, k):
+                diff.append((k, info[k], getattr(self.data.info, k)))
+        why = ("the checkpoint has " + ", ".join(f"{k}={a!r}" for k, a, _ in diff)
+               + ", this run " + ", ".join(f"{k}={b!r}" for k, _, b in diff)) if diff else detail
+        return TrainError(f"the checkpoint's networks do not match this run ({why}); resume with "
+                          f"the checkpoint's settings, or train into another --out")
 
     def _fixed_batch(self):
         n = min(8, len(self.data.test))
@@ -295,7 +331,8 @@ class Trainer:
         self.run.mkdir(parents=True, exist_ok=True)
         cfg = {"plugin": self.name, "config": dataclasses.asdict(self.config),
                "data": self.data.description, "image_size": self.data.info.image_size,
-               "channels": self.data.info.channels, "pyganx_version": __version__,
+               "channels": self.data.info.channels, "data_info": dataclasses.asdict(self.data.info),
+               "pyganx_version": __version__,
                "options": dataclasses.asdict(self.opts)}
         (self.run / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
@@ -327,19 +364,27 @@ class Trainer:
                     be.copy_(b)
 
     def _checkpoint(self) -> Path:
-        return save_checkpoint(self.run / "checkpoints", self.step, self.state(), self.opts.keep)
+        path = save_checkpoint(self.run / "checkpoints", self.step, self.state(), self.opts.keep)
+        self._saved = (self.step, path)
+        return path
 
     def fit(self) -> dict:
+        """Trains to the last step. A first Ctrl-C (SIGINT, when fit runs in the main
+        thread) stops after the current step, checkpoints it and returns with
+        ``"interrupted": True``; a second one raises KeyboardInterrupt at once."""
         opts = self.opts
         if opts.resume is not None:
             ck = Path(opts.resume) if opts.resume else latest_checkpoint(self.run / "checkpoints")
             if ck is None or not ck.is_file():
                 raise TrainError(f"nothing to resume: no checkpoint in {self.run / 'checkpoints'}")
             self.load_state(load_checkpoint(ck))
+            self._saved = (self.step, ck)
         elif (self.run / "checkpoints").is_dir() and latest_checkpoint(self.run / "checkpoints"):
             raise TrainError(f"{self.run} already holds a run; use --resume or another --out")
         self._write_config()
         csv_path = self.run / "losses.csv"
+        if opts.resume is not None:
+            _drop_rows_after(csv_path, self.step)
         writer_file = open(csv_path, "a", newline="")
         writer = None
         bar = None
@@ -349,12 +394,18 @@ class Trainer:
         for m in self.nets.values():
             m.train()
         t0, last = time.time(), {}
+        tb = None
+        stop = _StopRequest()
         try:
-            while self.step < self.total_steps:
+            tb = _tensorboard_writer(self.run / "tb")
+            stop.install()
+            while self.step < self.total_steps and not stop.requested:
                 if hasattr(self.data.train, "set_epoch"):
                     self.data.train.set_epoch(self.epoch)
                 self.loader.sampler.set_epoch(self.epoch)
                 for i, batch in enumerate(self.loader):
+                    if stop.requested:
+                        break
                     if i < self.batch_index:
                         continue  # resuming mid-epoch: the order is the same, skip what was done
                     losses = self.plugin.train_step(_batch_to(batch, self.device), self.ctx)
@@ -372,6 +423,10 @@ class Trainer:
                             writer.writeheader()
                     writer.writerow({"step": self.step, "epoch": self.epoch,
                                      "seconds": round(time.time() - t0, 3), **last})
+                    writer_file.flush()
+                    if tb is not None:
+                        for k, v in last.items():
+                            tb.add_scalar(f"loss/{k}", v, self.step)
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix({k: f"{v:.3f}" for k, v in last.items()}, refresh=False)
@@ -379,23 +434,96 @@ class Trainer:
                         raise TrainError(f"a loss became non-finite at step {self.step}: {last}")
                     done = self.step >= self.total_steps
                     if self.step % opts.sample_every == 0 or done:
-                        writer_file.flush()
+                        if tb is not None:
+                            tb.flush()
                         self._sample()
                         plot_losses(csv_path, self.run / "losses.png")
                     if self.step % opts.checkpoint_every == 0 or done:
                         self._checkpoint()
-                    if done:
+                    if done or stop.requested:
                         break
                 else:
                     self.epoch += 1
                     self.batch_index = 0
                     continue
                 break
+            interrupted = stop.requested and self.step < self.total_steps
+            if interrupted and self.step > (self._saved[0] if self._saved else 0):
+                self._checkpoint()  # the state after the last completed step
         finally:
+            stop.restore()
             writer_file.close()
             if bar is not None:
                 bar.close()
-        return {"steps": self.step, "seconds": time.time() - t0, "losses": last}
+            if tb is not None:
+                tb.close()
+        return {"steps": self.step, "seconds": time.time() - t0, "losses": last,
+                "interrupted": interrupted,
+                "checkpoint": str(self._saved[1]) if self._saved else None}
+
+
+class _StopRequest:
+    """Once installed in the main thread: the first SIGINT (Ctrl-C) only sets
+    ``requested``, for the loop to stop after the step it is in; a second one puts the
+    previous handler back and raises KeyboardInterrupt. ``restore`` puts it back too.
+    Nothing is installed off the main thread or where SIGINT is ignored."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+        self._installed = False
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            self.restore()
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGINT)
+            if previous is not signal.SIG_IGN:
+                # None: a handler not set from Python, which cannot be put back as it was
+                self._previous = signal.default_int_handler if previous is None else previous
+                signal.signal(signal.SIGINT, self._handle)
+                self._installed = True
+
+    def restore(self) -> None:
+        if self._installed:
+            self._installed = False
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _tensorboard_writer(log_dir: Path):
+    """A SummaryWriter into ``log_dir`` when TensorBoard is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    except Exception as e:  # noqa: BLE001 - installed but broken: train without it, say so once
+        print(f"pyganx: not logging to TensorBoard: it does not import ({type(e).__name__}: {e})",
+              file=sys.stderr)
+        return None
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+def _worker_leaves_sigint_to_the_trainer(_worker_id: int) -> None:
+    """A terminal's Ctrl-C reaches the data-loader workers too; they ignore it, so the
+    main process can finish its step, checkpoint and shut them down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _drop_rows_after(csv_path: Path, step: int) -> None:
+    """On resume: forget logged steps past the checkpoint (a run killed between
+    checkpoints logged steps that will now be trained again)."""
+    if not csv_path.is_file():
+        return
+    with open(csv_path, newline="") as f:
+        lines = f.read().splitlines(keepends=True)
+    keep = lines[:1] + [ln for ln in lines[1:] if ln.split(",", 1)[0].isdigit()
+                        and int(ln.split(",", 1)[0]) <= step]
+    if len(keep) != len(lines):
+        atomic_write_bytes(csv_path, lambda f: f.write("".join(keep).encode()))
 
 
 class _EpochSampler(torch.utils.data.Sampler):
