@@ -1,5 +1,5 @@
-"""The `pyganx` command: `info`, `plugins`, `train`, `data` and `bench` so far; the
-sample, eval, export, translate and serve subcommands are added by their issues."""
+"""The `pyganx` command: `info`, `plugins`, `train`, `sample`, `eval`, `data` and
+`bench`; the export, translate and serve subcommands are added by their issues."""
 from __future__ import annotations
 
 import argparse
@@ -14,8 +14,15 @@ def _info(_args) -> int:
 
     info = pyganx.build_info()
     info["cuda_available"] = torch.cuda.is_available()
+    devices = [f"cpu ({torch.get_num_threads()} threads)"]
     if torch.cuda.is_available():
-        info["devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        devices += [f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    info["devices"] = devices
+    from .engine.trainer import pick_device
+    info["default_device"] = str(pick_device())
     print(json.dumps(info, indent=2))
     return 0
 
@@ -55,6 +62,41 @@ def _data(args) -> int:
         print(f"wrote {args.name} to {root}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
         return 0
     return 2
+
+
+def _fail(command: str, e: Exception, debug: bool) -> int:
+    if debug:
+        raise e
+    print(f"pyganx {command}: {e}", file=sys.stderr)
+    return 1
+
+
+def _sample(args) -> int:
+    from .engine.sample import sample_run
+
+    try:
+        folder, counts = sample_run(args.run, args.out, args.n, args.device,
+                                    label=args.label, domain=args.domain)
+    except (ValueError, RuntimeError, OSError) as e:  # TrainError is a RuntimeError
+        return _fail("sample", e, args.debug)
+    print(f"wrote {folder / 'grid.png'} and " + ", ".join(f"{v} {k!r}" for k, v in counts.items())
+          + f" images under {folder}")
+    return 0
+
+
+def _eval(args) -> int:
+    from .metrics.evaluate import evaluate_run, format_result
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr)
+
+    try:
+        result = evaluate_run(args.run, device=args.device, log=log)
+    except (ValueError, RuntimeError, OSError) as e:  # TrainError is a RuntimeError
+        return _fail("eval", e, args.debug)
+    print(format_result(result))
+    print(f"figures written to {result['run']}/eval.json")
+    return 0
 
 
 def _train(argv: list[str]) -> int:
@@ -98,6 +140,8 @@ def _train(argv: list[str]) -> int:
     ap.add_argument("--keep", type=int, default=3, help="checkpoints kept")
     ap.add_argument("--device", help="cuda, mps or cpu (default: the first available)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("--skip-bad-images", action="store_true",
+                    help="warn about unreadable images and train on the others, instead of stopping")
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
     try:
         add_config_arguments(ap, cls.Config)
@@ -117,7 +161,8 @@ def _train(argv: list[str]) -> int:
                         precision=args.precision, seed=args.seed,
                         deterministic=args.deterministic, workers=args.workers, ema=args.ema,
                         sample_every=args.sample_every, checkpoint_every=args.checkpoint_every,
-                        keep=args.keep, device=args.device, progress=not args.no_progress)
+                        keep=args.keep, device=args.device, progress=not args.no_progress,
+                        skip_bad_images=args.skip_bad_images)
     try:
         result = Trainer(variant, cls, config_from_arguments(cls.Config, args), opts).fit()
     except (TrainError, ValueError, RuntimeError, OSError) as e:
@@ -125,6 +170,12 @@ def _train(argv: list[str]) -> int:
             raise
         print(f"pyganx train: {e}", file=sys.stderr)
         return 1
+    if result.get("interrupted"):
+        ck = result.get("checkpoint")
+        print(f"pyganx train: interrupted at step {result['steps']}; "
+              + (f"checkpoint: {ck}; continue with --resume" if ck else "no step to checkpoint"),
+              file=sys.stderr)
+        return 130
     print(f"trained {variant} for {result['steps']} steps in {result['seconds']:.1f} s; "
           f"run directory: {args.out}")
     return 0
@@ -142,6 +193,20 @@ def main(argv: list[str] | None = None) -> int:
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     exp.add_argument("name", choices=["digits", "photos"], help="which set")
     exp.add_argument("folder", help="where to write trainA/ trainB/ testA/ testB/ (...)")
+    smp = sub.add_parser("sample", help="a trained run's generators on its test images",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    smp.add_argument("run", metavar="RUN_DIR", help="run directory (or one checkpoint in it)")
+    smp.add_argument("-o", "--out", help="output folder (default: RUN_DIR/generated/step-N)")
+    smp.add_argument("--n", type=int, default=8, help="test items to sample")
+    smp.add_argument("--label", type=int, help="class label, for conditional variants")
+    smp.add_argument("--domain", help="target domain name, for multi-domain variants")
+    smp.add_argument("--device", help="cuda, mps or cpu (default: the first available)")
+    smp.add_argument("--debug", action="store_true", help="show tracebacks")
+    ev = sub.add_parser("eval", help="quality figures of a trained run (writes RUN_DIR/eval.json)",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ev.add_argument("run", metavar="RUN_DIR", help="run directory (or one checkpoint in it)")
+    ev.add_argument("--device", help="cuda, mps or cpu (default: the first available)")
+    ev.add_argument("--debug", action="store_true", help="show tracebacks")
     sub.add_parser("bench", help="benchmarks: `pyganx bench ops [--quick] [--device D]`", add_help=False)
     sub.add_parser("train", help="train a GAN variant: `pyganx train VARIANT --help`", add_help=False)
     if argv and argv[0] == "train":
@@ -156,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         return _plugins(args)
     if args.command == "data":
         return _data(args)
+    if args.command == "sample":
+        return _sample(args)
+    if args.command == "eval":
+        return _eval(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -1,0 +1,57 @@
+"""``pyganx sample RUN_DIR``: a trained run's generators applied to its test images.
+
+Writes ``grid.png`` (the plugin's named sample rows, one row each) and every image of
+every row as its own PNG under ``<row name>/``, into ``-o DIR`` (default
+``RUN_DIR/generated/step-N``).
+"""
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import torch
+
+from ..data.images import to_pil
+from .checkpoint import atomic_write_bytes
+from .run import load_run
+from .trainer import TrainError, TrainOptions, _batch_to, build_data, save_grid
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "row"
+
+
+def sample_run(path: str | Path, out: str | Path | None = None, n: int = 8,
+               device: str | None = None, **conditions) -> tuple[Path, dict[str, int]]:
+    """Samples ``n`` test items through the run's plugin; ``conditions`` (``label``,
+    ``domain``) go to plugins whose ``sample`` accepts them. Returns the output folder
+    and the number of images written per row."""
+    if n < 1:
+        raise TrainError(f"--n must be at least 1, got {n}")
+    run = load_run(path, device=device)
+    conditions = {k: v for k, v in conditions.items() if v is not None}
+    params = inspect.signature(run.plugin.sample).parameters
+    for k in conditions:
+        if k not in params:
+            raise TrainError(f"{run.name} samples take no --{k}")
+    opts = TrainOptions(**{k: v for k, v in run.options.items() if k in TrainOptions.__dataclass_fields__})
+    data = build_data(type(run.plugin).data_kind, opts, run.config)
+    test = data.test
+    k = min(n, len(test))
+    items = [test[int(i * len(test) / k)] for i in range(k)]
+    batch = _batch_to(torch.utils.data.default_collate(items), run.device)
+    with torch.no_grad():
+        rows = run.plugin.sample(batch, **conditions)
+    if not rows:
+        raise TrainError(f"{run.name} returned no sample rows")
+    folder = Path(out) if out else run.run_dir / "generated" / f"step-{run.step:09d}"
+    counts = {}
+    for name, images in rows.items():
+        d = folder / _slug(name)
+        for i, t in enumerate(images):
+            img = to_pil(t)
+            atomic_write_bytes(d / f"{i:04d}.png", lambda f, img=img: img.save(f, format="PNG"))
+        counts[name] = len(images)
+    save_grid(rows, folder / "grid.png")
+    return folder, counts

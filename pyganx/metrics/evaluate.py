@@ -1,0 +1,205 @@
+"""``pyganx eval RUN_DIR``: how good are a run's translations?
+
+For each A/B generator of the run (its export specs name the source and target domain)
+the test images of the source domain are translated and judged by classifiers pyganx
+trains itself on the run's own training data (cached, see ``classifier.py``):
+
+- ``target_domain``: the share of translations the domain classifier puts in the
+  target domain (real test images give its ``test_accuracy``, the ceiling);
+- ``digit_kept`` (bundled digits only, whose labels are known): the share whose digit,
+  as read by the digit classifier, is the source image's digit;
+- ``kid``: KID between translations and real target-domain test images on the domain
+  classifier's features, next to ``kid_real_domains`` (real A against real B), the
+  distance the generator started from.
+
+The figures go to RUN_DIR/eval.json (written atomically) and are returned.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..data import EvalTransform
+from ..data import demo as demo_data
+from ..data.folders import _load
+from ..engine.checkpoint import atomic_write_bytes
+from ..engine.run import LoadedRun, load_run
+from ..engine.trainer import TrainError, TrainOptions, build_data
+from .classifier import TrainedClassifier, cached_classifier, fingerprint
+from .kid import kid
+
+#: Classifiers judge at most this resolution (translations are area-downscaled to it).
+JUDGE_SIZE = 64
+#: At most this many images per domain are used to train a domain classifier / evaluated.
+MAX_TRAIN, MAX_TEST = 3000, 500
+
+
+def _spread(items: Sequence, k: int) -> list:
+    """At most ``k`` items, evenly spread over the sequence (deterministic)."""
+    if len(items) <= k:
+        return list(items)
+    step = len(items) / k
+    return [items[int(i * step)] for i in range(k)]
+
+
+def _tensors(items: Sequence, channels: int, size: int, out_size: int | None = None) -> Tensor:
+    """Items as the run's test transform sees them (``size``), area-downscaled one by
+    one to ``out_size`` so that large images never sit in memory at full size."""
+    t = EvalTransform(size)
+    return torch.stack([_judge_size(t(_load(it, channels), None)[None], out_size or size)[0]
+                        for it in items])
+
+
+def _judge_size(x: Tensor, size: int) -> Tensor:
+    return x if x.shape[-1] == size and x.shape[-2] == size else F.interpolate(x, (size, size), mode="area")
+
+
+def _identity(item) -> list:
+    """What a cached classifier's fingerprint records of one training item."""
+    if isinstance(item, Path):
+        st = item.stat()
+        return [str(item.resolve()), st.st_size, st.st_mtime_ns]
+    return []
+
+
+class _Domains:
+    """The run's A and B images (train and test items), and digit labels when known."""
+
+    def __init__(self, run: LoadedRun) -> None:
+        opts = TrainOptions(**{k: v for k, v in run.options.items() if k in TrainOptions.__dataclass_fields__})
+        self.demo = opts.demo
+        self.channels, self.size = run.info.channels, run.info.image_size
+        self.labels: dict[str, list[int]] = {}
+        if opts.demo:
+            ds = demo_data.load(opts.demo)
+            self.train = {"A": [s.image for s in ds.train_a], "B": [s.image for s in ds.train_b]}
+            self.test = {"A": [s.image for s in ds.test_a], "B": [s.image for s in ds.test_b]}
+            if opts.demo == "digits":
+                self.labels = {"A": [s.label for s in ds.test_a], "B": [s.label for s in ds.test_b]}
+            self.held_out = True
+            self.key: list = ["demo", opts.demo]
+            return
+        data = build_data(type(run.plugin).data_kind, opts, run.config)
+        if hasattr(data.train, "a"):  # unpaired
+            self.train = {"A": data.train.a, "B": data.train.b}
+            self.test = {"A": data.test.a, "B": data.test.b}
+            self.held_out = data.test.a is not data.train.a and list(data.test.a) != list(data.train.a)
+        else:                         # paired: one image of each side per item
+            pairs = [data.test[i] for i in range(len(data.test))]
+            self.train = None
+            self.test_tensors = {"A": torch.stack([p["A"] for p in pairs]), "B": torch.stack([p["B"] for p in pairs])}
+            self.held_out = data.test is not data.train
+        self.key = ["folders", data.description]
+
+    def train_tensors(self, side: str, size: int) -> Tensor:
+        if self.train is None:
+            return _judge_size(self.test_tensors[side], size)
+        return _tensors(_spread(self.train[side], MAX_TRAIN), self.channels, self.size, size)
+
+    def test_images(self, side: str) -> tuple[Tensor, list[int] | None]:
+        """Test images of one side at the run's size, and their digit labels if known."""
+        if self.train is None:
+            return _spread(self.test_tensors[side], MAX_TEST), None
+        items = _spread(list(range(len(self.test[side]))), MAX_TEST)
+        x = _tensors([self.test[side][i] for i in items], self.channels, self.size)
+        labels = [self.labels[side][i] for i in items] if side in self.labels else None
+        return x, labels
+
+    def fingerprint(self, size: int) -> str:
+        train = [] if self.train is None else [_identity(i) for s in "AB" for i in _spread(self.train[s], MAX_TRAIN)]
+        return fingerprint(self.key, self.channels, size, train)
+
+
+def domain_classifier(dom: _Domains, size: int, log=None) -> TrainedClassifier:
+    def data():
+        xa, xb = dom.train_tensors("A", size), dom.train_tensors("B", size)
+        ta, tb = (_judge_size(dom.test_images(s)[0], size) for s in "AB")
+        y = torch.cat([torch.zeros(len(xa), dtype=torch.long), torch.ones(len(xb), dtype=torch.long)])
+        yt = torch.cat([torch.zeros(len(ta), dtype=torch.long), torch.ones(len(tb), dtype=torch.long)])
+        return torch.cat([xa, xb]), y, torch.cat([ta, tb]), yt, ["A", "B"]
+    return cached_classifier("domain", dom.fingerprint(size), data, log=log)
+
+
+def digit_classifier(size: int = 32, log=None) -> TrainedClassifier:
+    """Reads digits of either style of the bundled digits set (0-9)."""
+    def data():
+        ds = demo_data.load("digits")
+        tr, te = ds.labelled("train"), ds.labelled("test")
+        x = _tensors([im for im, _ in tr], 1, size)
+        xt = _tensors([im for im, _ in te], 1, size)
+        return (x, torch.tensor([c for _, c in tr]), xt, torch.tensor([c for _, c in te]),
+                [str(d) for d in range(10)])
+    return cached_classifier("digits", fingerprint("digits", size), data, log=log)
+
+
+@torch.no_grad()
+def translate(gen: torch.nn.Module, images: Tensor, device: torch.device, batch_size: int = 32) -> Tensor:
+    return torch.cat([gen(images[i:i + batch_size].to(device)).float().clamp(-1, 1).cpu()
+                      for i in range(0, len(images), batch_size)])
+
+
+def evaluate_run(path: str | Path, device: str | None = None,
+                 log: Callable[[str], None] | None = None) -> dict:
+    """Evaluates a run's A/B generators; writes and returns the figures (see module doc)."""
+    t0 = time.time()
+    run = load_run(path, device=device)
+    specs = {k: s for k, s in run.plugin.export_specs().items()
+             if tuple(s.inputs) == ("image",) and len(s.domains) == 2 and set(s.domains) <= {"A", "B"}}
+    if not specs:
+        raise TrainError(f"pyganx eval judges A/B image translation; {run.name} "
+                         f"({type(run.plugin).data_kind} data) has no A->B or B->A generator")
+    dom = _Domains(run)
+    size = min(run.info.image_size, JUDGE_SIZE)
+    judge = domain_classifier(dom, size, log)
+    digits = digit_classifier(size, log) if dom.labels else None
+    test = {s: dom.test_images(s) for s in "AB"}
+    real = {s: _judge_size(test[s][0], size) for s in "AB"}
+    feats = {s: judge.features(real[s]) for s in "AB"}
+    result = {
+        "run": str(run.run_dir), "plugin": run.name, "checkpoint": run.checkpoint.name, "step": run.step,
+        "weights": run.weights, "judge_size": size,
+        "classifiers": {"domain": {"test_accuracy": judge.test_accuracy, "held_out": dom.held_out}},
+        "kid_real_domains": kid(feats["A"], feats["B"])[0],
+        "translations": {},
+    }
+    if digits is not None:
+        result["classifiers"]["digit"] = {"test_accuracy": digits.test_accuracy}
+    for key, spec in specs.items():
+        src, dst = spec.domains
+        fake = _judge_size(translate(run.plugin.networks()[spec.network], test[src][0], run.device), size)
+        target = 0 if dst == "A" else 1
+        row = {"from": src, "to": dst, "n": len(fake),
+               "target_domain": float((judge.predict(fake) == target).double().mean())}
+        if digits is not None and test[src][1] is not None:
+            row["digit_kept"] = float((digits.predict(fake) == torch.tensor(test[src][1])).double().mean())
+        mean, std = kid(judge.features(fake), feats[dst])
+        row["kid"], row["kid_std"] = mean, std
+        result["translations"][key] = row
+    result["seconds"] = round(time.time() - t0, 1)
+    atomic_write_bytes(run.run_dir / "eval.json",
+                       lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
+    return result
+
+
+def format_result(r: dict) -> str:
+    """A few lines for the terminal."""
+    lines = [f"{r['plugin']} at step {r['step']} ({r['weights']} weights), judged at {r['judge_size']} px"]
+    c = r["classifiers"]
+    lines.append(f"  domain classifier on real test images: {100 * c['domain']['test_accuracy']:.1f} %"
+                 + ("" if c["domain"]["held_out"] else " (no held-out test split: measured on training images)"))
+    if "digit" in c:
+        lines.append(f"  digit classifier on real test images:  {100 * c['digit']['test_accuracy']:.1f} %")
+    lines.append(f"  KID real A vs real B: {r['kid_real_domains']:.4f}")
+    for k, t in r["translations"].items():
+        s = f"  {k} ({t['from']}->{t['to']}, {t['n']} images): in target domain {100 * t['target_domain']:.1f} %"
+        if "digit_kept" in t:
+            s += f", digit kept {100 * t['digit_kept']:.1f} %"
+        s += f", KID {t['kid']:.4f} +- {t['kid_std']:.4f}"
+        lines.append(s)
+    return "\n".join(lines)
