@@ -91,14 +91,17 @@ test: $(STAMPS)/build cmake-test pytest
 
 # --- main job and benchmarks --------------------------------------------------
 # The main job: CycleGAN on the bundled digits (handwritten <-> typeset), on CPU in a few
-# minutes, into a fresh runs/demo. DEMO_STEPS / DEMO_FLAGS change it.
-DEMO_STEPS ?= 400
+# minutes, into a fresh runs/demo, then `pyganx eval` (docs/metrics.md). DEMO_STEPS /
+# DEMO_FLAGS change it.
+DEMO_STEPS ?= 600
 DEMO_FLAGS ?= --ngf 32 --ndf 32
 demo: $(STAMPS)/build
 	rm -rf runs/demo
 	$(PY) -m pyganx train cyclegan --demo digits --steps $(DEMO_STEPS) $(DEMO_FLAGS) \
 	  --sample-every 100 --checkpoint-every 200 -o runs/demo
-	@echo "samples: runs/demo/samples/  losses: runs/demo/losses.csv, runs/demo/losses.png  checkpoints: runs/demo/checkpoints/"
+	$(PY) -m pyganx eval runs/demo
+	@echo "run directory: runs/demo  samples: runs/demo/samples/  losses: runs/demo/losses.csv, losses.png"
+	@echo "checkpoints: runs/demo/checkpoints/  quality figures: runs/demo/eval.json"
 
 bench: $(STAMPS)/build
 	$(PY) -m pytest benchmarks -q -p no:cacheprovider --benchmark-only --benchmark-columns=min,median,rounds

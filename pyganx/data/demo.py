@@ -31,6 +31,8 @@ FONTS = {
     "stix": "STIXGeneral.ttf",
 }
 NAMES = ("digits", "photos")
+#: Bumped whenever the generated images change (classifiers cached on them are then retrained).
+DATA_VERSION = 2
 
 
 @dataclass
@@ -87,15 +89,22 @@ def _font_path(filename: str) -> str:
 
 def _render_digit(digit: int, font: ImageFont.FreeTypeFont, size: int,
                   rng: np.random.Generator) -> Image.Image:
-    """White digit on black, centred on its ink, with a small random affine jitter."""
+    """White digit on black, scaled so its ink spans the frame's height like the
+    handwritten set's digits do (the two domains differ in style, not in scale), with a
+    small random affine jitter."""
     big = 4 * size
-    canvas = Image.new("L", (big, big), 0)
     from PIL import ImageDraw
-    ImageDraw.Draw(canvas).text((big / 2, big / 2), str(digit), fill=255, font=font, anchor="mm")
-    angle = math.radians(rng.uniform(-10, 10))
-    scale = rng.uniform(0.85, 1.1)
+    ink = Image.new("L", (2 * big, 2 * big), 0)
+    ImageDraw.Draw(ink).text((big, big), str(digit), fill=255, font=font, anchor="mm")
+    ink = ink.crop(ink.getbbox())
+    fill = 0.94 * big / ink.height
+    ink = ink.resize((max(1, round(ink.width * fill)), max(1, round(ink.height * fill))), Image.LANCZOS)
+    canvas = Image.new("L", (big, big), 0)
+    canvas.paste(ink, ((big - ink.width) // 2, (big - ink.height) // 2))
+    angle = math.radians(rng.uniform(-8, 8))
+    scale = rng.uniform(0.9, 1.02)
     shear = rng.uniform(-0.15, 0.15)
-    tx, ty = rng.uniform(-0.06, 0.06, size=2) * big
+    tx, ty = rng.uniform(-0.04, 0.04, size=2) * big
     # inverse map for Image.transform: output (x, y) -> input
     c, s = math.cos(angle) / scale, math.sin(angle) / scale
     cx = cy = big / 2

@@ -83,7 +83,7 @@ class _Domains:
             if opts.demo == "digits":
                 self.labels = {"A": [s.label for s in ds.test_a], "B": [s.label for s in ds.test_b]}
             self.held_out = True
-            self.key: list = ["demo", opts.demo]
+            self.key: list = ["demo", opts.demo, demo_data.DATA_VERSION]
             return
         data = build_data(type(run.plugin).data_kind, opts, run.config)
         if hasattr(data.train, "a"):  # unpaired
@@ -135,7 +135,7 @@ def digit_classifier(size: int = 32, log=None) -> TrainedClassifier:
         xt = _tensors([im for im, _ in te], 1, size)
         return (x, torch.tensor([c for _, c in tr]), xt, torch.tensor([c for _, c in te]),
                 [str(d) for d in range(10)])
-    return cached_classifier("digits", fingerprint("digits", size), data, log=log)
+    return cached_classifier("digits", fingerprint("digits", demo_data.DATA_VERSION, size), data, log=log)
 
 
 @torch.no_grad()
