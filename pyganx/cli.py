@@ -130,6 +130,8 @@ def _train(argv: list[str]) -> int:
                     help="continue from CKPT, or from the run's latest checkpoint")
     ap.add_argument("--image-size", type=int, help="training size (default: the data set's, or 256)")
     ap.add_argument("--batch-size", type=int, default=1, help="per process")
+    ap.add_argument("--channels", type=int, choices=[1, 3],
+                    help="1 grey or 3 RGB (default: RGB unless every image is grey)")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--deterministic", action="store_true", help="deterministic algorithms")
@@ -161,8 +163,8 @@ def _train(argv: list[str]) -> int:
                         precision=args.precision, seed=args.seed,
                         deterministic=args.deterministic, workers=args.workers, ema=args.ema,
                         sample_every=args.sample_every, checkpoint_every=args.checkpoint_every,
-                        keep=args.keep, device=args.device, progress=not args.no_progress,
-                        skip_bad_images=args.skip_bad_images)
+                        keep=args.keep, device=args.device, channels=args.channels,
+                        progress=not args.no_progress, skip_bad_images=args.skip_bad_images)
     try:
         result = Trainer(variant, cls, config_from_arguments(cls.Config, args), opts).fit()
     except (TrainError, ValueError, RuntimeError, OSError) as e:

@@ -278,3 +278,22 @@ def test_no_tensorboard_no_trace(tmp_path, monkeypatch, capsys):
     _trainer(tmp_path, "plain", 1).fit()
     assert not (tmp_path / "plain" / "tb").exists()
     assert "ensorBoard" not in capsys.readouterr().err
+
+
+def test_channels_flag_overrides_what_the_data_are(tmp_path):
+    from PIL import Image
+    for side in "AB":
+        (tmp_path / side).mkdir()
+        for i in range(2):
+            Image.new("RGB", (40, 40), (200, 30 * i, 10)).save(tmp_path / side / f"{i}.png")
+    common = ["--steps", "1", "--image-size", "32", "--sample-every", "100", *SMALL]
+    assert cli_main(["train", "cyclegan", "--data-a", str(tmp_path / "A"), "--data-b", str(tmp_path / "B"),
+                     "-o", str(tmp_path / "grey"), "--channels", "1", *common]) == 0
+    assert cli_main(["train", "cyclegan", "--demo", "digits", "-o", str(tmp_path / "rgb"),
+                     "--channels", "3", *common]) == 0
+    for run, c in (("grey", 1), ("rgb", 3)):
+        cfg = json.loads((tmp_path / run / "config.json").read_text())
+        assert cfg["data_info"]["channels"] == c
+        ck = load_checkpoint(latest_checkpoint(tmp_path / run / "checkpoints"))
+        first = next(v for k, v in ck["networks"]["G_AB"].items() if v.ndim == 4)
+        assert first.shape[1] == c                       # the generator takes c channels

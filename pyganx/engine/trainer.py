@@ -61,6 +61,7 @@ class TrainOptions:
     device: str | None = None
     progress: bool = True
     skip_bad_images: bool = False     # warn about and skip unreadable images
+    channels: int | None = None       # 1 (grey) or 3 (RGB); default: what the data are
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -99,6 +100,9 @@ def build_data(kind: str, opts: TrainOptions, config: Any) -> RunData:
     if kind not in ("unpaired", "paired", "labelled", "multi_domain"):
         raise TrainError(f"data kind {kind!r} has no built-in dataset yet")
     skip = opts.skip_bad_images
+    if opts.channels not in (None, 1, 3):
+        raise TrainError(f"--channels must be 1 (grey) or 3 (RGB), got {opts.channels}")
+    want = opts.channels
     if opts.demo:
         try:
             ds = demo_data.load(opts.demo)
@@ -109,22 +113,24 @@ def build_data(kind: str, opts: TrainOptions, config: Any) -> RunData:
         tr, ev = TrainTransform(size, flip=flip), EvalTransform(size)
         if kind == "unpaired":
             train = UnpairedImages([s.image for s in ds.train_a], [s.image for s in ds.train_b], tr,
-                                   channels=ds.channels, seed=opts.seed, skip_bad_images=skip)
+                                   channels=want or ds.channels, seed=opts.seed, skip_bad_images=skip)
             test = UnpairedImages([s.image for s in ds.test_a], [s.image for s in ds.test_b], ev,
-                                  channels=ds.channels, seed=opts.seed, skip_bad_images=skip)
-            info = DataInfo(ds.channels, size, 0, ("A", "B"), ds.description)
+                                  channels=want or ds.channels, seed=opts.seed, skip_bad_images=skip)
+            info = DataInfo(want or ds.channels, size, 0, ("A", "B"), ds.description)
         elif kind == "labelled":
-            train = LabelledImages(samples=ds.labelled("train"), transform=tr, channels=ds.channels,
+            train = LabelledImages(samples=ds.labelled("train"), transform=tr,
+                                   channels=want or ds.channels,
                                    skip_bad_images=skip)
-            test = LabelledImages(samples=ds.labelled("test"), transform=ev, channels=ds.channels,
+            test = LabelledImages(samples=ds.labelled("test"), transform=ev,
+                                  channels=want or ds.channels,
                                   skip_bad_images=skip)
-            info = DataInfo(ds.channels, size, 10, (), ds.description)
+            info = DataInfo(want or ds.channels, size, 10, (), ds.description)
         elif kind == "multi_domain":
             train = LabelledImages(samples=ds.domains("train"), classes=ds.styles, transform=tr,
-                                   channels=ds.channels, skip_bad_images=skip)
+                                   channels=want or ds.channels, skip_bad_images=skip)
             test = LabelledImages(samples=ds.domains("test"), classes=ds.styles, transform=ev,
-                                  channels=ds.channels, skip_bad_images=skip)
-            info = DataInfo(ds.channels, size, 0, tuple(ds.styles), ds.description)
+                                  channels=want or ds.channels, skip_bad_images=skip)
+            info = DataInfo(want or ds.channels, size, 0, tuple(ds.styles), ds.description)
         else:
             raise TrainError(f"the demo sets have no paired view; use --data with {kind} data")
         return RunData(train, test, info, f"demo {opts.demo}: {ds.description}")
@@ -143,7 +149,7 @@ def build_data(kind: str, opts: TrainOptions, config: Any) -> RunData:
             else:
                 raise TrainError("unpaired data needs --data DIR (with trainA/ trainB/) or "
                                  "--data-a DIR --data-b DIR, or --demo NAME")
-            train = UnpairedImages(a, b, tr, seed=opts.seed, skip_bad_images=skip)
+            train = UnpairedImages(a, b, tr, channels=want, seed=opts.seed, skip_bad_images=skip)
             test = UnpairedImages(ta, tb, ev, channels=train.channels, seed=opts.seed,
                                   skip_bad_images=skip)
             desc = f"unpaired {a} | {b}"
@@ -154,11 +160,12 @@ def build_data(kind: str, opts: TrainOptions, config: Any) -> RunData:
                                  "images, or trainA/ trainB/ of matching names)")
             root = Path(opts.data)
             if (root / "trainA").is_dir():
-                train = PairedImages(root / "trainA", root / "trainB", tr, seed=opts.seed,
-                                     skip_bad_images=skip)
+                train = PairedImages(root / "trainA", root / "trainB", tr, channels=want,
+                                     seed=opts.seed, skip_bad_images=skip)
                 test = train
             else:
-                train = PairedImages(root / "train", None, tr, seed=opts.seed, skip_bad_images=skip)
+                train = PairedImages(root / "train", None, tr, channels=want, seed=opts.seed,
+                                     skip_bad_images=skip)
                 test = PairedImages(root / "test" if (root / "test").is_dir() else root / "train",
                                     None, ev, channels=train.channels, skip_bad_images=skip)
             desc = f"paired {root}"
@@ -167,7 +174,7 @@ def build_data(kind: str, opts: TrainOptions, config: Any) -> RunData:
             if not opts.data:
                 raise TrainError(f"{kind} data needs --data DIR with one sub-folder per "
                                  f"{'class' if kind == 'labelled' else 'domain'}")
-            train = LabelledImages(opts.data, tr, seed=opts.seed, skip_bad_images=skip)
+            train = LabelledImages(opts.data, tr, channels=want, seed=opts.seed, skip_bad_images=skip)
             test = LabelledImages(opts.data, ev, channels=train.channels, skip_bad_images=skip)
             desc = f"{kind} {opts.data}"
             info = DataInfo(train.channels, size, len(train.classes) if kind == "labelled" else 0,
