@@ -52,19 +52,27 @@ def _trainer(tmp_path: Path, steps: int) -> Trainer:
     return Trainer("cyclegan", cls, cfg, opts)
 
 
-def test_ctrl_c_in_a_step_stops_after_it_with_a_checkpoint(tmp_path):
-    before = signal.getsignal(signal.SIGINT)
-    t = _trainer(tmp_path, 50)
+def _ctrl_c_during_step(t: Trainer, at: int, times: int) -> dict:
+    """Makes step ``at`` of ``t`` send itself ``times`` SIGINTs while it runs; returns the
+    call counter."""
     real_step = t.plugin.train_step
     calls = {"n": 0}
 
     def step(batch, ctx):
         calls["n"] += 1
-        if calls["n"] == 3:
-            os.kill(os.getpid(), signal.SIGINT)   # Ctrl-C arrives while step 3 runs
+        if calls["n"] == at:
+            for _ in range(times):
+                os.kill(os.getpid(), signal.SIGINT)
         return real_step(batch, ctx)
 
     t.plugin.train_step = step
+    return calls
+
+
+def test_ctrl_c_in_a_step_stops_after_it_with_a_checkpoint(tmp_path):
+    before = signal.getsignal(signal.SIGINT)
+    t = _trainer(tmp_path, 50)
+    calls = _ctrl_c_during_step(t, 3, 1)      # Ctrl-C arrives while step 3 runs
     try:
         result = t.fit()
     except KeyboardInterrupt:
@@ -84,17 +92,7 @@ def test_ctrl_c_in_a_step_stops_after_it_with_a_checkpoint(tmp_path):
 def test_a_second_ctrl_c_raises_at_once_without_a_checkpoint(tmp_path):
     before = signal.getsignal(signal.SIGINT)
     t = _trainer(tmp_path, 50)
-    real_step = t.plugin.train_step
-    calls = {"n": 0}
-
-    def step(batch, ctx):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_step(batch, ctx)
-
-    t.plugin.train_step = step
+    calls = _ctrl_c_during_step(t, 2, 2)
     with pytest.raises(KeyboardInterrupt):
         t.fit()
     assert calls["n"] == 2
