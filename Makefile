@@ -34,8 +34,11 @@ endif
 export MAX_JOBS ?= 2
 
 SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
-# Python packages the tests and the harness need besides torch.
-DEPS := numpy ninja setuptools wheel pillow tqdm pytest pytest-benchmark scikit-learn matplotlib
+# Python packages the tests and the harness need besides torch. ONNX export and inference
+# use onnx + onnxscript + plain onnxruntime here (the `cpu` extra; never both onnxruntime
+# and onnxruntime-gpu in one environment).
+DEPS := numpy ninja setuptools wheel pillow tqdm pytest pytest-benchmark scikit-learn matplotlib \
+  onnx onnxscript onnxruntime
 
 .PHONY: help setup build test pytest cmake-test demo bench clean
 

@@ -1,5 +1,5 @@
-"""The `pyganx` command: `info`, `plugins`, `train`, `sample`, `eval`, `data` and
-`bench`; the export, translate and serve subcommands are added by their issues."""
+"""The `pyganx` command: `info`, `plugins`, `train`, `sample`, `eval`, `export`,
+`translate`, `data` and `bench`; `serve` comes with its issue."""
 from __future__ import annotations
 
 import argparse
@@ -97,6 +97,39 @@ def _eval(args) -> int:
     print(format_result(result))
     print(f"figures written to {result['run']}/eval.json")
     return 0
+
+
+def _export(args) -> int:
+    try:
+        from .export import export_generator
+        res = export_generator(args.source, args.out, args.generator, static=args.static)
+    except (ValueError, RuntimeError, OSError) as e:  # TrainError is a RuntimeError
+        return _fail("export", e, args.debug)
+    m = res.metadata
+    print(f"wrote {res.path} ({res.path.stat().st_size / 2**20:.1f} MiB): {m['pyganx.plugin']} "
+          f"{m['pyganx.generator']} {' -> '.join(json.loads(m['pyganx.domains']))}, "
+          f"{'static ' + str(res.checked_shapes[0]) if args.static else 'dynamic N, H, W'} "
+          f"(H, W multiples of {m['pyganx.size_multiple']}); onnxruntime matches PyTorch within "
+          f"{res.max_abs_error:.1e}")
+    return 0
+
+
+def _translate(args) -> int:
+    try:
+        from .runtime import Translator, translate_files
+        tr = Translator(args.model, device=args.device)
+        done, errors = translate_files(tr, args.inputs, args.out, args.batch_size,
+                                       progress=not args.no_progress)
+    except ImportError as e:
+        return _fail("translate", RuntimeError(f"needs onnxruntime: pip install 'pyganx[cpu]' (or [gpu]) ({e})"),
+                     args.debug)
+    except (ValueError, RuntimeError, OSError) as e:
+        return _fail("translate", e, args.debug)
+    for msg in errors:
+        print(f"pyganx translate: skipped {msg}", file=sys.stderr)
+    print(f"translated {done} image(s) into {args.out} with {tr.providers[0]}"
+          + (f"; {len(errors)} unreadable input(s) skipped" if errors else ""))
+    return 1 if errors else 0
 
 
 def _train(argv: list[str]) -> int:
@@ -209,6 +242,22 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("run", metavar="RUN_DIR", help="run directory (or one checkpoint in it)")
     ev.add_argument("--device", help="cuda, mps or cpu (default: the first available)")
     ev.add_argument("--debug", action="store_true", help="show tracebacks")
+    onx = sub.add_parser("export", help="a trained generator as an ONNX model",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    onx.add_argument("source", metavar="RUN_DIR|CHECKPOINT", help="run directory or one checkpoint")
+    onx.add_argument("-o", "--out", required=True, help="the .onnx file to write")
+    onx.add_argument("--generator", help="an export spec or network name (default: the plugin's first)")
+    onx.add_argument("--static", action="store_true", help="fixed 1 x C x S x S input instead of dynamic N, H, W")
+    onx.add_argument("--debug", action="store_true", help="show tracebacks")
+    trn = sub.add_parser("translate", help="run an exported model on image files or folders",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    trn.add_argument("model", help="a model written by `pyganx export`")
+    trn.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (recursive)")
+    trn.add_argument("-o", "--out", required=True, help="output folder; names are kept")
+    trn.add_argument("--batch-size", type=int, default=1, help="images of one size per run")
+    trn.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    trn.add_argument("--no-progress", action="store_true", help="no progress bar")
+    trn.add_argument("--debug", action="store_true", help="show tracebacks")
     sub.add_parser("bench", help="benchmarks: `pyganx bench ops [--quick] [--device D]`", add_help=False)
     sub.add_parser("train", help="train a GAN variant: `pyganx train VARIANT --help`", add_help=False)
     if argv and argv[0] == "train":
@@ -227,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
         return _sample(args)
     if args.command == "eval":
         return _eval(args)
+    if args.command == "export":
+        return _export(args)
+    if args.command == "translate":
+        return _translate(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

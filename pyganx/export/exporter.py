@@ -1,0 +1,172 @@
+"""``pyganx export``: a trained generator as a self-checked ONNX model.
+
+The generator is exported with ``torch.onnx.export(dynamo=True)`` at opset 18, pyganx's
+compiled ops translated into standard ONNX ops (translations.py). Batch, height and
+width are dynamic (height and width as multiples of the generator's size multiple)
+unless ``static``. Every model carries the metadata keys of docs/contracts.md, passes
+``onnx.checker``, holds no custom-domain node, and is run with onnxruntime on sample
+inputs and compared with PyTorch before it is written; a mismatch is an error.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import __version__
+from ..engine.checkpoint import atomic_write_bytes
+from ..engine.run import load_run
+from ..engine.trainer import TrainError
+from .translations import translation_table
+
+OPSET = 18
+#: Largest |ONNX - PyTorch| accepted for a float32 export, outputs being in [-1, 1]:
+#: two implementations of the same convolutions differ by float32 rounding only.
+FP32_TOLERANCE = 1e-4
+STANDARD_DOMAINS = ("", "ai.onnx")
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    metadata: dict[str, str]
+    max_abs_error: float                      # ONNX vs PyTorch over the checked inputs
+    checked_shapes: list[tuple[int, ...]] = field(default_factory=list)
+
+
+def size_multiple(net: nn.Module) -> int:
+    """2 ** (number of stride-2 convolutions): H and W must be multiples of it."""
+    downs = sum(1 for m in net.modules() if isinstance(m, nn.Conv2d) and tuple(m.stride) == (2, 2))
+    return 2 ** downs
+
+
+class _ImageGenerator(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(image)
+
+
+def custom_domains(model) -> list[str]:
+    """Domains of nodes (and of local functions) that are not standard ONNX."""
+    found = {n.domain for n in model.graph.node if n.domain not in STANDARD_DOMAINS}
+    found |= {f.domain for f in model.functions}
+    return sorted(found)
+
+
+def ort_session(model_bytes: bytes):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+
+
+def export_generator(source: str | os.PathLike, out: str | os.PathLike, generator: str | None = None,
+                     static: bool = False, check_inputs: int = 2) -> ExportResult:
+    """Exports the generator ``generator`` (default: the plugin's first export spec) of a
+    run directory or checkpoint to ``out``; see the module doc."""
+    try:
+        import onnx
+    except ImportError:
+        raise TrainError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'pyganx[cpu]' (or [gpu])") from None
+    run = load_run(source, device="cpu")
+    key, spec = run.spec(generator)
+    if tuple(spec.inputs) != ("image",):
+        raise TrainError(f"{run.name}'s {key} takes {', '.join(spec.inputs)}: only image-to-image "
+                         f"generators can be exported so far")
+    net = run.plugin.networks()[spec.network].float().eval()
+    c, s = run.info.channels, run.info.image_size
+    mult = size_multiple(net)
+    if s % mult:
+        raise TrainError(f"image size {s} is not a multiple of the generator's size multiple {mult}")
+    model = _ImageGenerator(net).eval()
+    example = torch.rand(1 if static else 2, c, s, s) * 2 - 1
+    proto = to_onnx(model, example, None if static else mult)
+    meta = {
+        "pyganx.version": __version__, "pyganx.plugin": run.name, "pyganx.generator": key,
+        "pyganx.domains": json.dumps(list(spec.domains)), "pyganx.image_size": str(s),
+        "pyganx.normalization": "[-1, 1]: x / 127.5 - 1 in, (y + 1) * 127.5 out",
+        "pyganx.io_layout": "NCHW float32", "pyganx.size_multiple": str(mult),
+        "pyganx.channels": str(c), "pyganx.step": str(run.step), "pyganx.weights": run.weights,
+    }
+    del proto.metadata_props[:]
+    for k, v in meta.items():
+        proto.metadata_props.add(key=k, value=v)
+    onnx.checker.check_model(proto, full_check=True)
+    bad = custom_domains(proto)
+    if bad:
+        raise TrainError(f"the exported graph uses non-standard domains {bad}: a pyganx op lacks a translation")
+    blob = proto.SerializeToString()
+    shapes = [(1, c, s, s)] if static else [(1, c, s, s), (2, c, s + mult, s - mult if s > mult else s)][:check_inputs]
+    err = verify(model, blob, shapes)
+    if err > FP32_TOLERANCE:
+        raise TrainError(f"the ONNX model differs from PyTorch by up to {err:.2e} (> {FP32_TOLERANCE:.0e}); "
+                         f"not written")
+    atomic_write_bytes(Path(out), lambda f: f.write(blob))
+    return ExportResult(Path(out), meta, err, shapes)
+
+
+def to_onnx(model: nn.Module, example: torch.Tensor, size_multiple: int | None):
+    """``model(image)`` as an ONNX ModelProto (opset 18, pyganx ops translated). With a
+    ``size_multiple``, batch is dynamic and H, W are dynamic multiples of it."""
+    import onnx
+
+    dynamic = None
+    if size_multiple is not None:
+        d, m = torch.export.Dim, size_multiple
+        h, w = d("h", min=2, max=8192 // m), d("w", min=2, max=8192 // m)
+        dynamic = {"image": {0: d("batch", min=1, max=4096), 2: m * h, 3: m * w}}
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)       # e.g. "torchvision is not installed. Skipping ..."
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            program = torch.onnx.export(model, (example,), dynamo=True, opset_version=OPSET,
+                                        input_names=["image"], output_names=["output"],
+                                        dynamic_shapes=dynamic, custom_translation_table=translation_table(),
+                                        verbose=False, report=False)
+            program.save(os.path.join(tmp, "m.onnx"))
+            return onnx.load(os.path.join(tmp, "m.onnx"))
+    except TrainError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the exporter's errors are long; keep the first line
+        raise TrainError(f"torch.onnx.export failed: {str(e).strip().splitlines()[0]}") from None
+    finally:
+        quiet.setLevel(level)
+
+
+def verify(model: nn.Module, blob: bytes, shapes: list[tuple[int, ...]], seed: int = 0) -> float:
+    """Largest |ONNX Runtime - PyTorch| over seeded inputs in [-1, 1] of ``shapes``."""
+    sess = ort_session(blob)
+    g = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    for shape in shapes:
+        x = torch.rand(shape, generator=g) * 2 - 1
+        with torch.no_grad():
+            ref = model(x).numpy()
+        got = sess.run(None, {"image": x.numpy()})[0]
+        if got.shape != ref.shape:
+            raise TrainError(f"the ONNX model gives shape {got.shape} for input {shape}, PyTorch {ref.shape}")
+        worst = max(worst, float(np.abs(got - ref).max()))
+    return worst
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in m.metadata_props}
+
+
+__all__ = ["ExportResult", "FP32_TOLERANCE", "OPSET", "custom_domains", "export_generator",
+           "read_metadata", "size_multiple", "to_onnx", "verify"]

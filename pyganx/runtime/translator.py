@@ -1,0 +1,170 @@
+"""Running exported generators with onnxruntime: ``Translator`` and ``pyganx translate``.
+
+The session uses the CUDA provider when onnxruntime has it and a GPU answers (torch's
+CUDA libraries are preloaded with ``onnxruntime.preload_dlls()`` where that exists), and
+the CPU provider otherwise, without asking for CUDA on machines that have none. Inputs
+of any size are reflect-padded to the model's size multiple and cropped back.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..data.images import ImageError, list_images, load_image
+
+
+def _gpu_usable() -> bool:
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def pick_providers(device: str = "auto") -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    want_cuda = device == "cuda" or (device == "auto" and _gpu_usable())
+    if want_cuda:
+        if "CUDAExecutionProvider" not in available:
+            if device == "cuda":
+                raise RuntimeError("this onnxruntime has no CUDA provider: pip install 'pyganx[gpu]'")
+        else:
+            if hasattr(ort, "preload_dlls"):
+                try:
+                    ort.preload_dlls()
+                except Exception:  # noqa: BLE001 - the session below reports what is missing
+                    pass
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class Translator:
+    """An exported image-to-image generator. ``translator(batch)`` takes NCHW float32 in
+    [-1, 1]; ``translate(pil_image)`` takes and returns PIL images."""
+
+    def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: no such model")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=pick_providers(device))
+        except Exception as e:  # noqa: BLE001 - not an ONNX model, or a broken one
+            raise RuntimeError(f"{self.path}: cannot load model ({str(e).strip().splitlines()[0]})") from None
+        self.providers = self.session.get_providers()
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        inputs = [i.name for i in self.session.get_inputs()]
+        if "z" in inputs:
+            raise RuntimeError(f"{self.path} is a noise model (inputs {inputs}): "
+                               f"use `pyganx sample RUN_DIR` to draw images from it")
+        if inputs != ["image"]:
+            raise RuntimeError(f"{self.path}: expected one input named 'image', found {inputs}")
+        self.multiple = int(self.metadata.get("pyganx.size_multiple", "1"))
+        self.channels = int(self.metadata.get("pyganx.channels", self.session.get_inputs()[0].shape[1]))
+        self.domains = json.loads(self.metadata.get("pyganx.domains", "[]"))
+        dims = self.session.get_inputs()[0].shape
+        self.static_shape = tuple(dims) if all(isinstance(d, int) for d in dims) else None
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(images, dtype=np.float32)
+        if x.ndim != 4 or x.shape[1] != self.channels:
+            raise ValueError(f"expected (N, {self.channels}, H, W) images, got shape {x.shape}")
+        if self.static_shape is not None and x.shape != self.static_shape:
+            raise ValueError(f"{self.path.name} was exported with --static and takes exactly "
+                             f"{self.static_shape}, got {x.shape}; export without --static for other sizes")
+        h, w = x.shape[2:]
+        ph, pw = (-h) % self.multiple, (-w) % self.multiple
+        if ph or pw:
+            mode = "reflect" if ph < h and pw < w else "edge"
+            x = np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode=mode)
+        y = self.session.run(None, {"image": x})[0]
+        return y[:, :, :h, :w]
+
+    def translate(self, img: Image.Image) -> Image.Image:
+        return self.translate_batch([img])[0]
+
+    def translate_batch(self, images: Sequence[Image.Image]) -> list[Image.Image]:
+        """Images of one size, as PIL (converted to the model's channels)."""
+        mode = "L" if self.channels == 1 else "RGB"
+        arr = np.stack([np.asarray(im.convert(mode), dtype=np.float32).reshape(im.height, im.width, -1)
+                        for im in images]).transpose(0, 3, 1, 2) / 127.5 - 1
+        out = self(arr)
+        pix = np.clip(np.rint((out + 1) * 127.5), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+        return [Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p, mode) for p in pix]
+
+
+def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[tuple[Path, Path]]:
+    """(file, name relative to its input) for files and folders (searched recursively)."""
+    found = []
+    for inp in inputs:
+        p = Path(inp)
+        if p.is_dir():
+            found += [(f, f.relative_to(p)) for f in list_images(p)]
+        elif p.is_file():
+            found.append((p, Path(p.name)))
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")
+    return found
+
+
+def translate_files(translator: Translator, inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
+                    batch_size: int = 1, progress: bool = False) -> tuple[int, list[str]]:
+    """Translates every image; outputs keep their names under ``out_dir``. Returns the
+    number written and one message per input that could not be read (skipped)."""
+    from ..engine.checkpoint import atomic_write_bytes
+
+    files = collect_inputs(inputs)
+    out = Path(out_dir)
+    errors: list[str] = []
+    done = 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(files), unit="img")
+    pending: list[tuple[Image.Image, Path]] = []
+
+    def flush() -> None:
+        nonlocal done
+        if not pending:
+            return
+        for img, rel in zip(translator.translate_batch([p[0] for p in pending]), [p[1] for p in pending]):
+            target = out / rel
+            fmt = Image.registered_extensions().get(target.suffix.lower(), "PNG")
+            atomic_write_bytes(target, lambda f, img=img, fmt=fmt: img.save(f, format=fmt))
+            done += 1
+        if bar is not None:
+            bar.update(len(pending))
+        pending.clear()
+
+    try:
+        for path, rel in files:
+            try:
+                img = load_image(path, translator.channels)
+            except ImageError as e:
+                errors.append(str(e))
+                if bar is not None:
+                    bar.update(1)
+                continue
+            if pending and (img.size != pending[0][0].size or len(pending) >= batch_size):
+                flush()
+            pending.append((img, rel))
+        flush()
+    finally:
+        if bar is not None:
+            bar.close()
+    return done, errors

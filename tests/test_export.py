@@ -1,0 +1,155 @@
+"""ONNX export and the onnxruntime translator: standard ops only, metadata, self-check,
+dynamic shapes, padding to the size multiple, the translate CLI. The reference is always
+the PyTorch module the model was exported from."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("onnxruntime", reason="the ONNX extra (pip install 'pyganx[cpu]') is not installed")
+onnx = pytest.importorskip("onnx")
+
+import pyganx  # noqa: E402
+from pyganx.cli import main as cli_main  # noqa: E402
+from pyganx.data import load_image, to_pil, to_tensor  # noqa: E402
+from pyganx.export import custom_domains, read_metadata  # noqa: E402
+from pyganx.export.exporter import FP32_TOLERANCE, ort_session, to_onnx  # noqa: E402
+from pyganx.nn import InstanceNormReLU, ResidualBlock  # noqa: E402
+from pyganx.runtime import Translator  # noqa: E402
+
+SMALL = ["--ngf", "8", "--ndf", "8", "--n-blocks", "2", "--no-progress"]
+KEYS = ("pyganx.version", "pyganx.plugin", "pyganx.generator", "pyganx.domains", "pyganx.image_size",
+        "pyganx.normalization", "pyganx.io_layout", "pyganx.size_multiple")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "digits"
+    assert cli_main(["train", "cyclegan", "--demo", "digits", "--steps", "3", "-o", str(out), *SMALL]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def model(run, tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx") / "g_ab.onnx"
+    assert cli_main(["export", str(run), "-o", str(path)]) == 0
+    return path
+
+
+def _ort(proto_or_path, x: torch.Tensor) -> np.ndarray:
+    blob = proto_or_path.SerializeToString() if hasattr(proto_or_path, "SerializeToString") \
+        else open(proto_or_path, "rb").read()
+    return ort_session(blob).run(None, {"image": x.numpy()})[0]
+
+
+class _Blocks(nn.Module):
+    """Every configuration of the fused ops the translation table must cover."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.n1 = InstanceNormReLU(c, affine=False)
+        self.r1 = ResidualBlock(c, padding="reflect", affine=False, bias=True)
+        self.n2 = InstanceNormReLU(c, affine=True)
+        self.r2 = ResidualBlock(c, padding="zero", affine=True, bias=False)
+        with torch.no_grad():
+            for p in self.parameters():       # affine parameters away from their 1/0 start
+                p.add_(torch.randn_like(p) * 0.1)
+
+    def forward(self, image):
+        return self.r2(self.n2(self.r1(self.n1(image))))
+
+
+def test_every_fused_op_becomes_standard_onnx_and_matches_pytorch():
+    torch.manual_seed(0)
+    m = _Blocks(4).eval()
+    proto = to_onnx(m, torch.randn(2, 4, 8, 8), size_multiple=1)
+    onnx.checker.check_model(proto, full_check=True)
+    assert custom_domains(proto) == []
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"InstanceNormalization", "Conv", "Pad", "Relu", "Add"} <= ops
+    for shape in [(1, 4, 8, 8), (3, 4, 5, 11)]:              # dynamic batch and odd sizes
+        x = torch.randn(shape)
+        with torch.no_grad():
+            ref = m(x).numpy()
+        np.testing.assert_allclose(_ort(proto, x), ref, atol=FP32_TOLERANCE, rtol=0)
+
+
+def test_export_writes_a_checked_model_with_the_contract_metadata(run, model):
+    m = onnx.load(str(model))
+    onnx.checker.check_model(m, full_check=True)
+    assert custom_domains(m) == [] and m.opset_import[0].version >= 18
+    meta = read_metadata(model)
+    assert all(k in meta for k in KEYS)
+    assert (meta["pyganx.plugin"], meta["pyganx.generator"], json.loads(meta["pyganx.domains"])) == \
+        ("cyclegan", "G_AB", ["A", "B"])
+    assert meta["pyganx.image_size"] == "32" and meta["pyganx.size_multiple"] == "4"
+    g = pyganx.load_generator(run)
+    for shape in [(1, 1, 32, 32), (4, 1, 32, 32), (2, 1, 48, 24)]:   # two batch sizes, two sizes
+        x = torch.rand(shape) * 2 - 1
+        with torch.no_grad():
+            ref = g(x).numpy()
+        np.testing.assert_allclose(_ort(model, x), ref, atol=FP32_TOLERANCE, rtol=0)
+    dims = [d.dim_param or d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
+    assert dims[1] == 1 and all(isinstance(d, str) for d in (dims[0], dims[2], dims[3]))
+
+
+def test_other_generator_and_static_export(run, tmp_path, capsys):
+    path = tmp_path / "g_ba.onnx"
+    assert cli_main(["export", str(run), "-o", str(path), "--generator", "G_BA", "--static"]) == 0
+    assert read_metadata(path)["pyganx.generator"] == "G_BA"
+    m = onnx.load(str(path))
+    assert [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim] == [1, 1, 32, 32]
+    g = pyganx.load_generator(run, "G_BA")
+    x = torch.rand(1, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        np.testing.assert_allclose(_ort(path, x), g(x).numpy(), atol=FP32_TOLERANCE, rtol=0)
+    with pytest.raises(ValueError, match="exported with --static"):
+        Translator(path, device="cpu")(np.zeros((1, 1, 36, 32), np.float32))
+    capsys.readouterr()
+    assert cli_main(["export", str(tmp_path / "nope"), "-o", str(tmp_path / "x.onnx")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such run directory" in err and not (tmp_path / "x.onnx").exists()
+
+
+def test_translator_pads_to_the_size_multiple_and_crops_back(run, model):
+    tr = Translator(model, device="cpu")
+    assert tr.providers == ["CPUExecutionProvider"] and tr.multiple == 4
+    g = pyganx.load_generator(run)
+    x = torch.rand(2, 1, 30, 33) * 2 - 1
+    # the reference: PyTorch on the same reflect-padded input, cropped back
+    padded = torch.nn.functional.pad(x, (0, 3, 0, 2), mode="reflect")
+    with torch.no_grad():
+        ref = g(padded)[:, :, :30, :33].numpy()
+    out = tr(x.numpy())
+    assert out.shape == (2, 1, 30, 33)
+    np.testing.assert_allclose(out, ref, atol=FP32_TOLERANCE, rtol=0)
+
+
+def test_translate_cli_keeps_names_and_reports_corrupt_files(run, model, tmp_path, capsys):
+    from PIL import Image
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "sub/b.png", "c.png"):
+        Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8), "L").save(src / name)
+    Image.fromarray(rng.integers(0, 256, (40, 28), dtype=np.uint8), "L").save(src / "d.png")
+    (src / "broken.png").write_bytes(b"not a png")
+    rc = cli_main(["translate", str(model), str(src), "-o", str(tmp_path / "out"), "--batch-size", "2",
+                   "--no-progress", "--device", "cpu"])
+    cap = capsys.readouterr()
+    assert rc == 1 and "broken.png" in cap.err and "translated 4 image(s)" in cap.out
+    outs = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*.png"))
+    assert outs == ["a.png", "c.png", "d.png", "sub/b.png"]
+    g = pyganx.load_generator(run)
+    for name in ("a.png", "d.png"):
+        x = to_tensor(load_image(src / name, 1))[None]
+        h, w = x.shape[-2:]
+        xp = torch.nn.functional.pad(x, (0, (-w) % 4, 0, (-h) % 4), mode="reflect")
+        with torch.no_grad():
+            ref = np.asarray(to_pil(g(xp)[0, :, :h, :w]), dtype=np.int16)
+        got = np.asarray(Image.open(tmp_path / "out" / name), dtype=np.int16)
+        assert got.shape == ref.shape and np.abs(got - ref).max() <= 1     # one 8-bit rounding step
