@@ -102,14 +102,15 @@ def _eval(args) -> int:
 def _export(args) -> int:
     try:
         from .export import export_generator
-        res = export_generator(args.source, args.out, args.generator, static=args.static)
+        res = export_generator(args.source, args.out, args.generator, static=args.static,
+                               with_preprocessing=args.with_preprocessing)
     except (ValueError, RuntimeError, OSError) as e:  # TrainError is a RuntimeError
         return _fail("export", e, args.debug)
     m = res.metadata
     print(f"wrote {res.path} ({res.path.stat().st_size / 2**20:.1f} MiB): {m['pyganx.plugin']} "
           f"{m['pyganx.generator']} {' -> '.join(json.loads(m['pyganx.domains']))}, "
-          f"{'static ' + str(res.checked_shapes[0]) if args.static else 'dynamic N, H, W'} "
-          f"(H, W multiples of {m['pyganx.size_multiple']}); onnxruntime matches PyTorch within "
+          f"{m['pyganx.io_layout']}, {'static ' + str(res.checked_shapes[0]) if args.static else 'dynamic N, H, W'}"
+          f" (H, W multiples of {m['pyganx.size_multiple']}); onnxruntime matches PyTorch within "
           f"{res.max_abs_error:.1e}")
     return 0
 
@@ -248,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     onx.add_argument("-o", "--out", required=True, help="the .onnx file to write")
     onx.add_argument("--generator", help="an export spec or network name (default: the plugin's first)")
     onx.add_argument("--static", action="store_true", help="fixed 1 x C x S x S input instead of dynamic N, H, W")
+    onx.add_argument("--with-preprocessing", action="store_true",
+                     help="uint8 NHWC images in and out, any H and W; scaling and padding in the graph")
     onx.add_argument("--debug", action="store_true", help="show tracebacks")
     trn = sub.add_parser("translate", help="run an exported model on image files or folders",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -153,3 +153,24 @@ def test_translate_cli_keeps_names_and_reports_corrupt_files(run, model, tmp_pat
             ref = np.asarray(to_pil(g(xp)[0, :, :h, :w]), dtype=np.int16)
         got = np.asarray(Image.open(tmp_path / "out" / name), dtype=np.int16)
         assert got.shape == ref.shape and np.abs(got - ref).max() <= 1     # one 8-bit rounding step
+
+
+def test_with_preprocessing_equals_the_python_path(run, model, tmp_path):
+    path = tmp_path / "pre.onnx"
+    assert cli_main(["export", str(run), "-o", str(path), "--with-preprocessing"]) == 0
+    meta = read_metadata(path)
+    assert meta["pyganx.io_layout"] == "NHWC uint8" and meta["pyganx.size_multiple"] == "1"
+    m = onnx.load(str(path))
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert m.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    pre, plain = Translator(path, device="cpu"), Translator(model, device="cpu")
+    assert pre.preprocessed and not plain.preprocessed
+    rng = np.random.default_rng(1)
+    for shape in [(1, 32, 32, 1), (3, 30, 37, 1)]:     # any H and W: padding is in the graph
+        pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+        out = pre(pixels)
+        assert out.dtype == np.uint8 and out.shape == shape
+        # the Python path: scale, the float model (which pads and crops), map back
+        ref = plain(pixels.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1)
+        ref = np.clip(np.rint((ref + 1) * 127.5), 0, 255).transpose(0, 2, 3, 1)
+        assert np.abs(out.astype(np.int16) - ref.astype(np.int16)).max() <= 1

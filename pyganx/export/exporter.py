@@ -30,6 +30,9 @@ OPSET = 18
 #: Largest |ONNX - PyTorch| accepted for a float32 export, outputs being in [-1, 1]:
 #: two implementations of the same convolutions differ by float32 rounding only.
 FP32_TOLERANCE = 1e-4
+#: With preprocessing the outputs are 8-bit: a value on a rounding boundary may land one
+#: level apart.
+UINT8_TOLERANCE = 1
 STANDARD_DOMAINS = ("", "ai.onnx")
 
 
@@ -56,6 +59,24 @@ class _ImageGenerator(nn.Module):
         return self.net(image)
 
 
+class _WithPreprocessing(nn.Module):
+    """uint8 NHWC in and out, any H and W: scaling to [-1, 1], reflect padding to the size
+    multiple, cropping back and the mapping to [0, 255] (rounded half to even, like ONNX
+    Round) all inside the graph."""
+
+    def __init__(self, net: nn.Module, multiple: int) -> None:
+        super().__init__()
+        self.net, self.multiple = net, multiple
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.permute(0, 3, 1, 2).float() / 127.5 - 1
+        h, w = x.shape[2], x.shape[3]
+        m = self.multiple
+        x = torch.nn.functional.pad(x, (0, (m - w % m) % m, 0, (m - h % m) % m), mode="reflect")
+        y = self.net(x)[:, :, :h, :w]
+        return ((y + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
 def custom_domains(model) -> list[str]:
     """Domains of nodes (and of local functions) that are not standard ONNX."""
     found = {n.domain for n in model.graph.node if n.domain not in STANDARD_DOMAINS}
@@ -72,7 +93,7 @@ def ort_session(model_bytes: bytes):
 
 
 def export_generator(source: str | os.PathLike, out: str | os.PathLike, generator: str | None = None,
-                     static: bool = False, check_inputs: int = 2) -> ExportResult:
+                     static: bool = False, with_preprocessing: bool = False) -> ExportResult:
     """Exports the generator ``generator`` (default: the plugin's first export spec) of a
     run directory or checkpoint to ``out``; see the module doc."""
     try:
@@ -89,14 +110,24 @@ def export_generator(source: str | os.PathLike, out: str | os.PathLike, generato
     mult = size_multiple(net)
     if s % mult:
         raise TrainError(f"image size {s} is not a multiple of the generator's size multiple {mult}")
-    model = _ImageGenerator(net).eval()
-    example = torch.rand(1 if static else 2, c, s, s) * 2 - 1
-    proto = to_onnx(model, example, None if static else mult)
+    n = 1 if static else 2
+    if with_preprocessing:
+        model = _WithPreprocessing(net, mult).eval()
+        example = torch.randint(0, 256, (n, s, s, c), dtype=torch.uint8)
+        proto = to_onnx(model, example, None if static else 1, min_size=2 * mult)
+        shapes = [(1, s, s, c)] if static else [(1, s, s, c), (2, s + 3, max(2 * mult, s - 5), c)]
+    else:
+        model = _ImageGenerator(net).eval()
+        example = torch.rand(n, c, s, s) * 2 - 1
+        proto = to_onnx(model, example, None if static else mult)
+        shapes = [(1, c, s, s)] if static else [(1, c, s, s), (2, c, s + mult, max(2 * mult, s - mult))]
     meta = {
         "pyganx.version": __version__, "pyganx.plugin": run.name, "pyganx.generator": key,
         "pyganx.domains": json.dumps(list(spec.domains)), "pyganx.image_size": str(s),
-        "pyganx.normalization": "[-1, 1]: x / 127.5 - 1 in, (y + 1) * 127.5 out",
-        "pyganx.io_layout": "NCHW float32", "pyganx.size_multiple": str(mult),
+        "pyganx.normalization": ("in the graph: uint8 [0, 255] in and out" if with_preprocessing
+                                 else "[-1, 1]: x / 127.5 - 1 in, (y + 1) * 127.5 out"),
+        "pyganx.io_layout": "NHWC uint8" if with_preprocessing else "NCHW float32",
+        "pyganx.size_multiple": "1" if with_preprocessing else str(mult),
         "pyganx.channels": str(c), "pyganx.step": str(run.step), "pyganx.weights": run.weights,
     }
     del proto.metadata_props[:]
@@ -107,25 +138,28 @@ def export_generator(source: str | os.PathLike, out: str | os.PathLike, generato
     if bad:
         raise TrainError(f"the exported graph uses non-standard domains {bad}: a pyganx op lacks a translation")
     blob = proto.SerializeToString()
-    shapes = [(1, c, s, s)] if static else [(1, c, s, s), (2, c, s + mult, s - mult if s > mult else s)][:check_inputs]
     err = verify(model, blob, shapes)
-    if err > FP32_TOLERANCE:
-        raise TrainError(f"the ONNX model differs from PyTorch by up to {err:.2e} (> {FP32_TOLERANCE:.0e}); "
-                         f"not written")
+    tol = UINT8_TOLERANCE if with_preprocessing else FP32_TOLERANCE
+    if err > tol:
+        raise TrainError(f"the ONNX model differs from PyTorch by up to {err:.2e} (> {tol:g}); not written")
     atomic_write_bytes(Path(out), lambda f: f.write(blob))
     return ExportResult(Path(out), meta, err, shapes)
 
 
-def to_onnx(model: nn.Module, example: torch.Tensor, size_multiple: int | None):
+def to_onnx(model: nn.Module, example: torch.Tensor, size_multiple: int | None, min_size: int = 2):
     """``model(image)`` as an ONNX ModelProto (opset 18, pyganx ops translated). With a
-    ``size_multiple``, batch is dynamic and H, W are dynamic multiples of it."""
+    ``size_multiple``, batch is dynamic and the spatial dimensions are dynamic multiples of
+    it (NCHW: dims 2 and 3; uint8 NHWC examples: dims 1 and 2), at least ``min_size``."""
     import onnx
 
     dynamic = None
     if size_multiple is not None:
         d, m = torch.export.Dim, size_multiple
-        h, w = d("h", min=2, max=8192 // m), d("w", min=2, max=8192 // m)
-        dynamic = {"image": {0: d("batch", min=1, max=4096), 2: m * h, 3: m * w}}
+        lo = max(2, -(-min_size // m))
+        h, w = d("h", min=lo, max=8192 // m), d("w", min=lo, max=8192 // m)
+        hh, ww = (h, w) if m == 1 else (m * h, m * w)
+        spatial = (1, 2) if example.dtype == torch.uint8 else (2, 3)
+        dynamic = {"image": {0: d("batch", min=1, max=4096), spatial[0]: hh, spatial[1]: ww}}
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
     quiet.setLevel(logging.ERROR)       # e.g. "torchvision is not installed. Skipping ..."
@@ -146,15 +180,18 @@ def to_onnx(model: nn.Module, example: torch.Tensor, size_multiple: int | None):
 
 
 def verify(model: nn.Module, blob: bytes, shapes: list[tuple[int, ...]], seed: int = 0) -> float:
-    """Largest |ONNX Runtime - PyTorch| over seeded inputs in [-1, 1] of ``shapes``."""
+    """Largest |ONNX Runtime - PyTorch| over seeded inputs of ``shapes``: in [-1, 1], or
+    uint8 when the model takes uint8 NHWC."""
     sess = ort_session(blob)
     g = torch.Generator().manual_seed(seed)
     worst = 0.0
+    uint8 = sess.get_inputs()[0].type == "tensor(uint8)"
     for shape in shapes:
-        x = torch.rand(shape, generator=g) * 2 - 1
+        x = (torch.randint(0, 256, shape, generator=g, dtype=torch.uint8) if uint8
+             else torch.rand(shape, generator=g) * 2 - 1)
         with torch.no_grad():
-            ref = model(x).numpy()
-        got = sess.run(None, {"image": x.numpy()})[0]
+            ref = model(x).numpy().astype(np.float64)
+        got = sess.run(None, {"image": x.numpy()})[0].astype(np.float64)
         if got.shape != ref.shape:
             raise TrainError(f"the ONNX model gives shape {got.shape} for input {shape}, PyTorch {ref.shape}")
         worst = max(worst, float(np.abs(got - ref).max()))

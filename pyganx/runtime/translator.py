@@ -77,16 +77,27 @@ class Translator:
         self.multiple = int(self.metadata.get("pyganx.size_multiple", "1"))
         self.channels = int(self.metadata.get("pyganx.channels", self.session.get_inputs()[0].shape[1]))
         self.domains = json.loads(self.metadata.get("pyganx.domains", "[]"))
-        dims = self.session.get_inputs()[0].shape
+        inp = self.session.get_inputs()[0]
+        #: uint8 NHWC in and out, normalisation and padding in the graph (--with-preprocessing)
+        self.preprocessed = inp.type == "tensor(uint8)"
+        if self.preprocessed:
+            self.channels = int(self.metadata.get("pyganx.channels", inp.shape[3]))
+        dims = inp.shape
         self.static_shape = tuple(dims) if all(isinstance(d, int) for d in dims) else None
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
+        """NCHW float32 in [-1, 1] -> the same; for a --with-preprocessing model, uint8
+        NHWC -> uint8 NHWC."""
+        if self.preprocessed:
+            x = np.ascontiguousarray(images, dtype=np.uint8)
+            if x.ndim != 4 or x.shape[3] != self.channels:
+                raise ValueError(f"expected (N, H, W, {self.channels}) uint8 images, got shape {x.shape}")
+            self._check_static(x)
+            return self.session.run(None, {"image": x})[0]
         x = np.ascontiguousarray(images, dtype=np.float32)
         if x.ndim != 4 or x.shape[1] != self.channels:
             raise ValueError(f"expected (N, {self.channels}, H, W) images, got shape {x.shape}")
-        if self.static_shape is not None and x.shape != self.static_shape:
-            raise ValueError(f"{self.path.name} was exported with --static and takes exactly "
-                             f"{self.static_shape}, got {x.shape}; export without --static for other sizes")
+        self._check_static(x)
         h, w = x.shape[2:]
         ph, pw = (-h) % self.multiple, (-w) % self.multiple
         if ph or pw:
@@ -95,16 +106,24 @@ class Translator:
         y = self.session.run(None, {"image": x})[0]
         return y[:, :, :h, :w]
 
+    def _check_static(self, x: np.ndarray) -> None:
+        if self.static_shape is not None and x.shape != self.static_shape:
+            raise ValueError(f"{self.path.name} was exported with --static and takes exactly "
+                             f"{self.static_shape}, got {x.shape}; export without --static for other sizes")
+
     def translate(self, img: Image.Image) -> Image.Image:
         return self.translate_batch([img])[0]
 
     def translate_batch(self, images: Sequence[Image.Image]) -> list[Image.Image]:
         """Images of one size, as PIL (converted to the model's channels)."""
         mode = "L" if self.channels == 1 else "RGB"
-        arr = np.stack([np.asarray(im.convert(mode), dtype=np.float32).reshape(im.height, im.width, -1)
-                        for im in images]).transpose(0, 3, 1, 2) / 127.5 - 1
-        out = self(arr)
-        pix = np.clip(np.rint((out + 1) * 127.5), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+        pixels = np.stack([np.asarray(im.convert(mode), dtype=np.uint8).reshape(im.height, im.width, -1)
+                           for im in images])
+        if self.preprocessed:
+            pix = self(pixels)
+        else:
+            out = self(pixels.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1)
+            pix = np.clip(np.rint((out + 1) * 127.5), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
         return [Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p, mode) for p in pix]
 
 
