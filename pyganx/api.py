@@ -37,9 +37,10 @@ def train(variant: str, data: str | None = None, out: str | Path = "runs/run", *
 
 
 def load_generator(run_dir: str | Path, name: str | None = None,
-                   device: str | torch.device | None = "cpu") -> nn.Module:
+                   device: str | torch.device | None = "cpu", from_format: str | None = None) -> nn.Module:
     """A run's trained generator (default: the plugin's first export spec, e.g. CycleGAN's
     G_AB), in eval mode, with EMA weights when the run kept them. Takes and returns images
-    in [-1, 1]."""
+    in [-1, 1]. ``from_format="junyanz-cyclegan"`` loads a ``latest_net_G_A.pth`` saved by
+    junyanz/pytorch-CycleGAN-and-pix2pix instead."""
     from .engine.run import load_generator as load
-    return load(run_dir, name, device)
+    return load(run_dir, name, device, from_format)

@@ -103,7 +103,8 @@ def _export(args) -> int:
     try:
         from .export import export_generator
         res = export_generator(args.source, args.out, args.generator, static=args.static,
-                               with_preprocessing=args.with_preprocessing)
+                               with_preprocessing=args.with_preprocessing,
+                               from_format=args.from_format, image_size=args.image_size)
     except (ValueError, RuntimeError, OSError) as e:  # TrainError is a RuntimeError
         return _fail("export", e, args.debug)
     m = res.metadata
@@ -251,6 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     onx.add_argument("--static", action="store_true", help="fixed 1 x C x S x S input instead of dynamic N, H, W")
     onx.add_argument("--with-preprocessing", action="store_true",
                      help="uint8 NHWC images in and out, any H and W; scaling and padding in the graph")
+    onx.add_argument("--from", dest="from_format", choices=["junyanz-cyclegan"],
+                     help="SOURCE is a generator checkpoint saved by this other code base")
+    onx.add_argument("--image-size", type=int,
+                     help="the size the model is checked at and records (default: the run's; 256 with --from)")
     onx.add_argument("--debug", action="store_true", help="show tracebacks")
     trn = sub.add_parser("translate", help="run an exported model on image files or folders",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -174,3 +174,40 @@ def test_with_preprocessing_equals_the_python_path(run, model, tmp_path):
         ref = plain(pixels.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1)
         ref = np.clip(np.rint((ref + 1) * 127.5), 0, 255).transpose(0, 2, 3, 1)
         assert np.abs(out.astype(np.int16) - ref.astype(np.int16)).max() <= 1
+
+
+@pytest.mark.parametrize("blocks,name", [(6, "latest_net_G_A.pth"), (9, "200_net_G_B.pth")])
+def test_junyanz_cyclegan_weights_load_and_export(tmp_path, blocks, name):
+    from foreign.junyanz_cyclegan import ResnetGenerator as Theirs
+    torch.manual_seed(blocks)
+    theirs = Theirs(3, 3, 8, blocks).eval()
+    with torch.no_grad():                   # biases away from their init, so a swap would show
+        for p in theirs.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    path = tmp_path / name
+    torch.save(theirs.state_dict(), path)
+    x = torch.rand(2, 3, 32, 40) * 2 - 1
+    with torch.no_grad():
+        ref = theirs(x).numpy()
+        ours = pyganx.load_generator(path, from_format="junyanz-cyclegan")(x).numpy()
+    np.testing.assert_allclose(ours, ref, atol=1e-5, rtol=0)
+    out = tmp_path / "m.onnx"
+    assert cli_main(["export", str(path), "--from", "junyanz-cyclegan", "--image-size", "32",
+                     "-o", str(out)]) == 0
+    meta = read_metadata(out)
+    assert meta["pyganx.generator"] == ("G_BA" if "G_B" in name else "G_AB")
+    np.testing.assert_allclose(Translator(out, device="cpu")(x.numpy()), ref, atol=FP32_TOLERANCE, rtol=0)
+
+
+def test_foreign_layouts_that_do_not_fit_are_one_line_errors(tmp_path, capsys):
+    from foreign.junyanz_cyclegan import ResnetGenerator as Theirs
+    st = Theirs(3, 3, 8, 2).state_dict()
+    st["model.99.extra.weight"] = torch.zeros(1)
+    torch.save(st, tmp_path / "odd.pth")
+    assert cli_main(["export", str(tmp_path / "odd.pth"), "--from", "junyanz-cyclegan", "-o",
+                     str(tmp_path / "m.onnx")]) == 1
+    err = capsys.readouterr().err
+    assert "unexpected key 'model.99.extra.weight'" in err and err.count("\n") == 1
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    with pytest.raises(RuntimeError, match="cannot read a state dict"):
+        pyganx.load_generator(tmp_path / "junk.pth", from_format="junyanz-cyclegan")

@@ -118,7 +118,13 @@ def load_run(path: str | Path, device: str | torch.device | None = "cpu", ema: b
 
 
 def load_generator(run_dir: str | Path, name: str | None = None,
-                   device: str | torch.device | None = "cpu") -> nn.Module:
+                   device: str | torch.device | None = "cpu", from_format: str | None = None) -> nn.Module:
     """The trained generator ``name`` of a run (default: the plugin's first export spec),
-    in eval mode, with EMA weights when the run kept them. Inputs are in [-1, 1]."""
+    in eval mode, with EMA weights when the run kept them. Inputs are in [-1, 1].
+    With ``from_format`` (e.g. ``"junyanz-cyclegan"``), ``run_dir`` is a generator
+    checkpoint saved by that code base instead (pyganx.export.foreign)."""
+    if from_format:
+        from ..export.foreign import load_foreign
+        dev = pick_device(None) if device is None else torch.device(device)
+        return load_foreign(run_dir, from_format).net.to(dev).eval().requires_grad_(False)
     return load_run(run_dir, device=device).generator(name)

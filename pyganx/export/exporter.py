@@ -93,20 +93,33 @@ def ort_session(model_bytes: bytes):
 
 
 def export_generator(source: str | os.PathLike, out: str | os.PathLike, generator: str | None = None,
-                     static: bool = False, with_preprocessing: bool = False) -> ExportResult:
+                     static: bool = False, with_preprocessing: bool = False,
+                     from_format: str | None = None, image_size: int | None = None) -> ExportResult:
     """Exports the generator ``generator`` (default: the plugin's first export spec) of a
-    run directory or checkpoint to ``out``; see the module doc."""
+    run directory or checkpoint to ``out``, or, with ``from_format`` (see foreign.py), a
+    generator checkpoint saved by other code; see the module doc."""
     try:
         import onnx
     except ImportError:
         raise TrainError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'pyganx[cpu]' (or [gpu])") from None
-    run = load_run(source, device="cpu")
-    key, spec = run.spec(generator)
-    if tuple(spec.inputs) != ("image",):
-        raise TrainError(f"{run.name}'s {key} takes {', '.join(spec.inputs)}: only image-to-image "
-                         f"generators can be exported so far")
-    net = run.plugin.networks()[spec.network].float().eval()
-    c, s = run.info.channels, run.info.image_size
+    if from_format:
+        from .foreign import load_foreign
+        f = load_foreign(source, from_format, image_size or 256)
+        net, c, s = f.net, f.channels, f.image_size
+        meta = {"pyganx.plugin": f.plugin, "pyganx.generator": f.generator,
+                "pyganx.domains": json.dumps(list(f.domains)), "pyganx.source": f.description}
+    else:
+        run = load_run(source, device="cpu")
+        key, spec = run.spec(generator)
+        if tuple(spec.inputs) != ("image",):
+            raise TrainError(f"{run.name}'s {key} takes {', '.join(spec.inputs)}: only image-to-image "
+                             f"generators can be exported so far")
+        net = run.plugin.networks()[spec.network]
+        c, s = run.info.channels, image_size or run.info.image_size
+        meta = {"pyganx.plugin": run.name, "pyganx.generator": key,
+                "pyganx.domains": json.dumps(list(spec.domains)), "pyganx.step": str(run.step),
+                "pyganx.weights": run.weights}
+    net = net.float().eval()
     mult = size_multiple(net)
     if s % mult:
         raise TrainError(f"image size {s} is not a multiple of the generator's size multiple {mult}")
@@ -122,13 +135,12 @@ def export_generator(source: str | os.PathLike, out: str | os.PathLike, generato
         proto = to_onnx(model, example, None if static else mult)
         shapes = [(1, c, s, s)] if static else [(1, c, s, s), (2, c, s + mult, max(2 * mult, s - mult))]
     meta = {
-        "pyganx.version": __version__, "pyganx.plugin": run.name, "pyganx.generator": key,
-        "pyganx.domains": json.dumps(list(spec.domains)), "pyganx.image_size": str(s),
+        "pyganx.version": __version__, **meta, "pyganx.image_size": str(s),
         "pyganx.normalization": ("in the graph: uint8 [0, 255] in and out" if with_preprocessing
                                  else "[-1, 1]: x / 127.5 - 1 in, (y + 1) * 127.5 out"),
         "pyganx.io_layout": "NHWC uint8" if with_preprocessing else "NCHW float32",
         "pyganx.size_multiple": "1" if with_preprocessing else str(mult),
-        "pyganx.channels": str(c), "pyganx.step": str(run.step), "pyganx.weights": run.weights,
+        "pyganx.channels": str(c),
     }
     del proto.metadata_props[:]
     for k, v in meta.items():
