@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _info(_args) -> int:
@@ -91,11 +92,12 @@ def _eval(args) -> int:
         print(msg, file=sys.stderr)
 
     try:
-        result = evaluate_run(args.run, device=args.device, log=log)
+        result = evaluate_run(args.run, device=args.device, log=log, model=args.model)
     except (ValueError, RuntimeError, OSError) as e:  # TrainError is a RuntimeError
         return _fail("eval", e, args.debug)
     print(format_result(result))
-    print(f"figures written to {result['run']}/eval.json")
+    name = f"eval-{Path(args.model).stem}.json" if args.model else "eval.json"
+    print(f"figures written to {Path(result['run']) / name}")
     return 0
 
 
@@ -104,7 +106,8 @@ def _export(args) -> int:
         from .export import export_generator
         res = export_generator(args.source, args.out, args.generator, static=args.static,
                                with_preprocessing=args.with_preprocessing,
-                               from_format=args.from_format, image_size=args.image_size)
+                               from_format=args.from_format, image_size=args.image_size,
+                               int8=args.int8, calibrate=args.calibrate)
     except (ValueError, RuntimeError, OSError) as e:  # TrainError is a RuntimeError
         return _fail("export", e, args.debug)
     m = res.metadata
@@ -113,6 +116,10 @@ def _export(args) -> int:
           f"{m['pyganx.io_layout']}, {'static ' + str(res.checked_shapes[0]) if args.static else 'dynamic N, H, W'}"
           f" (H, W multiples of {m['pyganx.size_multiple']}); onnxruntime matches PyTorch within "
           f"{res.max_abs_error:.1e}")
+    q = res.quality
+    if q:
+        print(f"int8 against float32 on {int(q['images'])} calibration images: PSNR {q['psnr_db']:.1f} dB, "
+              f"SSIM {q['ssim']:.4f}, largest difference {q['max_abs_diff']:.3f} (outputs in [-1, 1])")
     return 0
 
 
@@ -242,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     ev = sub.add_parser("eval", help="quality figures of a trained run (writes RUN_DIR/eval.json)",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ev.add_argument("run", metavar="RUN_DIR", help="run directory (or one checkpoint in it)")
+    ev.add_argument("--model", metavar="MODEL.onnx",
+                    help="judge this model exported from the run instead of its PyTorch generator")
     ev.add_argument("--device", help="cuda, mps or cpu (default: the first available)")
     ev.add_argument("--debug", action="store_true", help="show tracebacks")
     onx = sub.add_parser("export", help="a trained generator as an ONNX model",
@@ -252,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     onx.add_argument("--static", action="store_true", help="fixed 1 x C x S x S input instead of dynamic N, H, W")
     onx.add_argument("--with-preprocessing", action="store_true",
                      help="uint8 NHWC images in and out, any H and W; scaling and padding in the graph")
+    onx.add_argument("--int8", action="store_true",
+                     help="onnxruntime static int8 quantisation of the convolutions (CPU deployment)")
+    onx.add_argument("--calibrate", metavar="DIR", help="sample images for --int8")
     onx.add_argument("--from", dest="from_format", choices=["junyanz-cyclegan"],
                      help="SOURCE is a generator checkpoint saved by this other code base")
     onx.add_argument("--image-size", type=int,

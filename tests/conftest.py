@@ -48,3 +48,14 @@ def assert_matches_reference(ours: torch.Tensor, torch_same_dtype: torch.Tensor,
     bound = 2 * err_torch + unit
     assert err_ours <= bound, (f"{what}: {dtype} max error {err_ours:.3g} exceeds 2 x PyTorch's "
                                f"{err_torch:.3g} + {unit:.3g}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def classifier_cache(tmp_path_factory):
+    """One cache of pyganx's self-trained metric classifiers for the whole session, kept
+    out of the user's cache directory: the digit and domain judges train once."""
+    d = tmp_path_factory.mktemp("pyganx-cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PYGANX_CACHE_DIR", str(d))
+    yield d
+    mp.undo()

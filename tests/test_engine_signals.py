@@ -69,6 +69,28 @@ def _ctrl_c_during_step(t: Trainer, at: int, times: int) -> dict:
     return calls
 
 
+@pytest.fixture
+def interactive_sigint():
+    """SIGINT as in a terminal: a test runner started in the background (as CI may be)
+    inherits SIGINT ignored, and the trainer rightly leaves an ignored SIGINT alone."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_is_left_alone_where_sigint_is_ignored(tmp_path):
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        t = _trainer(tmp_path, 4)
+        calls = _ctrl_c_during_step(t, 2, 1)
+        result = t.fit()
+        assert not result.get("interrupted") and result["steps"] == 4 and calls["n"] == 4
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("interactive_sigint")
 def test_ctrl_c_in_a_step_stops_after_it_with_a_checkpoint(tmp_path):
     before = signal.getsignal(signal.SIGINT)
     t = _trainer(tmp_path, 50)
@@ -89,6 +111,7 @@ def test_ctrl_c_in_a_step_stops_after_it_with_a_checkpoint(tmp_path):
     assert signal.getsignal(signal.SIGINT) is before
 
 
+@pytest.mark.usefixtures("interactive_sigint")
 def test_a_second_ctrl_c_raises_at_once_without_a_checkpoint(tmp_path):
     before = signal.getsignal(signal.SIGINT)
     t = _trainer(tmp_path, 50)

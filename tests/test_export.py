@@ -211,3 +211,40 @@ def test_foreign_layouts_that_do_not_fit_are_one_line_errors(tmp_path, capsys):
     (tmp_path / "junk.pth").write_bytes(b"junk")
     with pytest.raises(RuntimeError, match="cannot read a state dict"):
         pyganx.load_generator(tmp_path / "junk.pth", from_format="junyanz-cyclegan")
+
+
+def test_int8_quantises_the_convolutions_and_reports_its_cost(run, model, tmp_path, capsys):
+    from pyganx.data import demo
+    from pyganx.export.quantize import psnr
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    ds = demo.load("digits")
+    for i, s in enumerate(ds.train_a[:24]):
+        s.image.save(calib / f"{i}.png")
+    path = tmp_path / "int8.onnx"
+    assert cli_main(["export", str(run), "-o", str(path), "--int8", "--calibrate", str(calib)]) == 0
+    out = capsys.readouterr().out
+    assert "int8 against float32 on 24 calibration images: PSNR" in out
+    m = onnx.load(str(path))
+    ops = [n.op_type for n in m.graph.node]
+    assert ops.count("QuantizeLinear") > 0 and custom_domains(m) == []
+    int8_weights = [t for t in m.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert len(int8_weights) >= sum(op in ("Conv", "ConvTranspose") for op in ops)
+    assert read_metadata(path)["pyganx.precision"].startswith("int8")
+    # held-out inputs (test images, not the calibration ones): close to the float model
+    x = np.stack([to_tensor(s.image).numpy() for s in ds.test_a[:16]])
+    assert psnr(Translator(path, device="cpu")(x), Translator(model, device="cpu")(x)) > 20
+    assert cli_main(["export", str(run), "-o", str(tmp_path / "x.onnx"), "--int8"]) == 1
+    assert "--int8 needs --calibrate DIR" in capsys.readouterr().err
+
+
+def test_eval_judges_an_exported_model_like_its_generator(run, model, capsys):
+    from pyganx.metrics.evaluate import evaluate_run
+    torch_fig = evaluate_run(run)["translations"]["G_AB"]
+    onnx_fig = evaluate_run(run, model=model)
+    assert set(onnx_fig["translations"]) == {"G_AB"} and (run / "eval-g_ab.json").is_file()
+    got = onnx_fig["translations"]["G_AB"]
+    # the same function up to float rounding: at most one image may land across a boundary
+    for k in ("target_domain", "digit_kept"):
+        assert abs(got[k] - torch_fig[k]) <= 1 / got["n"] + 1e-12
+    assert got["kid"] == pytest.approx(torch_fig["kid"], rel=1e-3, abs=1e-6)

@@ -21,17 +21,7 @@ SMALL = ["--ngf", "8", "--ndf", "8", "--n-blocks", "1", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """One classifier cache for the module: the digit and domain classifiers train once."""
-    d = tmp_path_factory.mktemp("cache")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PYGANX_CACHE_DIR", str(d))
-    yield d
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory, cache):
+def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "digits"
     assert cli_main(["train", "cyclegan", "--demo", "digits", "--steps", "2", "-o", str(out),
                      "--ema", "0.9", *SMALL]) == 0

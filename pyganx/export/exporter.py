@@ -42,6 +42,7 @@ class ExportResult:
     metadata: dict[str, str]
     max_abs_error: float                      # ONNX vs PyTorch over the checked inputs
     checked_shapes: list[tuple[int, ...]] = field(default_factory=list)
+    quality: dict[str, float] = field(default_factory=dict)   # int8 against float32
 
 
 def size_multiple(net: nn.Module) -> int:
@@ -94,7 +95,8 @@ def ort_session(model_bytes: bytes):
 
 def export_generator(source: str | os.PathLike, out: str | os.PathLike, generator: str | None = None,
                      static: bool = False, with_preprocessing: bool = False,
-                     from_format: str | None = None, image_size: int | None = None) -> ExportResult:
+                     from_format: str | None = None, image_size: int | None = None,
+                     int8: bool = False, calibrate: str | os.PathLike | None = None) -> ExportResult:
     """Exports the generator ``generator`` (default: the plugin's first export spec) of a
     run directory or checkpoint to ``out``, or, with ``from_format`` (see foreign.py), a
     generator checkpoint saved by other code; see the module doc."""
@@ -102,6 +104,10 @@ def export_generator(source: str | os.PathLike, out: str | os.PathLike, generato
         import onnx
     except ImportError:
         raise TrainError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'pyganx[cpu]' (or [gpu])") from None
+    if int8 and not calibrate:
+        raise TrainError("--int8 needs --calibrate DIR: sample images to calibrate the activations on")
+    if int8 and with_preprocessing:
+        raise TrainError("--int8 with --with-preprocessing is not supported yet: export one or the other")
     if from_format:
         from .foreign import load_foreign
         f = load_foreign(source, from_format, image_size or 256)
@@ -154,8 +160,31 @@ def export_generator(source: str | os.PathLike, out: str | os.PathLike, generato
     tol = UINT8_TOLERANCE if with_preprocessing else FP32_TOLERANCE
     if err > tol:
         raise TrainError(f"the ONNX model differs from PyTorch by up to {err:.2e} (> {tol:g}); not written")
+    quality: dict[str, float] = {}
+    if int8:
+        blob, quality = _int8(blob, calibrate, c, s)
     atomic_write_bytes(Path(out), lambda f: f.write(blob))
-    return ExportResult(Path(out), meta, err, shapes)
+    return ExportResult(Path(out), meta, err, shapes, quality)
+
+
+def _int8(fp32: bytes, calibrate, channels: int, size: int) -> tuple[bytes, dict[str, float]]:
+    """The int8 model of ``fp32`` and its cost: PSNR/SSIM against float32 on the
+    calibration images."""
+    import onnx
+
+    from .quantize import calibration_images, psnr, quantize, ssim
+
+    images = calibration_images(calibrate, channels, size)
+    proto = onnx.load_from_string(quantize(fp32, images))
+    proto.metadata_props.add(key="pyganx.precision", value="int8 QDQ (Conv, ConvTranspose), float32 elsewhere")
+    onnx.checker.check_model(proto, full_check=True)
+    if custom_domains(proto):
+        raise TrainError(f"the int8 graph uses non-standard domains {custom_domains(proto)}")
+    blob = proto.SerializeToString()
+    ref = np.concatenate([ort_session(fp32).run(None, {"image": images[i:i + 8]})[0] for i in range(0, len(images), 8)])
+    got = np.concatenate([ort_session(blob).run(None, {"image": images[i:i + 8]})[0] for i in range(0, len(images), 8)])
+    return blob, {"images": float(len(images)), "psnr_db": psnr(got, ref), "ssim": ssim(got, ref),
+                  "max_abs_diff": float(np.abs(got - ref).max())}
 
 
 def to_onnx(model: nn.Module, example: torch.Tensor, size_multiple: int | None, min_size: int = 2):

@@ -144,13 +144,35 @@ def translate(gen: torch.nn.Module, images: Tensor, device: torch.device, batch_
                       for i in range(0, len(images), batch_size)])
 
 
+class _OnnxGenerator:
+    """An exported model (pyganx.runtime.Translator) called like the PyTorch generator."""
+
+    def __init__(self, path: str | Path) -> None:
+        from ..runtime import Translator
+        self.translator = Translator(path, device="cpu")
+        if self.translator.preprocessed:
+            raise TrainError(f"{path}: eval takes float models, not --with-preprocessing ones")
+        self.key = self.translator.metadata.get("pyganx.generator")
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return torch.from_numpy(self.translator(x.cpu().numpy()))
+
+
 def evaluate_run(path: str | Path, device: str | None = None,
-                 log: Callable[[str], None] | None = None) -> dict:
-    """Evaluates a run's A/B generators; writes and returns the figures (see module doc)."""
+                 log: Callable[[str], None] | None = None, model: str | Path | None = None) -> dict:
+    """Evaluates a run's A/B generators; writes and returns the figures (see module doc).
+    With ``model`` (an ONNX file exported from this run), that model is judged in place
+    of the PyTorch generator it was exported from, and the figures go to
+    ``RUN_DIR/eval-<model name>.json``."""
     t0 = time.time()
     run = load_run(path, device=device)
     specs = {k: s for k, s in run.plugin.export_specs().items()
              if tuple(s.inputs) == ("image",) and len(s.domains) == 2 and set(s.domains) <= {"A", "B"}}
+    onnx_gen = _OnnxGenerator(model) if model else None
+    if onnx_gen is not None:
+        if onnx_gen.key not in specs:
+            raise TrainError(f"{model} holds generator {onnx_gen.key!r}, not one of this run's: {', '.join(specs)}")
+        specs = {onnx_gen.key: specs[onnx_gen.key]}
     if not specs:
         raise TrainError(f"pyganx eval judges A/B image translation; {run.name} "
                          f"({type(run.plugin).data_kind} data) has no A->B or B->A generator")
@@ -172,7 +194,8 @@ def evaluate_run(path: str | Path, device: str | None = None,
         result["classifiers"]["digit"] = {"test_accuracy": digits.test_accuracy}
     for key, spec in specs.items():
         src, dst = spec.domains
-        fake = _judge_size(translate(run.plugin.networks()[spec.network], test[src][0], run.device), size)
+        gen = onnx_gen if onnx_gen is not None else run.plugin.networks()[spec.network]
+        fake = _judge_size(translate(gen, test[src][0], run.device), size)
         target = 0 if dst == "A" else 1
         row = {"from": src, "to": dst, "n": len(fake),
                "target_domain": float((judge.predict(fake) == target).double().mean())}
@@ -182,14 +205,18 @@ def evaluate_run(path: str | Path, device: str | None = None,
         row["kid"], row["kid_std"] = mean, std
         result["translations"][key] = row
     result["seconds"] = round(time.time() - t0, 1)
-    atomic_write_bytes(run.run_dir / "eval.json",
+    if model:
+        result["model"] = str(model)
+    name = f"eval-{Path(model).stem}.json" if model else "eval.json"
+    atomic_write_bytes(run.run_dir / name,
                        lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
     return result
 
 
 def format_result(r: dict) -> str:
     """A few lines for the terminal."""
-    lines = [f"{r['plugin']} at step {r['step']} ({r['weights']} weights), judged at {r['judge_size']} px"]
+    lines = [f"{r['plugin']} at step {r['step']} ({r['weights']} weights"
+             + (f", as the ONNX model {r['model']}" if "model" in r else "") + f"), judged at {r['judge_size']} px"]
     c = r["classifiers"]
     lines.append(f"  domain classifier on real test images: {100 * c['domain']['test_accuracy']:.1f} %"
                  + ("" if c["domain"]["held_out"] else " (no held-out test split: measured on training images)"))
