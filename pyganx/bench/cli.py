@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-SUITES = ("ops", "nets")
+SUITES = ("ops", "nets", "onnx")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,5 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     if suite == "nets":
         from . import nets
         return nets.main(argv)
+    if suite == "onnx":
+        from . import onnx
+        return onnx.main(argv)
     from . import ops
     return ops.main(argv)

@@ -1,0 +1,114 @@
+"""`pyganx bench onnx`: the CycleGAN generator's inference through every path pyganx offers.
+
+The 9-block ResnetGenerator at 256x256 (``--quick``: 2 blocks at 64x64), batch 1 and 4,
+float32, with the same weights throughout:
+
+- PyTorch eager (the plain composition), pyganx's fused ops, torch.compile;
+- onnxruntime CPU float32 of ``pyganx export``'s graph, and the int8 QDQ model;
+- on a GPU with onnxruntime-gpu: ORT CUDA float32 (fp16 comes with ``--fp16``).
+
+Round-robin in one process (pyganx.bench.timing); ratios are against eager. The weights
+are random (a trained generator has the same cost; int8's quality is measured by
+``pyganx export --int8``, not here), and int8 is calibrated on 8 random inputs.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..nn import ResnetGenerator
+from .ops import machine_description
+from .timing import add_common_args, keep_freed_memory, round_robin
+
+
+def _onnx_sessions(model: torch.nn.Module, size: int, with_int8: bool, cuda: bool) -> dict:
+    """name -> (session, provider) for the exported float32 model and its int8 twin."""
+    import onnxruntime as ort
+
+    from ..export.exporter import _ImageGenerator, to_onnx
+    from ..export.quantize import quantize
+
+    proto = to_onnx(_ImageGenerator(model).eval(), torch.rand(2, 3, size, size) * 2 - 1, size_multiple=4)
+    blob = proto.SerializeToString()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    out = {"ort-cpu": ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])}
+    if with_int8:
+        calib = (np.random.default_rng(0).random((8, 3, size, size), dtype=np.float32) * 2 - 1)
+        out["ort-int8"] = ort.InferenceSession(quantize(blob, calib), opts, providers=["CPUExecutionProvider"])
+    if cuda and "CUDAExecutionProvider" in ort.get_available_providers():
+        if hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()
+        out["ort-cuda"] = ort.InferenceSession(blob, opts, providers=["CUDAExecutionProvider"])
+    return out
+
+
+def bench(size: int, n_blocks: int, batches: list[int], device: torch.device, rounds: int,
+          use_compile: bool, with_int8: bool) -> list[dict]:
+    torch.manual_seed(0)
+    eager = ResnetGenerator(3, 3, 64, n_blocks, fused=False).eval()
+    fused = ResnetGenerator(3, 3, 64, n_blocks, fused=True).eval()
+    fused.load_state_dict(eager.state_dict())
+    sessions = _onnx_sessions(eager, size, with_int8, device.type == "cuda")
+    eager, fused = eager.to(device), fused.to(device)
+    compiled = torch.compile(copy.deepcopy(eager)) if use_compile else None
+    rows = []
+    for n in batches:
+        x = torch.rand(n, 3, size, size, device=device) * 2 - 1
+        xn = x.cpu().numpy()
+        cands = {}
+
+        def torch_call(m):
+            def run():
+                with torch.inference_mode():
+                    return m(x)
+            return run
+        cands["eager"] = torch_call(eager)
+        cands["pyganx"] = torch_call(fused)
+        if compiled is not None:
+            cands["compile"] = torch_call(compiled)
+        for name, sess in sessions.items():
+            cands[name] = (lambda s=sess: s.run(None, {"image": xn}))
+        t = round_robin(cands, rounds=rounds, warmup=2, device=device)
+        base = t["eager"].best_ms
+        for name, tm in t.items():
+            rows.append({"size": size, "batch": n, "path": name, "best_ms": round(tm.best_ms, 2),
+                         "median_ms": round(tm.median_ms, 2), "vs_eager": round(base / tm.best_ms, 3)})
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    out = ["| size | batch | path | best ms | median ms | speed vs eager |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['size']} | {r['batch']} | {r['path']} | {r['best_ms']:.1f} | {r['median_ms']:.1f} "
+                   f"| {r['vs_eager']:.2f}x |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="pyganx bench onnx", description=__doc__.splitlines()[0])
+    add_common_args(ap)
+    ap.add_argument("--no-int8", action="store_true", help="skip the int8 model")
+    args = ap.parse_args(argv)
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        print("pyganx bench onnx: needs onnxruntime: pip install 'pyganx[cpu]' (or [gpu])")
+        return 1
+    tuned = False if args.os_allocator else keep_freed_memory()
+    dev = torch.device(args.device)
+    size, blocks = (64, 2) if args.quick else (256, 9)
+    rounds = args.rounds or (3 if args.quick else (20 if dev.type == "cuda" else 5))
+    rows = bench(size, blocks, [1, 4], dev, rounds, not args.no_compile, not args.no_int8)
+    print(f"CycleGAN generator ({blocks} blocks, {size}x{size}, float32, random weights) on "
+          f"{machine_description(dev)}; best of {rounds} round-robin rounds; freed memory "
+          f"{'kept for reuse (mallopt)' if tuned else 'returned to the OS'}")
+    print(format_table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
