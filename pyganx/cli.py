@@ -8,6 +8,15 @@ import sys
 from pathlib import Path
 
 
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr (exit status 2), as
+    every pyganx error is; `--help` still shows the full usage."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
 def _info(_args) -> int:
     import torch
 
@@ -156,9 +165,8 @@ def _train(argv: list[str]) -> int:
     except registry.PluginError as e:
         print(f"pyganx train: {e}", file=sys.stderr)
         return 1
-    ap = argparse.ArgumentParser(prog=f"pyganx train {variant}",
-                                 description=(cls.__doc__ or "").strip().splitlines()[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = Parser(prog=f"pyganx train {variant}", description=(cls.__doc__ or "").strip().splitlines()[0],
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--data", help="data folder (trainA/ trainB/ [testA/ testB/], class folders, ...)")
     src.add_argument("--demo", choices=["digits", "photos"], help="a bundled offline data set")
@@ -227,7 +235,7 @@ def _train(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="pyganx", description="pyganx: image GANs for PyTorch")
+    parser = Parser(prog="pyganx", description="pyganx: image GANs for PyTorch")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="build information, torch version, devices")
     sub.add_parser("plugins", help="the installed GAN variants (entry points pyganx.gans)")

@@ -171,6 +171,13 @@ def test_train_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli_main(["train", "cyclegan", "--steps", "1", "-o", str(tmp_path / "r2")])
     assert e.value.code == 2
+    capsys.readouterr()
+    for argv in (["train", "cyclegan", "--demo", "digits", "--steps", "1", "-o", "x", "--bogus"],
+                 ["export"], ["sample", "run", "--n", "many"]):
+        with pytest.raises(SystemExit) as e:
+            cli_main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and "--help" in err, (argv, err)
 
 
 def test_ema_of_the_generators_is_kept_and_checkpointed(tmp_path):
