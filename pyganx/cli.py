@@ -116,7 +116,7 @@ def _export(args) -> int:
         res = export_generator(args.source, args.out, args.generator, static=args.static,
                                with_preprocessing=args.with_preprocessing,
                                from_format=args.from_format, image_size=args.image_size,
-                               int8=args.int8, calibrate=args.calibrate)
+                               int8=args.int8, calibrate=args.calibrate, fp16=args.fp16)
     except (ValueError, RuntimeError, OSError) as e:  # TrainError is a RuntimeError
         return _fail("export", e, args.debug)
     m = res.metadata
@@ -269,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     onx.add_argument("--static", action="store_true", help="fixed 1 x C x S x S input instead of dynamic N, H, W")
     onx.add_argument("--with-preprocessing", action="store_true",
                      help="uint8 NHWC images in and out, any H and W; scaling and padding in the graph")
+    onx.add_argument("--fp16", action="store_true",
+                     help="half-precision weights and compute (GPU deployment), float32 in/out")
     onx.add_argument("--int8", action="store_true",
                      help="onnxruntime static int8 quantisation of the convolutions (CPU deployment)")
     onx.add_argument("--calibrate", metavar="DIR", help="sample images for --int8")

@@ -248,3 +248,29 @@ def test_eval_judges_an_exported_model_like_its_generator(run, model, capsys):
     for k in ("target_domain", "digit_kept"):
         assert abs(got[k] - torch_fig[k]) <= 1 / got["n"] + 1e-12
     assert got["kid"] == pytest.approx(torch_fig["kid"], rel=1e-3, abs=1e-6)
+
+
+def test_fp16_export_keeps_instance_norm_in_float32(run, tmp_path):
+    from pyganx.export.exporter import half_error
+    path = tmp_path / "h.onnx"
+    assert cli_main(["export", str(run), "-o", str(path), "--fp16"]) == 0
+    m = onnx.load(str(path))
+    assert read_metadata(path)["pyganx.precision"].startswith("float16")
+    weights = [t for t in m.graph.initializer if len(t.dims) == 4]
+    assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
+    producer = {o: n for n in m.graph.node for o in n.output}
+    norms = [n for n in m.graph.node if n.op_type == "InstanceNormalization"]
+    for n in norms:                              # every norm reads a float32 cast of its input
+        src = producer[n.input[0]]
+        assert src.op_type == "Cast" and src.attribute[0].i == onnx.TensorProto.FLOAT
+    g = pyganx.load_generator(run)
+    shapes = [(2, 1, 32, 32), (1, 1, 36, 28)]
+    bound = max(2 * half_error(g, shapes, seed=5), 1e-3)
+    tr = Translator(path, device="cpu")
+    gen = torch.Generator().manual_seed(5)
+    for shape in shapes:
+        x = torch.rand(shape, generator=gen) * 2 - 1
+        with torch.no_grad():
+            ref = g(x).numpy()
+        out = tr(x.numpy())
+        assert out.dtype == np.float32 and np.abs(out - ref).max() <= bound

@@ -9,6 +9,7 @@ inputs and compared with PyTorch before it is written; a mismatch is an error.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -60,6 +61,17 @@ class _ImageGenerator(nn.Module):
         return self.net(image)
 
 
+class _Half(nn.Module):
+    """A half-precision copy of a generator behind float32 inputs and outputs."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = copy.deepcopy(net).half()
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(image.half()).float()
+
+
 class _WithPreprocessing(nn.Module):
     """uint8 NHWC in and out, any H and W: scaling to [-1, 1], reflect padding to the size
     multiple, cropping back and the mapping to [0, 255] (rounded half to even, like ONNX
@@ -96,7 +108,8 @@ def ort_session(model_bytes: bytes):
 def export_generator(source: str | os.PathLike, out: str | os.PathLike, generator: str | None = None,
                      static: bool = False, with_preprocessing: bool = False,
                      from_format: str | None = None, image_size: int | None = None,
-                     int8: bool = False, calibrate: str | os.PathLike | None = None) -> ExportResult:
+                     int8: bool = False, calibrate: str | os.PathLike | None = None,
+                     fp16: bool = False) -> ExportResult:
     """Exports the generator ``generator`` (default: the plugin's first export spec) of a
     run directory or checkpoint to ``out``, or, with ``from_format`` (see foreign.py), a
     generator checkpoint saved by other code; see the module doc."""
@@ -106,6 +119,8 @@ def export_generator(source: str | os.PathLike, out: str | os.PathLike, generato
         raise TrainError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'pyganx[cpu]' (or [gpu])") from None
     if int8 and not calibrate:
         raise TrainError("--int8 needs --calibrate DIR: sample images to calibrate the activations on")
+    if fp16 and (int8 or with_preprocessing):
+        raise TrainError("--fp16 goes with neither --int8 nor --with-preprocessing yet: export one of them")
     if int8 and with_preprocessing:
         raise TrainError("--int8 with --with-preprocessing is not supported yet: export one or the other")
     if from_format:
@@ -138,7 +153,8 @@ def export_generator(source: str | os.PathLike, out: str | os.PathLike, generato
     else:
         model = _ImageGenerator(net).eval()
         example = torch.rand(n, c, s, s) * 2 - 1
-        proto = to_onnx(model, example, None if static else mult)
+        exported = _Half(net).eval() if fp16 else model
+        proto = to_onnx(exported, example, None if static else mult, norm_in_float32=fp16)
         shapes = [(1, c, s, s)] if static else [(1, c, s, s), (2, c, s + mult, max(2 * mult, s - mult))]
     meta = {
         "pyganx.version": __version__, **meta, "pyganx.image_size": str(s),
@@ -155,9 +171,15 @@ def export_generator(source: str | os.PathLike, out: str | os.PathLike, generato
     bad = custom_domains(proto)
     if bad:
         raise TrainError(f"the exported graph uses non-standard domains {bad}: a pyganx op lacks a translation")
+    if fp16:
+        proto.metadata_props.add(key="pyganx.precision",
+                                 value="float16 weights and compute, instance norm in float32, float32 in/out")
     blob = proto.SerializeToString()
     err = verify(model, blob, shapes)
     tol = UINT8_TOLERANCE if with_preprocessing else FP32_TOLERANCE
+    if fp16:
+        # twice what PyTorch's own half-precision run of the generator is off, at least 1e-3
+        tol = max(2 * half_error(net, shapes), 1e-3)
     if err > tol:
         raise TrainError(f"the ONNX model differs from PyTorch by up to {err:.2e} (> {tol:g}); not written")
     quality: dict[str, float] = {}
@@ -187,7 +209,8 @@ def _int8(fp32: bytes, calibrate, channels: int, size: int) -> tuple[bytes, dict
                   "max_abs_diff": float(np.abs(got - ref).max())}
 
 
-def to_onnx(model: nn.Module, example: torch.Tensor, size_multiple: int | None, min_size: int = 2):
+def to_onnx(model: nn.Module, example: torch.Tensor, size_multiple: int | None, min_size: int = 2,
+            norm_in_float32: bool = False):
     """``model(image)`` as an ONNX ModelProto (opset 18, pyganx ops translated). With a
     ``size_multiple``, batch is dynamic and the spatial dimensions are dynamic multiples of
     it (NCHW: dims 2 and 3; uint8 NHWC examples: dims 1 and 2), at least ``min_size``."""
@@ -208,7 +231,8 @@ def to_onnx(model: nn.Module, example: torch.Tensor, size_multiple: int | None, 
         with tempfile.TemporaryDirectory() as tmp:
             program = torch.onnx.export(model, (example,), dynamo=True, opset_version=OPSET,
                                         input_names=["image"], output_names=["output"],
-                                        dynamic_shapes=dynamic, custom_translation_table=translation_table(),
+                                        dynamic_shapes=dynamic,
+                                        custom_translation_table=translation_table(norm_in_float32),
                                         verbose=False, report=False)
             program.save(os.path.join(tmp, "m.onnx"))
             return onnx.load(os.path.join(tmp, "m.onnx"))
@@ -218,6 +242,18 @@ def to_onnx(model: nn.Module, example: torch.Tensor, size_multiple: int | None, 
         raise TrainError(f"torch.onnx.export failed: {str(e).strip().splitlines()[0]}") from None
     finally:
         quiet.setLevel(level)
+
+
+def half_error(net: nn.Module, shapes: list[tuple[int, ...]], seed: int = 0) -> float:
+    """Largest |PyTorch float16 - PyTorch float32| of ``net`` over the inputs ``verify`` uses."""
+    half = _Half(net).eval()
+    g = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    with torch.no_grad():
+        for shape in shapes:
+            x = torch.rand(shape, generator=g) * 2 - 1
+            worst = max(worst, float((half(x) - net(x)).abs().max()))
+    return worst
 
 
 def verify(model: nn.Module, blob: bytes, shapes: list[tuple[int, ...]], seed: int = 0) -> float:

@@ -15,18 +15,25 @@ from __future__ import annotations
 import torch
 
 
-def _table() -> dict:
+def _table(norm_in_float32: bool) -> dict:
     from onnxscript import opset18 as op
+    from onnxscript import ir
 
     def channels(x):
         return op.Shape(x, start=1, end=2)
 
     def instance_norm(x, weight, bias, eps):
+        if norm_in_float32:   # half-precision models: statistics and normalisation in float32
+            like = x
+            x = op.Cast(x, to=ir.DataType.FLOAT)
+            weight = None if weight is None else op.Cast(weight, to=ir.DataType.FLOAT)
+            bias = None if bias is None else op.Cast(bias, to=ir.DataType.FLOAT)
         if weight is None:
             weight = op.Expand(op.CastLike(op.Constant(value_float=1.0), x), channels(x))
         if bias is None:
             bias = op.Expand(op.CastLike(op.Constant(value_float=0.0), x), channels(x))
-        return op.InstanceNormalization(x, weight, bias, epsilon=eps)
+        y = op.InstanceNormalization(x, weight, bias, epsilon=eps)
+        return op.CastLike(y, like) if norm_in_float32 else y
 
     def instance_norm_relu(x, weight=None, bias=None, eps: float = 1e-5, relu: bool = True):
         y = instance_norm(x, weight, bias, eps)
@@ -51,9 +58,11 @@ def _table() -> dict:
     }
 
 
-def translation_table() -> dict:
-    """The custom translation table (needs the ``onnxscript`` package and pyganx._C)."""
+def translation_table(norm_in_float32: bool = False) -> dict:
+    """The custom translation table (needs the ``onnxscript`` package and pyganx._C).
+    ``norm_in_float32``: instance norms of half-precision tensors run in float32 (casts
+    around each InstanceNormalization), where half would lose the statistics' accuracy."""
     try:
-        return _table()
+        return _table(norm_in_float32)
     except ImportError as e:
         raise RuntimeError(f"ONNX export needs onnx and onnxscript: pip install 'pyganx[cpu]' (or [gpu]) ({e})") from None
