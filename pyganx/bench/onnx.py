@@ -5,7 +5,7 @@ float32, with the same weights throughout:
 
 - PyTorch eager (the plain composition), pyganx's fused ops, torch.compile;
 - onnxruntime CPU float32 of ``pyganx export``'s graph, and the int8 QDQ model;
-- on a GPU with onnxruntime-gpu: ORT CUDA float32 (fp16 comes with ``--fp16``).
+- on a GPU with onnxruntime-gpu: ORT CUDA float32 and float16 (``--fp16``'s graph).
 
 Round-robin in one process (pyganx.bench.timing); ratios are against eager. The weights
 are random (a trained generator has the same cost; int8's quality is measured by
@@ -30,7 +30,7 @@ def _onnx_sessions(model: torch.nn.Module, size: int, with_int8: bool, cuda: boo
     """name -> (session, provider) for the exported float32 model and its int8 twin."""
     import onnxruntime as ort
 
-    from ..export.exporter import _ImageGenerator, to_onnx
+    from ..export.exporter import _Half, _ImageGenerator, to_onnx
     from ..export.quantize import quantize
 
     proto = to_onnx(_ImageGenerator(model).eval(), torch.rand(2, 3, size, size) * 2 - 1, size_multiple=4)
@@ -45,6 +45,9 @@ def _onnx_sessions(model: torch.nn.Module, size: int, with_int8: bool, cuda: boo
         if hasattr(ort, "preload_dlls"):
             ort.preload_dlls()
         out["ort-cuda"] = ort.InferenceSession(blob, opts, providers=["CUDAExecutionProvider"])
+        half = to_onnx(_Half(model).eval(), torch.rand(2, 3, size, size) * 2 - 1, size_multiple=4,
+                       norm_in_float32=True).SerializeToString()
+        out["ort-cuda-fp16"] = ort.InferenceSession(half, opts, providers=["CUDAExecutionProvider"])
     return out
 
 
