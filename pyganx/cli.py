@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 
 class Parser(argparse.ArgumentParser):
@@ -95,7 +94,7 @@ def _sample(args) -> int:
 
 
 def _eval(args) -> int:
-    from .metrics.evaluate import evaluate_run, format_result
+    from .metrics.evaluate import eval_file, evaluate_run, format_result
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr)
@@ -105,8 +104,7 @@ def _eval(args) -> int:
     except (ValueError, RuntimeError, OSError) as e:  # TrainError is a RuntimeError
         return _fail("eval", e, args.debug)
     print(format_result(result))
-    name = f"eval-{Path(args.model).stem}.json" if args.model else "eval.json"
-    print(f"figures written to {Path(result['run']) / name}")
+    print(f"figures written to {eval_file(result['run'], args.model)}")
     return 0
 
 
@@ -205,7 +203,7 @@ def _train(argv: list[str]) -> int:
         ap.error("give --steps N or --epochs N")
     if not (args.data or args.demo or (args.data_a and args.data_b)):
         ap.error("give --data DIR, --data-a DIR --data-b DIR, or --demo NAME")
-    from .engine import TrainError, Trainer, TrainOptions
+    from .engine import Trainer, TrainOptions
 
     opts = TrainOptions(out=args.out, data=args.data, data_a=args.data_a, data_b=args.data_b,
                         demo=args.demo, steps=args.steps, epochs=args.epochs, resume=args.resume,
@@ -217,11 +215,8 @@ def _train(argv: list[str]) -> int:
                         progress=not args.no_progress, skip_bad_images=args.skip_bad_images)
     try:
         result = Trainer(variant, cls, config_from_arguments(cls.Config, args), opts).fit()
-    except (TrainError, ValueError, RuntimeError, OSError) as e:
-        if args.debug:
-            raise
-        print(f"pyganx train: {e}", file=sys.stderr)
-        return 1
+    except (ValueError, RuntimeError, OSError) as e:  # TrainError is a RuntimeError
+        return _fail("train", e, args.debug)
     if result.get("interrupted"):
         ck = result.get("checkpoint")
         print(f"pyganx train: interrupted at step {result['steps']}; "

@@ -10,7 +10,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -18,7 +18,15 @@ from torch import nn
 from .. import registry
 from ..plugin import DataInfo, ExportSpec, GANPlugin
 from .checkpoint import latest_checkpoint, load_checkpoint
-from .trainer import TrainError, pick_device
+from .trainer import RunData, TrainError, TrainOptions, build_data, pick_device
+
+
+def spread(items: Sequence, k: int) -> list:
+    """At most ``k`` items, evenly spread over the sequence (item ``i * n // k``)."""
+    n = len(items)
+    if n <= k:
+        return list(items)
+    return [items[i * n // k] for i in range(k)]
 
 
 @dataclass
@@ -50,6 +58,15 @@ class LoadedRun:
 
     def generator(self, name: str | None = None) -> nn.Module:
         return self.plugin.networks()[self.spec(name)[1].network]
+
+    def train_options(self) -> TrainOptions:
+        """The options the run was trained with (fields this version no longer has dropped)."""
+        known = {f.name for f in dataclasses.fields(TrainOptions)}
+        return TrainOptions(**{k: v for k, v in self.options.items() if k in known})
+
+    def data(self) -> RunData:
+        """The run's datasets, rebuilt from its options (the data must still be there)."""
+        return build_data(type(self.plugin).data_kind, self.train_options(), self.config)
 
 
 def config_from_dict(cls: type[GANPlugin], values: dict) -> Any:

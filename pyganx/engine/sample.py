@@ -14,8 +14,8 @@ import torch
 
 from ..data.images import to_pil
 from .checkpoint import atomic_write_bytes
-from .run import load_run
-from .trainer import TrainError, TrainOptions, _batch_to, build_data, save_grid
+from .run import load_run, spread
+from .trainer import TrainError, _batch_to, save_grid
 
 
 def _slug(name: str) -> str:
@@ -35,11 +35,8 @@ def sample_run(path: str | Path, out: str | Path | None = None, n: int = 8,
     for k in conditions:
         if k not in params:
             raise TrainError(f"{run.name} samples take no --{k}")
-    opts = TrainOptions(**{k: v for k, v in run.options.items() if k in TrainOptions.__dataclass_fields__})
-    data = build_data(type(run.plugin).data_kind, opts, run.config)
-    test = data.test
-    k = min(n, len(test))
-    items = [test[int(i * len(test) / k)] for i in range(k)]
+    test = run.data().test
+    items = [test[i] for i in spread(range(len(test)), n)]
     batch = _batch_to(torch.utils.data.default_collate(items), run.device)
     with torch.no_grad():
         rows = run.plugin.sample(batch, **conditions)

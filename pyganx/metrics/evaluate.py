@@ -29,8 +29,8 @@ from ..data import EvalTransform
 from ..data import demo as demo_data
 from ..data.folders import _load
 from ..engine.checkpoint import atomic_write_bytes
-from ..engine.run import LoadedRun, load_run
-from ..engine.trainer import TrainError, TrainOptions, build_data
+from ..engine.run import LoadedRun, load_run, spread
+from ..engine.trainer import TrainError
 from .classifier import TrainedClassifier, cached_classifier, fingerprint
 from .kid import kid
 
@@ -38,14 +38,6 @@ from .kid import kid
 JUDGE_SIZE = 64
 #: At most this many images per domain are used to train a domain classifier / evaluated.
 MAX_TRAIN, MAX_TEST = 3000, 500
-
-
-def _spread(items: Sequence, k: int) -> list:
-    """At most ``k`` items, evenly spread over the sequence (deterministic)."""
-    if len(items) <= k:
-        return list(items)
-    step = len(items) / k
-    return [items[int(i * step)] for i in range(k)]
 
 
 def _tensors(items: Sequence, channels: int, size: int, out_size: int | None = None) -> Tensor:
@@ -72,7 +64,7 @@ class _Domains:
     """The run's A and B images (train and test items), and digit labels when known."""
 
     def __init__(self, run: LoadedRun) -> None:
-        opts = TrainOptions(**{k: v for k, v in run.options.items() if k in TrainOptions.__dataclass_fields__})
+        opts = run.train_options()
         self.demo = opts.demo
         self.channels, self.size = run.info.channels, run.info.image_size
         self.labels: dict[str, list[int]] = {}
@@ -85,7 +77,7 @@ class _Domains:
             self.held_out = True
             self.key: list = ["demo", opts.demo, demo_data.DATA_VERSION]
             return
-        data = build_data(type(run.plugin).data_kind, opts, run.config)
+        data = run.data()
         if hasattr(data.train, "a"):  # unpaired
             self.train = {"A": data.train.a, "B": data.train.b}
             self.test = {"A": data.test.a, "B": data.test.b}
@@ -100,19 +92,19 @@ class _Domains:
     def train_tensors(self, side: str, size: int) -> Tensor:
         if self.train is None:
             return _judge_size(self.test_tensors[side], size)
-        return _tensors(_spread(self.train[side], MAX_TRAIN), self.channels, self.size, size)
+        return _tensors(spread(self.train[side], MAX_TRAIN), self.channels, self.size, size)
 
     def test_images(self, side: str) -> tuple[Tensor, list[int] | None]:
         """Test images of one side at the run's size, and their digit labels if known."""
         if self.train is None:
-            return _spread(self.test_tensors[side], MAX_TEST), None
-        items = _spread(list(range(len(self.test[side]))), MAX_TEST)
+            return torch.stack(spread(list(self.test_tensors[side]), MAX_TEST)), None
+        items = spread(list(range(len(self.test[side]))), MAX_TEST)
         x = _tensors([self.test[side][i] for i in items], self.channels, self.size)
         labels = [self.labels[side][i] for i in items] if side in self.labels else None
         return x, labels
 
     def fingerprint(self, size: int) -> str:
-        train = [] if self.train is None else [_identity(i) for s in "AB" for i in _spread(self.train[s], MAX_TRAIN)]
+        train = [] if self.train is None else [_identity(i) for s in "AB" for i in spread(self.train[s], MAX_TRAIN)]
         return fingerprint(self.key, self.channels, size, train)
 
 
@@ -156,6 +148,11 @@ class _OnnxGenerator:
 
     def __call__(self, x: Tensor) -> Tensor:
         return torch.from_numpy(self.translator(x.cpu().numpy()))
+
+
+def eval_file(run_dir: str | Path, model: str | Path | None = None) -> Path:
+    """Where evaluate_run writes: RUN_DIR/eval.json, or eval-<model name>.json for a model."""
+    return Path(run_dir) / (f"eval-{Path(model).stem}.json" if model else "eval.json")
 
 
 def evaluate_run(path: str | Path, device: str | None = None,
@@ -207,8 +204,7 @@ def evaluate_run(path: str | Path, device: str | None = None,
     result["seconds"] = round(time.time() - t0, 1)
     if model:
         result["model"] = str(model)
-    name = f"eval-{Path(model).stem}.json" if model else "eval.json"
-    atomic_write_bytes(run.run_dir / name,
+    atomic_write_bytes(eval_file(run.run_dir, model),
                        lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
     return result
 

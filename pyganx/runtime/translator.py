@@ -74,16 +74,13 @@ class Translator:
                                f"use `pyganx sample RUN_DIR` to draw images from it")
         if inputs != ["image"]:
             raise RuntimeError(f"{self.path}: expected one input named 'image', found {inputs}")
-        self.multiple = int(self.metadata.get("pyganx.size_multiple", "1"))
-        self.channels = int(self.metadata.get("pyganx.channels", self.session.get_inputs()[0].shape[1]))
-        self.domains = json.loads(self.metadata.get("pyganx.domains", "[]"))
         inp = self.session.get_inputs()[0]
         #: uint8 NHWC in and out, normalisation and padding in the graph (--with-preprocessing)
         self.preprocessed = inp.type == "tensor(uint8)"
-        if self.preprocessed:
-            self.channels = int(self.metadata.get("pyganx.channels", inp.shape[3]))
-        dims = inp.shape
-        self.static_shape = tuple(dims) if all(isinstance(d, int) for d in dims) else None
+        self.multiple = int(self.metadata.get("pyganx.size_multiple", "1"))
+        self.channels = int(self.metadata.get("pyganx.channels", inp.shape[3 if self.preprocessed else 1]))
+        self.domains = json.loads(self.metadata.get("pyganx.domains", "[]"))
+        self.static_shape = tuple(inp.shape) if all(isinstance(d, int) for d in inp.shape) else None
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """NCHW float32 in [-1, 1] -> the same; for a --with-preprocessing model, uint8
