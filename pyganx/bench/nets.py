@@ -14,14 +14,14 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from ..nn import ResidualBlock, ResnetGenerator
 from .ops import machine_description
-from .timing import add_common_args, fmt, keep_freed_memory, round_robin
+from .timing import add_common_args, allocator_for, fmt, report, round_robin
 
 BLOCK_SHAPES = [(1, 256, 64, 64), (4, 256, 32, 32)]
 QUICK_BLOCK_SHAPES = [(1, 64, 32, 32)]
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=["block", "generator"], help="run one part")
     ap.add_argument("--no-bf16", action="store_true", help="on CUDA, skip the bfloat16 block rows")
     args = ap.parse_args(argv)
-    tuned = False if args.os_allocator else keep_freed_memory()
+    tuned = allocator_for(args)
     dev = torch.device(args.device)
     use_compile = not args.no_compile
     rounds = args.rounds or (3 if args.quick else (20 if dev.type == "cuda" else 5))
@@ -190,11 +190,5 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "generator"):
         size, blocks = (64, 2) if args.quick else (256, 9)
         rows += bench_generator(size, blocks, dev, rounds, use_compile)
-    print(f"networks on {machine_description(dev)}; best of {rounds} round-robin rounds; "
-          f"freed memory {'kept for reuse (mallopt)' if tuned else 'returned to the OS'}")
-    print(format_table(rows))
-    if args.json:
-        import json
-        with open(args.json, "w") as fh:
-            json.dump([asdict(r) for r in rows], fh, indent=1)
+    report(f"networks on {machine_description(dev)}", rounds, tuned, format_table(rows), rows, args.json)
     return 0

@@ -15,39 +15,35 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..nn import ResnetGenerator
 from .ops import machine_description
-from .timing import add_common_args, keep_freed_memory, round_robin
+from .timing import add_common_args, allocator_for, report, round_robin
 
 
 def _onnx_sessions(model: torch.nn.Module, size: int, with_int8: bool, cuda: bool) -> dict:
-    """name -> (session, provider) for the exported float32 model and its int8 twin."""
+    """name -> onnxruntime session: the exported float32 model on CPU, its int8 twin, and
+    on a GPU the float32 and float16 graphs on ORT CUDA."""
     import onnxruntime as ort
 
-    from ..export.exporter import _Half, _ImageGenerator, to_onnx
+    from ..export.exporter import _Half, _ImageGenerator, ort_session, to_onnx
     from ..export.quantize import quantize
 
-    proto = to_onnx(_ImageGenerator(model).eval(), torch.rand(2, 3, size, size) * 2 - 1, size_multiple=4)
-    blob = proto.SerializeToString()
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    out = {"ort-cpu": ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])}
+    example = torch.rand(2, 3, size, size) * 2 - 1
+    blob = to_onnx(_ImageGenerator(model).eval(), example, size_multiple=4).SerializeToString()
+    out = {"ort-cpu": ort_session(blob)}
     if with_int8:
         calib = (np.random.default_rng(0).random((8, 3, size, size), dtype=np.float32) * 2 - 1)
-        out["ort-int8"] = ort.InferenceSession(quantize(blob, calib), opts, providers=["CPUExecutionProvider"])
+        out["ort-int8"] = ort_session(quantize(blob, calib))
     if cuda and "CUDAExecutionProvider" in ort.get_available_providers():
         if hasattr(ort, "preload_dlls"):
             ort.preload_dlls()
-        out["ort-cuda"] = ort.InferenceSession(blob, opts, providers=["CUDAExecutionProvider"])
-        half = to_onnx(_Half(model).eval(), torch.rand(2, 3, size, size) * 2 - 1, size_multiple=4,
-                       norm_in_float32=True).SerializeToString()
-        out["ort-cuda-fp16"] = ort.InferenceSession(half, opts, providers=["CUDAExecutionProvider"])
+        half = to_onnx(_Half(model).eval(), example, size_multiple=4, norm_in_float32=True).SerializeToString()
+        out["ort-cuda"] = ort_session(blob, ("CUDAExecutionProvider",))
+        out["ort-cuda-fp16"] = ort_session(half, ("CUDAExecutionProvider",))
     return out
 
 
@@ -103,15 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("pyganx bench onnx: needs onnxruntime: pip install 'pyganx[cpu]' (or [gpu])")
         return 1
-    tuned = False if args.os_allocator else keep_freed_memory()
+    tuned = allocator_for(args)
     dev = torch.device(args.device)
     size, blocks = (64, 2) if args.quick else (256, 9)
     rounds = args.rounds or (3 if args.quick else (20 if dev.type == "cuda" else 5))
     rows = bench(size, blocks, [1, 4], dev, rounds, not args.no_compile, not args.no_int8)
-    print(f"CycleGAN generator ({blocks} blocks, {size}x{size}, float32, random weights) on "
-          f"{machine_description(dev)}; best of {rounds} round-robin rounds; freed memory "
-          f"{'kept for reuse (mallopt)' if tuned else 'returned to the OS'}")
-    print(format_table(rows))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+    report(f"CycleGAN generator ({blocks} blocks, {size}x{size}, float32, random weights) on "
+           f"{machine_description(dev)}", rounds, tuned, format_table(rows), rows, args.json)
     return 0

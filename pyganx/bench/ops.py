@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .. import build_info
 from ..ops import instance_norm_relu
-from .timing import add_common_args, fmt, keep_freed_memory, round_robin
+from .timing import add_common_args, allocator_for, fmt, report, round_robin
 
 FULL_SHAPES = [(1, 256, 64, 64), (1, 64, 256, 256), (4, 128, 128, 128), (16, 64, 128, 128)]
 QUICK_SHAPES = [(1, 64, 64, 64), (4, 128, 32, 32)]
@@ -145,16 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="pyganx bench ops", description=__doc__.splitlines()[0])
     add_common_args(ap)
     args = ap.parse_args(argv)
-    tuned = False if args.os_allocator else keep_freed_memory()
+    tuned = allocator_for(args)
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
     rounds = args.rounds or (10 if args.quick else 30)
     rows = run(shapes, device=args.device, rounds=rounds, use_compile=not args.no_compile)
-    print(f"instance_norm_relu on {machine_description(torch.device(args.device))}; "
-          f"best of {rounds} round-robin rounds; freed memory "
-          f"{'kept for reuse (mallopt)' if tuned else 'returned to the OS'}")
-    print(format_table(rows))
-    if args.json:
-        import json
-        with open(args.json, "w") as fh:
-            json.dump([asdict(r) for r in rows], fh, indent=1)
+    report(f"instance_norm_relu on {machine_description(torch.device(args.device))}", rounds, tuned,
+           format_table(rows), rows, args.json)
     return 0

@@ -7,9 +7,11 @@ reported. On CUDA each call is bracketed by events and synchronised.
 """
 from __future__ import annotations
 
+import json
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, is_dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -94,3 +96,18 @@ def add_common_args(ap) -> None:
     ap.add_argument("--os-allocator", action="store_true",
                     help="keep glibc's defaults (freed large blocks go back to the OS, and "
                          "every allocation then pays page faults)")
+
+
+def allocator_for(args) -> bool:
+    """Applies keep_freed_memory() unless ``--os-allocator``; whether it is in effect."""
+    return False if args.os_allocator else keep_freed_memory()
+
+
+def report(what: str, rounds: int, tuned: bool, table: str, rows: list, json_path: str | None) -> None:
+    """A suite's output: one line saying what ran where and how, the table, and the rows
+    (dataclasses or dicts) as JSON to ``json_path`` when given."""
+    print(f"{what}; best of {rounds} round-robin rounds; freed memory "
+          f"{'kept for reuse (mallopt)' if tuned else 'returned to the OS'}")
+    print(table)
+    if json_path:
+        Path(json_path).write_text(json.dumps([asdict(r) if is_dataclass(r) else r for r in rows], indent=1))

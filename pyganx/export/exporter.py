@@ -97,12 +97,13 @@ def custom_domains(model) -> list[str]:
     return sorted(found)
 
 
-def ort_session(model_bytes: bytes):
+def ort_session(model_bytes: bytes, providers: tuple[str, ...] = ("CPUExecutionProvider",)):
+    """A quiet onnxruntime session (warnings off) on ``providers``."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model_bytes, opts, providers=list(providers))
 
 
 def export_generator(source: str | os.PathLike, out: str | os.PathLike, generator: str | None = None,
@@ -203,10 +204,14 @@ def _int8(fp32: bytes, calibrate, channels: int, size: int) -> tuple[bytes, dict
     if custom_domains(proto):
         raise TrainError(f"the int8 graph uses non-standard domains {custom_domains(proto)}")
     blob = proto.SerializeToString()
-    ref = np.concatenate([ort_session(fp32).run(None, {"image": images[i:i + 8]})[0] for i in range(0, len(images), 8)])
-    got = np.concatenate([ort_session(blob).run(None, {"image": images[i:i + 8]})[0] for i in range(0, len(images), 8)])
+    ref, got = (_run_batches(ort_session(m), images) for m in (fp32, blob))
     return blob, {"images": float(len(images)), "psnr_db": psnr(got, ref), "ssim": ssim(got, ref),
                   "max_abs_diff": float(np.abs(got - ref).max())}
+
+
+def _run_batches(session, images: np.ndarray, batch: int = 8) -> np.ndarray:
+    return np.concatenate([session.run(None, {"image": images[i:i + batch]})[0]
+                           for i in range(0, len(images), batch)])
 
 
 def to_onnx(model: nn.Module, example: torch.Tensor, size_multiple: int | None, min_size: int = 2,
@@ -224,6 +229,7 @@ def to_onnx(model: nn.Module, example: torch.Tensor, size_multiple: int | None, 
         hh, ww = (h, w) if m == 1 else (m * h, m * w)
         spatial = (1, 2) if example.dtype == torch.uint8 else (2, 3)
         dynamic = {"image": {0: d("batch", min=1, max=4096), spatial[0]: hh, spatial[1]: ww}}
+    table = translation_table(norm_in_float32)
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
     quiet.setLevel(logging.ERROR)       # e.g. "torchvision is not installed. Skipping ..."
@@ -231,13 +237,10 @@ def to_onnx(model: nn.Module, example: torch.Tensor, size_multiple: int | None, 
         with tempfile.TemporaryDirectory() as tmp:
             program = torch.onnx.export(model, (example,), dynamo=True, opset_version=OPSET,
                                         input_names=["image"], output_names=["output"],
-                                        dynamic_shapes=dynamic,
-                                        custom_translation_table=translation_table(norm_in_float32),
+                                        dynamic_shapes=dynamic, custom_translation_table=table,
                                         verbose=False, report=False)
             program.save(os.path.join(tmp, "m.onnx"))
             return onnx.load(os.path.join(tmp, "m.onnx"))
-    except TrainError:
-        raise
     except Exception as e:  # noqa: BLE001 - the exporter's errors are long; keep the first line
         raise TrainError(f"torch.onnx.export failed: {str(e).strip().splitlines()[0]}") from None
     finally:
