@@ -7,7 +7,11 @@ output against the label real/fake:
   the generator this is the non-saturating loss);
 - ``"hinge"``: relu(1 - D) / relu(1 + D) for the discriminator, -D for the generator
   (pass ``for_generator=True``);
-- ``"wgan"``: -D for real, D for fake (use with a gradient penalty).
+- ``"wgan"`` (also ``"wgan-gp"``): -D for real, D for fake; add
+  :func:`gradient_penalty` to the critic's loss (Gulrajani et al. 2017).
+
+``gradient_penalty(critic, real, fake)``: E[(||grad_x D(x_hat)||_2 - 1)^2] at random
+interpolates x_hat of real and fake images (one draw per sample).
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-LOSSES = ("lsgan", "bce", "hinge", "wgan")
+LOSSES = ("lsgan", "bce", "hinge", "wgan", "wgan-gp")
 
 
 def gan_loss(kind: str, prediction: Tensor, real: bool, for_generator: bool = False) -> Tensor:
@@ -29,9 +33,30 @@ def gan_loss(kind: str, prediction: Tensor, real: bool, for_generator: bool = Fa
         if for_generator:
             return -prediction.mean()
         return F.relu(1.0 - prediction).mean() if real else F.relu(1.0 + prediction).mean()
-    if kind == "wgan":
+    if kind in ("wgan", "wgan-gp"):
         return -prediction.mean() if real else prediction.mean()
     raise ValueError(f"unknown GAN loss {kind!r}; expected one of {', '.join(LOSSES)}")
+
+
+def gradient_penalty(critic, real: Tensor, fake: Tensor, generator: torch.Generator | None = None,
+                     alpha: Tensor | None = None) -> Tensor:
+    """The WGAN-GP penalty mean((||grad D(x_hat)||_2 - 1)^2), x_hat = a * real + (1 - a) *
+    fake with a ~ U(0, 1) per sample (or the given ``alpha``, shape (N,)). ``critic`` maps
+    images to scores of any shape (a patch map is summed per sample: its gradient is then
+    the one of the mean score times the patch count, as in StarGAN's code). The graph is
+    kept, so the penalty trains the critic."""
+    if real.shape != fake.shape:
+        raise ValueError(f"gradient_penalty: real {list(real.shape)} and fake {list(fake.shape)} differ")
+    n = real.shape[0]
+    if alpha is None:
+        alpha = torch.rand(n, generator=generator, device="cpu" if generator is not None else real.device)
+    a = alpha.to(real.device, real.dtype).view(n, *([1] * (real.dim() - 1)))
+    x_hat = (a * real.detach() + (1 - a) * fake.detach()).requires_grad_(True)
+    out = critic(x_hat)
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
+    return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
 
 
 class ImagePool:

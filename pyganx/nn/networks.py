@@ -203,6 +203,14 @@ class StarGANDiscriminator(nn.Module):
         return self.conv_src(h), self.conv_cls(h).flatten(1)
 
 
+def one_hot(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """(N,) class indices -> (N, num_classes) one-hot rows of ``dtype``; written as a
+    comparison so that it exports to plain ONNX (Equal, Cast) with a dynamic batch.
+    Indices outside [0, num_classes) give all-zero rows (check them before, where it matters)."""
+    classes = torch.arange(num_classes, device=labels.device)
+    return (labels.long()[:, None] == classes[None, :]).to(dtype)
+
+
 def _dcgan_levels(img_size: int) -> int:
     levels = int(round(math.log2(img_size / 4)))
     if img_size < 8 or 4 * 2 ** levels != img_size:
@@ -237,8 +245,7 @@ class DCGANGenerator(nn.Module):
         if self.num_classes:
             if labels is None:
                 raise ValueError("DCGANGenerator: this conditional generator needs labels")
-            onehot = nn.functional.one_hot(labels.long(), self.num_classes).to(z.dtype)
-            z = torch.cat([z, onehot[:, :, None, None]], dim=1)
+            z = torch.cat([z, one_hot(labels, self.num_classes, z.dtype)[:, :, None, None]], dim=1)
         return self.model(z)
 
 
@@ -246,19 +253,27 @@ class DCGANDiscriminator(nn.Module):
     """DCGAN discriminator: strided convs doubling the channels down to 4x4, BatchNorm
     except on the input layer, LeakyReLU 0.2, a 4x4 conv to one logit (no sigmoid: use
     a with-logits loss). ``num_classes`` > 0 joins the one-hot label to the image as
-    extra channels (conditional GAN)."""
+    extra channels (conditional GAN). ``norm="none"`` drops the batch norm (a WGAN-GP
+    critic: the per-sample gradient penalty is void when samples are normalised together;
+    ``"layer"`` uses a per-sample GroupNorm(1) instead)."""
 
     def __init__(self, in_ch: int = 3, ndf: int = 64, img_size: int = 64,
-                 num_classes: int = 0) -> None:
+                 num_classes: int = 0, norm: str = "batch") -> None:
         super().__init__()
+        if norm not in ("batch", "layer", "none"):
+            raise ValueError(f"DCGANDiscriminator: norm must be batch, layer or none, got {norm!r}")
         self.num_classes = num_classes
         levels = _dcgan_levels(img_size)
         layers: list[nn.Module] = [nn.Conv2d(in_ch + num_classes, ndf, 4, 2, 1, bias=False),
                                    nn.LeakyReLU(0.2, True)]
         ch = ndf
         for _ in range(levels - 1):
-            layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch * 2),
-                       nn.LeakyReLU(0.2, True)]
+            layers.append(nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=norm == "none"))
+            if norm == "batch":
+                layers.append(nn.BatchNorm2d(ch * 2))
+            elif norm == "layer":
+                layers.append(nn.GroupNorm(1, ch * 2))
+            layers.append(nn.LeakyReLU(0.2, True))
             ch *= 2
         layers.append(nn.Conv2d(ch, 1, 4, 1, 0, bias=False))
         self.model = nn.Sequential(*layers)
@@ -267,7 +282,7 @@ class DCGANDiscriminator(nn.Module):
         if self.num_classes:
             if labels is None:
                 raise ValueError("DCGANDiscriminator: this conditional discriminator needs labels")
-            onehot = nn.functional.one_hot(labels.long(), self.num_classes).to(x.dtype)
+            onehot = one_hot(labels, self.num_classes, x.dtype)
             x = torch.cat([x, onehot[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])], 1)
         return self.model(x).flatten(1)
 
@@ -279,7 +294,7 @@ def init_weights(module: nn.Module, std: float = 0.02) -> nn.Module:
             nn.init.normal_(m.weight, 0.0, std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d, InstanceNormReLU)):
+        elif isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm, InstanceNormReLU)):
             if getattr(m, "weight", None) is not None:
                 nn.init.normal_(m.weight, 1.0, std)
             if getattr(m, "bias", None) is not None:
