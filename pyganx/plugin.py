@@ -67,6 +67,9 @@ class GANPlugin:
     api_version: ClassVar[int] = API_VERSION
     Config: ClassVar[type] = None  # type: ignore[assignment]
     data_kind: ClassVar[str] = ""
+    #: Training resolution when the user gives no ``--image-size`` for folder data
+    #: (the bundled demo sets bring their own).
+    default_image_size: ClassVar[int] = 256
 
     def __init__(self, config: Any, data_info: DataInfo) -> None:
         self.config = config
@@ -107,6 +110,17 @@ class GANPlugin:
         return {}
 
 
+def linear_decay(total_steps: int, decay_start: float):
+    """A ``LambdaLR`` factor: 1 until ``decay_start * total_steps``, then linearly down to
+    0 at the last step (CycleGAN's 100 + 100 epochs, StarGAN's decay over the second half)."""
+    start = int(total_steps * decay_start)
+    span = max(1, total_steps - start)
+
+    def factor(step: int) -> float:
+        return 1.0 if step < start else max(0.0, 1.0 - (step - start) / span)
+    return factor
+
+
 # --- configuration <-> command line -------------------------------------------------
 
 def _flag(name: str) -> str:
@@ -125,10 +139,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> N
         if kind is bool:
             group.add_argument(_flag(f.name), dest=f.name, default=default,
                                action=argparse.BooleanOptionalAction,
-                               help=f"{help_text} (default: {default})")
+                               help=f"{help_text} (default: %(default)s)")
         elif kind in (int, float, str):
             group.add_argument(_flag(f.name), dest=f.name, type=kind, default=default,
-                               help=f"{help_text} (default: {default})")
+                               help=f"{help_text} (default: %(default)s)")
         else:
             raise TypeError(f"{config_cls.__name__}.{f.name}: config fields must be bool, int, "
                             f"float or str to become CLI flags, got {kind!r}")
@@ -142,4 +156,4 @@ def config_from_arguments(config_cls: type, args: argparse.Namespace) -> Any:
 
 
 __all__ = ["API_VERSION", "DATA_KINDS", "DataInfo", "ExportSpec", "GANPlugin",
-           "add_config_arguments", "config_from_arguments", "field"]
+           "add_config_arguments", "config_from_arguments", "field", "linear_decay"]

@@ -81,7 +81,7 @@ def test_cyclegan_is_registered_through_its_entry_point():
 
 
 def test_linear_decay_schedule():
-    from pyganx_plugins.cyclegan import linear_decay
+    from pyganx.plugin import linear_decay
     f = linear_decay(200, 0.5)
     assert [f(0), f(99), f(100), f(150), f(199)] == [1.0, 1.0, 1.0, 0.5, pytest.approx(0.01)]
 

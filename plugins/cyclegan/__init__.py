@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from pyganx.losses import ImagePool, gan_loss
 from pyganx.nn import PatchDiscriminator, ResnetGenerator, init_weights
-from pyganx.plugin import DataInfo, ExportSpec, GANPlugin, field
+from pyganx.plugin import DataInfo, ExportSpec, GANPlugin, field, linear_decay
 
 
 @dataclass
@@ -35,16 +35,6 @@ class CycleGANConfig:
     decay_start: float = field(default=0.5, metadata={"help": "fraction of training before the linear lr decay"})
     flip: bool = field(default=True, metadata={"help": "random horizontal flips (off where the data forbids them)"})
     fused: bool = field(default=True, metadata={"help": "pyganx's fused residual blocks"})
-
-
-def linear_decay(total_steps: int, decay_start: float):
-    """lr factor: 1 until decay_start * total, then linearly to 0 at the end."""
-    start = int(total_steps * decay_start)
-    span = max(1, total_steps - start)
-
-    def factor(step: int) -> float:
-        return 1.0 if step < start else max(0.0, 1.0 - (step - start) / span)
-    return factor
 
 
 class CycleGAN(GANPlugin):

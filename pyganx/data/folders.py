@@ -101,6 +101,23 @@ class _Seeded(Dataset):
         return _generator(self.seed, self.epoch, index, stream)
 
 
+class Images(_Seeded):
+    """A folder of images (searched recursively) or images in memory, without labels: what
+    a noise-to-image GAN (DCGAN) learns to imitate. Returns {"image": tensor}."""
+
+    def __init__(self, source: str | os.PathLike | Sequence[Item], transform: Transform,
+                 channels: int | None = None, seed: int = 0, skip_bad_images: bool = False) -> None:
+        super().__init__(transform, seed, skip_bad_images)
+        self.items = _images(source, "images")
+        self.channels = _channels(self.items, channels)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _item(self, i: int) -> dict[str, torch.Tensor]:
+        return {"image": self.transform(_load(self.items[i], self.channels), self._gen(i, 0))}
+
+
 class UnpairedImages(_Seeded):
     """Two unaligned sets (CycleGAN): item i is A[i % |A|] with a B image drawn at random.
     Returns {"A": tensor, "B": tensor}."""

@@ -81,6 +81,12 @@ def save_checkpoint(folder: str | os.PathLike, step: int, state: dict, keep: int
     return path
 
 
+def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
+    """The step-*.pt checkpoints of a folder, oldest step first."""
+    folder = Path(folder)
+    return sorted(p for p in folder.glob("step-*.pt") if _NAME.match(p.name)) if folder.is_dir() else []
+
+
 def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
     """The checkpoint latest.txt names, else the newest step-*.pt, else None."""
     folder = Path(folder)
@@ -89,7 +95,7 @@ def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
         p = folder / marker.read_text().strip()
         if p.is_file():
             return p
-    found = sorted(p for p in folder.glob("step-*.pt") if _NAME.match(p.name))
+    found = list_checkpoints(folder)
     return found[-1] if found else None
 
 

@@ -66,7 +66,8 @@ class LoadedRun:
 
     def data(self) -> RunData:
         """The run's datasets, rebuilt from its options (the data must still be there)."""
-        return build_data(type(self.plugin).data_kind, self.train_options(), self.config)
+        cls = type(self.plugin)
+        return build_data(cls.data_kind, self.train_options(), self.config, cls.default_image_size)
 
 
 def config_from_dict(cls: type[GANPlugin], values: dict) -> Any:

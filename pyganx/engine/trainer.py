@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .. import __version__
-from ..data import EvalTransform, LabelledImages, PairedImages, TrainTransform, UnpairedImages
+from ..data import EvalTransform, Images, LabelledImages, PairedImages, TrainTransform, UnpairedImages
 from ..data import demo as demo_data
 from ..data.images import ImageError, to_pil
 from ..plugin import DataInfo, GANPlugin
@@ -95,9 +95,10 @@ def _flip_allowed(config: Any) -> bool:
     return bool(getattr(config, "flip", True))
 
 
-def build_data(kind: str, opts: TrainOptions, config: Any) -> RunData:
-    """Datasets for the plugin's data kind from --demo, --data or --data-a/--data-b."""
-    if kind not in ("unpaired", "paired", "labelled", "multi_domain"):
+def build_data(kind: str, opts: TrainOptions, config: Any, default_size: int = 256) -> RunData:
+    """Datasets for the plugin's data kind from --demo, --data or --data-a/--data-b;
+    folder images are trained at --image-size, else ``default_size`` (the plugin's)."""
+    if kind not in ("noise", "unpaired", "paired", "labelled", "multi_domain"):
         raise TrainError(f"data kind {kind!r} has no built-in dataset yet")
     skip = opts.skip_bad_images
     if opts.channels not in (None, 1, 3):
@@ -117,14 +118,23 @@ def build_data(kind: str, opts: TrainOptions, config: Any) -> RunData:
             test = UnpairedImages([s.image for s in ds.test_a], [s.image for s in ds.test_b], ev,
                                   channels=want or ds.channels, seed=opts.seed, skip_bad_images=skip)
             info = DataInfo(want or ds.channels, size, 0, ("A", "B"), ds.description)
+        elif kind == "noise":
+            train = Images([s.image for s in ds.train_a + ds.train_b], tr, channels=want or ds.channels,
+                           seed=opts.seed, skip_bad_images=skip)
+            test = Images([s.image for s in ds.test_a + ds.test_b], ev, channels=want or ds.channels,
+                          seed=opts.seed, skip_bad_images=skip)
+            info = DataInfo(want or ds.channels, size, 0, (), ds.description)
         elif kind == "labelled":
+            if not ds.labelled("train"):
+                raise TrainError(f"the demo set {opts.demo!r} has no class labels; use --demo digits "
+                                 f"or --data DIR with one sub-folder per class")
             train = LabelledImages(samples=ds.labelled("train"), transform=tr,
-                                   channels=want or ds.channels,
+                                   channels=want or ds.channels, classes=[str(d) for d in range(10)],
                                    skip_bad_images=skip)
             test = LabelledImages(samples=ds.labelled("test"), transform=ev,
-                                  channels=want or ds.channels,
+                                  channels=want or ds.channels, classes=[str(d) for d in range(10)],
                                   skip_bad_images=skip)
-            info = DataInfo(want or ds.channels, size, 10, (), ds.description)
+            info = DataInfo(want or ds.channels, size, 10, tuple(train.classes), ds.description)
         elif kind == "multi_domain":
             train = LabelledImages(samples=ds.domains("train"), classes=ds.styles, transform=tr,
                                    channels=want or ds.channels, skip_bad_images=skip)
@@ -134,11 +144,19 @@ def build_data(kind: str, opts: TrainOptions, config: Any) -> RunData:
         else:
             raise TrainError(f"the demo sets have no paired view; use --data with {kind} data")
         return RunData(train, test, info, f"demo {opts.demo}: {ds.description}")
-    size = opts.image_size or 256
+    size = opts.image_size or default_size
     flip = _flip_allowed(config)
     tr, ev = TrainTransform(size, flip=flip), EvalTransform(size)
     try:
-        if kind == "unpaired":
+        if kind == "noise":
+            if not opts.data:
+                raise TrainError("noise-to-image GANs train on --data DIR (a folder of images, "
+                                 "searched recursively) or --demo NAME")
+            train = Images(opts.data, tr, channels=want, seed=opts.seed, skip_bad_images=skip)
+            test = Images(opts.data, ev, channels=train.channels, skip_bad_images=skip)
+            desc = f"images {opts.data}"
+            info = DataInfo(train.channels, size, 0, (), desc)
+        elif kind == "unpaired":
             if opts.data:
                 root = Path(opts.data)
                 a, b = root / "trainA", root / "trainB"
@@ -177,8 +195,12 @@ def build_data(kind: str, opts: TrainOptions, config: Any) -> RunData:
             train = LabelledImages(opts.data, tr, channels=want, seed=opts.seed, skip_bad_images=skip)
             test = LabelledImages(opts.data, ev, channels=train.channels, skip_bad_images=skip)
             desc = f"{kind} {opts.data}"
+            if len(train.classes) < 2:
+                raise TrainError(f"{opts.data}: {kind} data needs at least two sub-folders "
+                                 f"(one per {'class' if kind == 'labelled' else 'domain'}), found "
+                                 f"{len(train.classes)}")
             info = DataInfo(train.channels, size, len(train.classes) if kind == "labelled" else 0,
-                            tuple(train.classes) if kind == "multi_domain" else (), desc)
+                            tuple(train.classes), desc)
     except ImageError as e:
         raise TrainError(str(e)) from None
     return RunData(train, test, info, desc)
@@ -246,7 +268,7 @@ class Trainer:
         self.run = Path(opts.out)
         self.device = pick_device(opts.device)
         seed_everything(opts.seed, opts.deterministic)
-        self.data = build_data(plugin_cls.data_kind, opts, config)
+        self.data = build_data(plugin_cls.data_kind, opts, config, plugin_cls.default_image_size)
         self.plugin = plugin_cls(config, self.data.info)
         self.nets = self.plugin.networks()
         for m in self.nets.values():
@@ -259,7 +281,11 @@ class Trainer:
                                  drop_last=len(self.data.train) >= opts.batch_size,
                                  num_workers=opts.workers, pin_memory=self.device.type == "cuda",
                                  persistent_workers=opts.workers > 0,
-                                 worker_init_fn=_worker_leaves_sigint_to_the_trainer)
+                                 worker_init_fn=_worker_leaves_sigint_to_the_trainer,
+                                 # each new iterator draws a worker seed: from this generator,
+                                 # not the global RNG that plugins draw noise from, so that a
+                                 # resumed run (one iterator more) draws the same noise
+                                 generator=torch.Generator().manual_seed(opts.seed))
         per_epoch = max(1, len(self.loader))
         self.total_steps = opts.steps if opts.steps is not None else opts.epochs * per_epoch
         self.schedulers = self.plugin.schedulers(self.total_steps)
