@@ -124,7 +124,8 @@ print(f"pyganx: building the {'CUDA + CPU' if WITH_CUDA else 'CPU-only'} extensi
 
 setup(
     version=version(),
-    packages=find_packages(include=["pyganx", "pyganx.*"]) + ["pyganx_plugins", "pyganx_plugins.cyclegan"],
+    packages=find_packages(include=["pyganx", "pyganx.*"]) + ["pyganx_plugins"]
+    + [f"pyganx_plugins.{d.name}" for d in sorted((ROOT / "plugins").iterdir()) if (d / "__init__.py").is_file()],
     package_dir={"pyganx_plugins": "plugins"},
     ext_modules=[ext],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},

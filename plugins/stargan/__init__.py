@@ -1,0 +1,167 @@
+"""StarGAN (Choi et al. 2018): one generator G(x, c) translating an image into any of
+several domains, the target domain c given as extra constant input channels.
+
+Networks (pyganx.nn): G is a 7x7 conv, two 4x4 stride-2 downsamplings, 6 residual blocks
+with zero padding, two 4x4 stride-2 transposed convs, a 7x7 conv and tanh, with affine
+instance norm and bias-free convs; D is a trunk of 4x4 stride-2 convs with LeakyReLU 0.01
+and no norm, and two heads: a 3x3 conv giving the real/fake patch map and a conv giving
+the domain logits. Six D layers at 128 px and above; below, one layer fewer per halving so
+the patch map stays 2x2 as in the paper at 128 px (``--d-layers`` overrides).
+
+Losses: WGAN-GP adversarial loss (gradient penalty weight 10), domain classification
+(cross entropy; real images train D, fakes train G; weight 1), reconstruction
+L1(G(G(x, c), c'), x) (weight 10). Adam 1e-4, betas (0.5, 0.999), 5 D updates per G
+update (one step = one D update, as in the paper's iteration count), learning rate
+constant for the first half of training and decaying linearly to zero over the second.
+
+The target domain of each image is drawn uniformly from all domains (the paper permutes
+the batch's own labels, which with unbalanced domains trains the rare ones less often).
+Data: one sub-folder per domain, or ``--demo digits`` (handwritten and four typefaces).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from pyganx.losses import gradient_penalty
+from pyganx.nn import StarGANDiscriminator, StarGANGenerator, init_weights, one_hot
+from pyganx.plugin import DataInfo, ExportSpec, GANPlugin, field, linear_decay
+
+
+@dataclass
+class StarGANConfig:
+    g_conv_dim: int = field(default=64, metadata={"help": "generator width"})
+    d_conv_dim: int = field(default=64, metadata={"help": "discriminator width"})
+    g_blocks: int = field(default=6, metadata={"help": "generator residual blocks"})
+    d_layers: int = field(default=0, metadata={"help": "D stride-2 layers (0: 6 from 128 px, one fewer per halving)"})
+    lambda_cls: float = field(default=1.0, metadata={"help": "domain classification weight"})
+    lambda_rec: float = field(default=10.0, metadata={"help": "reconstruction weight"})
+    lambda_gp: float = field(default=10.0, metadata={"help": "gradient penalty weight"})
+    n_critic: int = field(default=5, metadata={"help": "D updates per G update"})
+    g_lr: float = field(default=1e-4, metadata={"help": "generator Adam learning rate"})
+    d_lr: float = field(default=1e-4, metadata={"help": "discriminator Adam learning rate"})
+    beta1: float = field(default=0.5, metadata={"help": "Adam beta1"})
+    beta2: float = field(default=0.999, metadata={"help": "Adam beta2"})
+    decay_start: float = field(default=0.5, metadata={"help": "fraction of training before the linear lr decay"})
+    flip: bool = field(default=True, metadata={"help": "random horizontal flips (off where the data forbids them)"})
+    fused: bool = field(default=True, metadata={"help": "pyganx's fused residual blocks"})
+
+
+def d_layers_for(image_size: int) -> int:
+    """6 at 128 px and above (a 2x2 patch map at 128 px), one fewer per halving below."""
+    if image_size < 8 or image_size & (image_size - 1):
+        raise ValueError(f"StarGAN needs a power-of-two image size of at least 8, got {image_size}")
+    return min(6, int(math.log2(image_size)) - 1)
+
+
+class StarGAN(GANPlugin):
+    """Multi-domain image-to-image translation (Choi et al. 2018)."""
+
+    api_version = 1
+    Config = StarGANConfig
+    data_kind = "multi_domain"
+    default_image_size = 128
+
+    def __init__(self, config: StarGANConfig, data_info: DataInfo) -> None:
+        super().__init__(config, data_info)
+        self.domains = tuple(data_info.domains)
+        if len(self.domains) < 2:
+            raise ValueError(f"StarGAN needs at least two domains, got {len(self.domains)}")
+        if config.n_critic < 1:
+            raise ValueError(f"--n-critic must be at least 1, got {config.n_critic}")
+        c, k, size = data_info.channels, len(self.domains), data_info.image_size
+        layers = config.d_layers or d_layers_for(size)
+        self.G = init_weights(StarGANGenerator(c, k, config.g_conv_dim, config.g_blocks, fused=config.fused))
+        self.D = init_weights(StarGANDiscriminator(size, k, config.d_conv_dim, layers, in_ch=c))
+        betas = (config.beta1, config.beta2)
+        self.opt = {"G": torch.optim.Adam(self.G.parameters(), lr=config.g_lr, betas=betas),
+                    "D": torch.optim.Adam(self.D.parameters(), lr=config.d_lr, betas=betas)}
+        self.d_steps = 0
+        self.last_g = {"G_adv": 0.0, "G_cls": 0.0, "G_rec": 0.0}
+
+    def networks(self):
+        return {"G": self.G, "D": self.D}
+
+    def optimizers(self):
+        return self.opt
+
+    def schedulers(self, total_steps: int):
+        f = linear_decay(total_steps, self.config.decay_start)
+        return {k: torch.optim.lr_scheduler.LambdaLR(o, f) for k, o in self.opt.items()}
+
+    def _onehot(self, labels: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return one_hot(labels, len(self.domains), like.dtype)
+
+    def train_step(self, batch, ctx):
+        cfg = self.config
+        x, c_org = batch["image"], batch["label"].long()
+        c_trg = torch.randint(len(self.domains), c_org.shape, device=x.device)
+        # discriminator: real/fake (WGAN-GP) and the domain of real images
+        self.D.requires_grad_(True)
+        with ctx.autocast():
+            src_real, cls_real = self.D(x)
+            with torch.no_grad():   # D's step needs no graph through G
+                fake = self.G(x, self._onehot(c_trg, x))
+            src_fake, _ = self.D(fake)
+            d_adv = src_fake.float().mean() - src_real.float().mean()
+            d_cls = F.cross_entropy(cls_real.float(), c_org)
+        gp = gradient_penalty(lambda t: self.D(t)[0], x, fake.float())
+        loss_D = d_adv + cfg.lambda_cls * d_cls + cfg.lambda_gp * gp
+        ctx.zero_grad("D")
+        ctx.backward(loss_D)
+        ctx.step("D")
+        self.d_steps += 1
+        if (self.d_steps - 1) % cfg.n_critic == 0:   # G on the first step, then every n_critic
+            self.D.requires_grad_(False)
+            with ctx.autocast():
+                fake = self.G(x, self._onehot(c_trg, x))
+                src, cls = self.D(fake)
+                g_adv = -src.float().mean()
+                g_cls = F.cross_entropy(cls.float(), c_trg)
+                g_rec = F.l1_loss(self.G(fake, self._onehot(c_org, x)).float(), x.float())
+                loss_G = g_adv + cfg.lambda_cls * g_cls + cfg.lambda_rec * g_rec
+            ctx.zero_grad("G")
+            ctx.backward(loss_G)
+            ctx.step("G")
+            self.D.requires_grad_(True)
+            self.last_g = {"G_adv": g_adv.item(), "G_cls": g_cls.item(), "G_rec": g_rec.item()}
+        return {"D_adv": d_adv.item(), "D_cls": d_cls.item(), "D_gp": gp.item(), **self.last_g}
+
+    def extra_state(self):
+        return {"d_steps": self.d_steps, "last_g": dict(self.last_g)}
+
+    def load_extra_state(self, state):
+        self.d_steps = int(state.get("d_steps", 0))
+        self.last_g = dict(state.get("last_g", self.last_g))
+
+    def domain_index(self, domain) -> int:
+        if str(domain) in self.domains:
+            return self.domains.index(str(domain))
+        raise ValueError(f"unknown domain {domain!r}; the domains are {', '.join(self.domains)}")
+
+    def translate(self, x: torch.Tensor, domain) -> torch.Tensor:
+        """Images into one domain (by name or index), in eval mode."""
+        k = domain if isinstance(domain, int) else self.domain_index(domain)
+        labels = torch.full((x.shape[0],), k, device=x.device, dtype=torch.long)
+        was = self.G.training
+        self.G.eval()
+        try:
+            return self.G(x, self._onehot(labels, x))
+        finally:
+            self.G.train(was)
+
+    def sample(self, batch, domain=None):
+        """The inputs, then each translated into every domain (or into ``domain``)."""
+        x = batch["image"]
+        targets = [self.domain_index(domain)] if domain is not None else range(len(self.domains))
+        rows = {"input": x}
+        for k in targets:
+            rows[f"to {self.domains[k]}"] = self.translate(x, k)
+        return rows
+
+    def export_specs(self):
+        return {"G": ExportSpec("G", ("image", "domain"), self.domains,
+                                description="image + target domain -> image")}
