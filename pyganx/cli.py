@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 class Parser(argparse.ArgumentParser):
@@ -94,12 +95,18 @@ def _sample(args) -> int:
 
 
 def _eval(args) -> int:
-    from .metrics.evaluate import eval_file, evaluate_run, format_result
+    from .metrics.evaluate import eval_file, evaluate_checkpoints, evaluate_run, format_result
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr)
 
     try:
+        if args.all_checkpoints:
+            if args.model:
+                raise ValueError("--all-checkpoints evaluates the run's checkpoints, not a --model")
+            evaluate_checkpoints(args.run, device=args.device, log=log)
+            print(f"figures written to {Path(args.run) / 'eval-checkpoints.json'} and eval-checkpoints.png")
+            return 0
         result = evaluate_run(args.run, device=args.device, log=log, model=args.model)
     except (ValueError, RuntimeError, OSError) as e:  # TrainError is a RuntimeError
         return _fail("eval", e, args.debug)
@@ -118,11 +125,17 @@ def _export(args) -> int:
     except (ValueError, RuntimeError, OSError) as e:  # TrainError is a RuntimeError
         return _fail("export", e, args.debug)
     m = res.metadata
+    inputs, domains = json.loads(m["pyganx.inputs"]), json.loads(m["pyganx.domains"])
+    if inputs == ["image"]:
+        what = f"{' -> '.join(domains)}, {m['pyganx.io_layout']}, " + \
+            (f"static {res.checked_shapes[0]}" if args.static else "dynamic N, H, W") + \
+            f" (H, W multiples of {m['pyganx.size_multiple']})"
+    else:
+        what = f"inputs {', '.join(inputs)}" + (f"; {'classes' if 'label' in inputs else 'domains'} "
+                                                f"{', '.join(domains)}" if domains else "") + \
+            ("" if "z" in inputs else f"; H, W multiples of {m['pyganx.size_multiple']}")
     print(f"wrote {res.path} ({res.path.stat().st_size / 2**20:.1f} MiB): {m['pyganx.plugin']} "
-          f"{m['pyganx.generator']} {' -> '.join(json.loads(m['pyganx.domains']))}, "
-          f"{m['pyganx.io_layout']}, {'static ' + str(res.checked_shapes[0]) if args.static else 'dynamic N, H, W'}"
-          f" (H, W multiples of {m['pyganx.size_multiple']}); onnxruntime matches PyTorch within "
-          f"{res.max_abs_error:.1e}")
+          f"{m['pyganx.generator']}, {what}; onnxruntime matches PyTorch within {res.max_abs_error:.1e}")
     q = res.quality
     if q:
         print(f"int8 against float32 on {int(q['images'])} calibration images: PSNR {q['psnr_db']:.1f} dB, "
@@ -135,7 +148,7 @@ def _translate(args) -> int:
         from .runtime import Translator, translate_files
         tr = Translator(args.model, device=args.device)
         done, errors = translate_files(tr, args.inputs, args.out, args.batch_size,
-                                       progress=not args.no_progress)
+                                       progress=not args.no_progress, domain=args.domain)
     except ImportError as e:
         return _fail("translate", RuntimeError(f"needs onnxruntime: pip install 'pyganx[cpu]' (or [gpu]) ({e})"),
                      args.debug)
@@ -245,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     smp.add_argument("run", metavar="RUN_DIR", help="run directory (or one checkpoint in it)")
     smp.add_argument("-o", "--out", help="output folder (default: RUN_DIR/generated/step-N)")
     smp.add_argument("--n", type=int, default=8, help="test items to sample")
-    smp.add_argument("--label", type=int, help="class label, for conditional variants")
+    smp.add_argument("--label", help="class name or index, for conditional variants")
     smp.add_argument("--domain", help="target domain name, for multi-domain variants")
     smp.add_argument("--device", help="cuda, mps or cpu (default: the first available)")
     smp.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -254,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("run", metavar="RUN_DIR", help="run directory (or one checkpoint in it)")
     ev.add_argument("--model", metavar="MODEL.onnx",
                     help="judge this model exported from the run instead of its PyTorch generator")
+    ev.add_argument("--all-checkpoints", action="store_true",
+                    help="evaluate every kept checkpoint: the figures over training (eval-checkpoints.json/.png)")
     ev.add_argument("--device", help="cuda, mps or cpu (default: the first available)")
     ev.add_argument("--debug", action="store_true", help="show tracebacks")
     onx = sub.add_parser("export", help="a trained generator as an ONNX model",
@@ -280,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     trn.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (recursive)")
     trn.add_argument("-o", "--out", required=True, help="output folder; names are kept")
     trn.add_argument("--batch-size", type=int, default=1, help="images of one size per run")
+    trn.add_argument("--domain", help="target domain name, for models that take one (StarGAN)")
     trn.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     trn.add_argument("--no-progress", action="store_true", help="no progress bar")
     trn.add_argument("--debug", action="store_true", help="show tracebacks")

@@ -13,7 +13,9 @@ import copy
 import json
 import logging
 import os
+import re
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,15 +63,41 @@ class _ImageGenerator(nn.Module):
         return self.net(image)
 
 
+class _DomainGenerator(nn.Module):
+    """``(image, domain)`` with the target domain as int64 indices (N,), one-hot inside
+    the graph (StarGAN)."""
+
+    def __init__(self, net: nn.Module, num_domains: int) -> None:
+        super().__init__()
+        self.net, self.num_domains = net, num_domains
+
+    def forward(self, image: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        from ..nn import one_hot
+        return self.net(image, one_hot(domain, self.num_domains, image.dtype))
+
+
+class _NoiseGenerator(nn.Module):
+    """``(z)`` or ``(z, label)`` with z (N, z_dim) and class indices (N,) (DCGAN, cGAN)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, z: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(z, label)
+
+
 class _Half(nn.Module):
-    """A half-precision copy of a generator behind float32 inputs and outputs."""
+    """A half-precision copy of a generator behind float32 inputs and outputs (integer
+    inputs pass through)."""
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = copy.deepcopy(net).half()
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.net(image.half()).float()
+    def forward(self, first: torch.Tensor, second: torch.Tensor | None = None) -> torch.Tensor:
+        inputs = (first,) if second is None else (first, second)
+        return self.net(*(t.half() if t.is_floating_point() else t for t in inputs)).float()
 
 
 class _WithPreprocessing(nn.Module):
@@ -130,33 +158,25 @@ def export_generator(source: str | os.PathLike, out: str | os.PathLike, generato
         net, c, s = f.net, f.channels, f.image_size
         meta = {"pyganx.plugin": f.plugin, "pyganx.generator": f.generator,
                 "pyganx.domains": json.dumps(list(f.domains)), "pyganx.source": f.description}
+        inputs: tuple[str, ...] = ("image",)
+        domains: tuple[str, ...] = tuple(f.domains)
     else:
         run = load_run(source, device="cpu")
         key, spec = run.spec(generator)
-        if tuple(spec.inputs) != ("image",):
-            raise TrainError(f"{run.name}'s {key} takes {', '.join(spec.inputs)}: only image-to-image "
-                             f"generators can be exported so far")
+        inputs, domains = tuple(spec.inputs), tuple(spec.domains)
         net = run.plugin.networks()[spec.network]
         c, s = run.info.channels, image_size or run.info.image_size
         meta = {"pyganx.plugin": run.name, "pyganx.generator": key,
-                "pyganx.domains": json.dumps(list(spec.domains)), "pyganx.step": str(run.step),
+                "pyganx.domains": json.dumps(list(domains)), "pyganx.step": str(run.step),
                 "pyganx.weights": run.weights}
+        if spec.z_dim:
+            meta["pyganx.z_dim"] = str(spec.z_dim)
     net = net.float().eval()
-    mult = size_multiple(net)
-    if s % mult:
-        raise TrainError(f"image size {s} is not a multiple of the generator's size multiple {mult}")
-    n = 1 if static else 2
-    if with_preprocessing:
-        model = _WithPreprocessing(net, mult).eval()
-        example = torch.randint(0, 256, (n, s, s, c), dtype=torch.uint8)
-        proto = to_onnx(model, example, None if static else 1, min_size=2 * mult)
-        shapes = [(1, s, s, c)] if static else [(1, s, s, c), (2, s + 3, max(2 * mult, s - 5), c)]
-    else:
-        model = _ImageGenerator(net).eval()
-        example = torch.rand(n, c, s, s) * 2 - 1
-        exported = _Half(net).eval() if fp16 else model
-        proto = to_onnx(exported, example, None if static else mult, norm_in_float32=fp16)
-        shapes = [(1, c, s, s)] if static else [(1, c, s, s), (2, c, s + mult, max(2 * mult, s - mult))]
+    graph = _graph(net, inputs, domains, c, s, static, with_preprocessing, fp16)
+    model, checks, mult = graph.model, graph.checks, graph.multiple
+    proto = to_onnx(graph.exported, graph.example, None if static else graph.dynamic,
+                    min_size=2 * mult, norm_in_float32=fp16, input_names=graph.names)
+    shapes = [tuple(t[0].shape) for t in checks]
     meta = {
         "pyganx.version": __version__, **meta, "pyganx.image_size": str(s),
         "pyganx.normalization": ("in the graph: uint8 [0, 255] in and out" if with_preprocessing
@@ -164,6 +184,7 @@ def export_generator(source: str | os.PathLike, out: str | os.PathLike, generato
         "pyganx.io_layout": "NHWC uint8" if with_preprocessing else "NCHW float32",
         "pyganx.size_multiple": "1" if with_preprocessing else str(mult),
         "pyganx.channels": str(c),
+        "pyganx.inputs": json.dumps(list(inputs)),
     }
     del proto.metadata_props[:]
     for k, v in meta.items():
@@ -176,18 +197,92 @@ def export_generator(source: str | os.PathLike, out: str | os.PathLike, generato
         proto.metadata_props.add(key="pyganx.precision",
                                  value="float16 weights and compute, instance norm in float32, float32 in/out")
     blob = proto.SerializeToString()
-    err = verify(model, blob, shapes)
+    err = verify(model, blob, checks)
     tol = UINT8_TOLERANCE if with_preprocessing else FP32_TOLERANCE
     if fp16:
         # twice what PyTorch's own half-precision run of the generator is off, at least 1e-3
-        tol = max(2 * half_error(net, shapes), 1e-3)
+        tol = max(2 * half_error(model, checks), 1e-3)
     if err > tol:
         raise TrainError(f"the ONNX model differs from PyTorch by up to {err:.2e} (> {tol:g}); not written")
     quality: dict[str, float] = {}
     if int8:
+        if inputs != ("image",):
+            raise TrainError(f"--int8 is calibrated on images: it takes image-only generators, not "
+                             f"one with inputs {', '.join(inputs)}")
         blob, quality = _int8(blob, calibrate, c, s)
     atomic_write_bytes(Path(out), lambda f: f.write(blob))
     return ExportResult(Path(out), meta, err, shapes, quality)
+
+
+@dataclass
+class _Graph:
+    model: nn.Module            # float32 PyTorch reference, the graph's inputs in order
+    exported: nn.Module         # what is traced (the half copy with --fp16)
+    example: tuple              # tracing inputs
+    names: list[str]            # ONNX input names
+    dynamic: dict | None        # torch.export dynamic shapes by input name
+    checks: list[tuple]         # inputs that ONNX and PyTorch must agree on
+    multiple: int               # H and W multiple (1 for noise models)
+
+
+def _graph(net: nn.Module, inputs: tuple[str, ...], domains: tuple[str, ...], c: int, s: int,
+           static: bool, with_preprocessing: bool, fp16: bool) -> _Graph:
+    """The wrapper, example inputs, dynamic dimensions and check inputs for a generator
+    with ``inputs`` (docs/contracts.md: image; image + domain; z; z + label)."""
+    d = torch.export.Dim
+    g = torch.Generator().manual_seed(0)
+    batch = d("batch", min=1, max=4096)
+    if inputs and inputs[0] == "z":
+        z_dim = getattr(net, "z_dim", None)
+        if inputs not in (("z",), ("z", "label")) or not z_dim:
+            raise TrainError(f"cannot export a noise generator with inputs {', '.join(inputs)}")
+        if with_preprocessing:
+            raise TrainError("--with-preprocessing is for image-to-image generators; this one takes noise")
+        k = max(1, len(domains))
+
+        def make(n: int) -> tuple:
+            z = torch.randn(n, z_dim, generator=g)
+            return (z, torch.randint(k, (n,), generator=g)) if len(inputs) == 2 else (z,)
+        model = _NoiseGenerator(net).eval()
+        names = list(inputs)
+        dynamic = {name: {0: batch} for name in names}
+        example = make(1 if static else 2)
+        checks = [example] if static else [make(1), make(3)]
+        return _Graph(model, _Half(model).eval() if fp16 else model, example, names, dynamic, checks, 1)
+    if inputs not in (("image",), ("image", "domain")):
+        raise TrainError(f"cannot export a generator with inputs {', '.join(inputs)}")
+    mult = size_multiple(net)
+    if s % mult:
+        raise TrainError(f"image size {s} is not a multiple of the generator's size multiple {mult}")
+    # trace at no less than twice the multiple, the least dynamic H and W allowed
+    t = s if static else max(s, 2 * mult)
+    n = 1 if static else 2
+    if with_preprocessing:
+        if len(inputs) > 1:
+            raise TrainError("--with-preprocessing takes image-only generators so far")
+        model = _WithPreprocessing(net, mult).eval()
+        example = (torch.randint(0, 256, (n, t, t, c), dtype=torch.uint8, generator=g),)
+        dyn = {"image": {0: batch, 1: d("h", min=2 * mult, max=8192), 2: d("w", min=2 * mult, max=8192)}}
+        shapes = [(1, s, s, c)] if static else [(1, s, s, c), (2, s + 3, max(2 * mult, s - 5), c)]
+        checks = [(torch.randint(0, 256, sh, dtype=torch.uint8, generator=g),) for sh in shapes]
+        return _Graph(model, model, example, ["image"], dyn, checks, mult)
+    h, w = d("h", min=2, max=8192 // mult), d("w", min=2, max=8192 // mult)
+    hh, ww = (h, w) if mult == 1 else (mult * h, mult * w)
+    shapes = [(1, c, s, s)] if static else [(1, c, s, s), (2, c, s + mult, max(2 * mult, s - mult))]
+    if inputs == ("image",):
+        model = _ImageGenerator(net).eval()
+        extra = lambda n: ()  # noqa: E731
+        dynamic = {"image": {0: batch, 2: hh, 3: ww}}
+    else:
+        k = len(domains)
+        if k < 2:
+            raise TrainError(f"a generator with a domain input needs the domain names, got {list(domains)}")
+        model = _DomainGenerator(net, k).eval()
+        extra = lambda n: (torch.randint(k, (n,), generator=g),)  # noqa: E731
+        dynamic = {"image": {0: batch, 2: hh, 3: ww}, "domain": {0: batch}}
+    example = (torch.rand(n, c, t, t, generator=g) * 2 - 1, *extra(n))
+    checks = [(torch.rand(sh, generator=g) * 2 - 1, *extra(sh[0])) for sh in shapes]
+    return _Graph(model, _Half(model).eval() if fp16 else model, example, list(inputs), dynamic, checks, mult)
 
 
 def _int8(fp32: bytes, calibrate, channels: int, size: int) -> tuple[bytes, dict[str, float]]:
@@ -214,66 +309,95 @@ def _run_batches(session, images: np.ndarray, batch: int = 8) -> np.ndarray:
                            for i in range(0, len(images), batch)])
 
 
-def to_onnx(model: nn.Module, example: torch.Tensor, size_multiple: int | None, min_size: int = 2,
-            norm_in_float32: bool = False):
-    """``model(image)`` as an ONNX ModelProto (opset 18, pyganx ops translated). With a
-    ``size_multiple``, batch is dynamic and the spatial dimensions are dynamic multiples of
-    it (NCHW: dims 2 and 3; uint8 NHWC examples: dims 1 and 2), at least ``min_size``."""
+def to_onnx(model: nn.Module, example, dynamic=None, min_size: int = 2,
+            norm_in_float32: bool = False, input_names: list[str] | None = None, *,
+            size_multiple: int | None = None):
+    """``model(*example)`` as an ONNX ModelProto (opset 18, pyganx ops translated).
+    ``dynamic``: torch.export dynamic shapes by input name (None: static). For a single
+    image input, ``size_multiple`` builds them instead: batch dynamic, and the spatial
+    dimensions dynamic multiples of it (NCHW: dims 2 and 3; uint8 NHWC: dims 1 and 2), at
+    least ``min_size``."""
     import onnx
 
-    dynamic = None
+    if isinstance(example, torch.Tensor):
+        example = (example,)
+    input_names = input_names or ["image"]
     if size_multiple is not None:
         d, m = torch.export.Dim, size_multiple
         lo = max(2, -(-min_size // m))
         h, w = d("h", min=lo, max=8192 // m), d("w", min=lo, max=8192 // m)
         hh, ww = (h, w) if m == 1 else (m * h, m * w)
-        spatial = (1, 2) if example.dtype == torch.uint8 else (2, 3)
+        spatial = (1, 2) if example[0].dtype == torch.uint8 else (2, 3)
         dynamic = {"image": {0: d("batch", min=1, max=4096), spatial[0]: hh, spatial[1]: ww}}
+    if isinstance(dynamic, dict):   # by position: wrappers may take *inputs
+        dynamic = tuple(dynamic.get(name) for name in input_names)
     table = translation_table(norm_in_float32)
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
     quiet.setLevel(logging.ERROR)       # e.g. "torchvision is not installed. Skipping ..."
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            program = torch.onnx.export(model, (example,), dynamo=True, opset_version=OPSET,
-                                        input_names=["image"], output_names=["output"],
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            # two inputs sharing the batch dimension: the exporter notes it keeps one name
+            warnings.filterwarnings("ignore", message=".*shares the same shape constraints.*")
+            program = torch.onnx.export(model, tuple(example), dynamo=True, opset_version=OPSET,
+                                        input_names=input_names, output_names=["output"],
                                         dynamic_shapes=dynamic, custom_translation_table=table,
                                         verbose=False, report=False)
             program.save(os.path.join(tmp, "m.onnx"))
             return onnx.load(os.path.join(tmp, "m.onnx"))
-    except Exception as e:  # noqa: BLE001 - the exporter's errors are long; keep the first line
-        raise TrainError(f"torch.onnx.export failed: {str(e).strip().splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - the exporter's errors are long; keep what says why
+        raise TrainError(f"torch.onnx.export failed: {_export_reason(e)}") from None
     finally:
         quiet.setLevel(level)
 
 
-def half_error(net: nn.Module, shapes: list[tuple[int, ...]], seed: int = 0) -> float:
-    """Largest |PyTorch float16 - PyTorch float32| of ``net`` over the inputs ``verify`` uses."""
-    half = _Half(net).eval()
+def _export_reason(e: Exception) -> str:
+    """Why an export failed, in a line: the underlying error's first line when there is one
+    (the exporter wraps it in advice and step banners), without terminal colour codes."""
+    def first_line(x: BaseException) -> str:
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(x))
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()
+                 and not re.match(r"^(This is step|Failed to export the model with|- )", ln.strip())]
+        return lines[0] if lines else type(x).__name__
+    return first_line(e.__cause__) if e.__cause__ is not None else first_line(e)
+
+
+def _as_inputs(checks, seed: int) -> list[tuple]:
+    """Check inputs: tuples of tensors as given, or image shapes filled with seeded values
+    in [-1, 1]."""
     g = torch.Generator().manual_seed(seed)
+    return [c if isinstance(c, tuple) and c and isinstance(c[0], torch.Tensor)
+            else (torch.rand(c, generator=g) * 2 - 1,) for c in checks]
+
+
+def half_error(model: nn.Module, checks, seed: int = 0) -> float:
+    """Largest |PyTorch float16 - PyTorch float32| of ``model`` over the check inputs
+    (tuples of tensors, or image shapes)."""
+    half = _Half(model).eval()
     worst = 0.0
     with torch.no_grad():
-        for shape in shapes:
-            x = torch.rand(shape, generator=g) * 2 - 1
-            worst = max(worst, float((half(x) - net(x)).abs().max()))
+        for inputs in _as_inputs(checks, seed):
+            worst = max(worst, float((half(*inputs) - model(*inputs)).abs().max()))
     return worst
 
 
-def verify(model: nn.Module, blob: bytes, shapes: list[tuple[int, ...]], seed: int = 0) -> float:
-    """Largest |ONNX Runtime - PyTorch| over seeded inputs of ``shapes``: in [-1, 1], or
-    uint8 when the model takes uint8 NHWC."""
+def verify(model: nn.Module, blob: bytes, checks, seed: int = 0) -> float:
+    """Largest |ONNX Runtime - PyTorch| over the check inputs: tuples of tensors in the
+    graph's input order, or image shapes (filled with seeded values in [-1, 1], or uint8
+    when the model takes uint8 NHWC)."""
     sess = ort_session(blob)
-    g = torch.Generator().manual_seed(seed)
+    names = [i.name for i in sess.get_inputs()]
+    if sess.get_inputs()[0].type == "tensor(uint8)" and checks and not isinstance(checks[0][0], torch.Tensor):
+        g = torch.Generator().manual_seed(seed)
+        checks = [(torch.randint(0, 256, c, generator=g, dtype=torch.uint8),) for c in checks]
     worst = 0.0
-    uint8 = sess.get_inputs()[0].type == "tensor(uint8)"
-    for shape in shapes:
-        x = (torch.randint(0, 256, shape, generator=g, dtype=torch.uint8) if uint8
-             else torch.rand(shape, generator=g) * 2 - 1)
+    for inputs in _as_inputs(checks, seed):
         with torch.no_grad():
-            ref = model(x).numpy().astype(np.float64)
-        got = sess.run(None, {"image": x.numpy()})[0].astype(np.float64)
+            ref = model(*inputs).numpy().astype(np.float64)
+        got = sess.run(None, {n: t.numpy() for n, t in zip(names, inputs)})[0].astype(np.float64)
         if got.shape != ref.shape:
-            raise TrainError(f"the ONNX model gives shape {got.shape} for input {shape}, PyTorch {ref.shape}")
+            raise TrainError(f"the ONNX model gives shape {got.shape} for inputs "
+                             f"{[tuple(t.shape) for t in inputs]}, PyTorch {ref.shape}")
         worst = max(worst, float(np.abs(got - ref).max()))
     return worst
 

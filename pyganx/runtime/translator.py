@@ -72,8 +72,10 @@ class Translator:
         if "z" in inputs:
             raise RuntimeError(f"{self.path} is a noise model (inputs {inputs}): "
                                f"use `pyganx sample RUN_DIR` to draw images from it")
-        if inputs != ["image"]:
-            raise RuntimeError(f"{self.path}: expected one input named 'image', found {inputs}")
+        if inputs not in (["image"], ["image", "domain"]):
+            raise RuntimeError(f"{self.path}: expected the inputs 'image' (and 'domain'), found {inputs}")
+        #: whether the model takes a target domain (StarGAN) besides the image
+        self.takes_domain = "domain" in inputs
         inp = self.session.get_inputs()[0]
         #: uint8 NHWC in and out, normalisation and padding in the graph (--with-preprocessing)
         self.preprocessed = inp.type == "tensor(uint8)"
@@ -82,15 +84,37 @@ class Translator:
         self.domains = json.loads(self.metadata.get("pyganx.domains", "[]"))
         self.static_shape = tuple(inp.shape) if all(isinstance(d, int) for d in inp.shape) else None
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
+    def domain_index(self, domain: str | int | None) -> int | None:
+        """The index of a target domain given by name (or index); an error if the model
+        takes none and one is given, or takes one and none is given."""
+        if not self.takes_domain:
+            if domain is not None:
+                raise ValueError(f"{self.path.name} translates into one fixed domain; it takes no --domain")
+            return None
+        if domain is None:
+            raise ValueError(f"{self.path.name} needs a target domain (--domain): one of {', '.join(self.domains)}")
+        if str(domain) in self.domains:
+            return self.domains.index(str(domain))
+        if isinstance(domain, int) and 0 <= domain < len(self.domains):
+            return domain
+        raise ValueError(f"unknown domain {domain!r}; {self.path.name} knows {', '.join(self.domains)}")
+
+    def _run(self, x: np.ndarray, domain: str | int | None) -> np.ndarray:
+        feeds = {"image": x}
+        k = self.domain_index(domain)
+        if k is not None:
+            feeds["domain"] = np.full((x.shape[0],), k, dtype=np.int64)
+        return self.session.run(None, feeds)[0]
+
+    def __call__(self, images: np.ndarray, domain: str | int | None = None) -> np.ndarray:
         """NCHW float32 in [-1, 1] -> the same; for a --with-preprocessing model, uint8
-        NHWC -> uint8 NHWC."""
+        NHWC -> uint8 NHWC. ``domain``: the target domain, for models that take one."""
         if self.preprocessed:
             x = np.ascontiguousarray(images, dtype=np.uint8)
             if x.ndim != 4 or x.shape[3] != self.channels:
                 raise ValueError(f"expected (N, H, W, {self.channels}) uint8 images, got shape {x.shape}")
             self._check_static(x)
-            return self.session.run(None, {"image": x})[0]
+            return self._run(x, domain)
         x = np.ascontiguousarray(images, dtype=np.float32)
         if x.ndim != 4 or x.shape[1] != self.channels:
             raise ValueError(f"expected (N, {self.channels}, H, W) images, got shape {x.shape}")
@@ -100,7 +124,7 @@ class Translator:
         if ph or pw:
             mode = "reflect" if ph < h and pw < w else "edge"
             x = np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode=mode)
-        y = self.session.run(None, {"image": x})[0]
+        y = self._run(x, domain)
         return y[:, :, :h, :w]
 
     def _check_static(self, x: np.ndarray) -> None:
@@ -108,18 +132,18 @@ class Translator:
             raise ValueError(f"{self.path.name} was exported with --static and takes exactly "
                              f"{self.static_shape}, got {x.shape}; export without --static for other sizes")
 
-    def translate(self, img: Image.Image) -> Image.Image:
-        return self.translate_batch([img])[0]
+    def translate(self, img: Image.Image, domain: str | int | None = None) -> Image.Image:
+        return self.translate_batch([img], domain)[0]
 
-    def translate_batch(self, images: Sequence[Image.Image]) -> list[Image.Image]:
+    def translate_batch(self, images: Sequence[Image.Image], domain: str | int | None = None) -> list[Image.Image]:
         """Images of one size, as PIL (converted to the model's channels)."""
         mode = "L" if self.channels == 1 else "RGB"
         pixels = np.stack([np.asarray(im.convert(mode), dtype=np.uint8).reshape(im.height, im.width, -1)
                            for im in images])
         if self.preprocessed:
-            pix = self(pixels)
+            pix = self(pixels, domain)
         else:
-            out = self(pixels.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1)
+            out = self(pixels.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1, domain)
             pix = np.clip(np.rint((out + 1) * 127.5), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
         return [Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p, mode) for p in pix]
 
@@ -139,11 +163,14 @@ def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[tuple[Path, Path
 
 
 def translate_files(translator: Translator, inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
-                    batch_size: int = 1, progress: bool = False) -> tuple[int, list[str]]:
-    """Translates every image; outputs keep their names under ``out_dir``. Returns the
-    number written and one message per input that could not be read (skipped)."""
+                    batch_size: int = 1, progress: bool = False,
+                    domain: str | int | None = None) -> tuple[int, list[str]]:
+    """Translates every image (into ``domain``, for models that take one); outputs keep
+    their names under ``out_dir``. Returns the number written and one message per input
+    that could not be read (skipped)."""
     from ..engine.checkpoint import atomic_write_bytes
 
+    translator.domain_index(domain)   # a wrong or missing --domain fails before any work
     files = collect_inputs(inputs)
     out = Path(out_dir)
     errors: list[str] = []
@@ -158,7 +185,7 @@ def translate_files(translator: Translator, inputs: Iterable[str | os.PathLike],
         nonlocal done
         if not pending:
             return
-        for img, rel in zip(translator.translate_batch([p[0] for p in pending]), [p[1] for p in pending]):
+        for img, rel in zip(translator.translate_batch([p[0] for p in pending], domain), [p[1] for p in pending]):
             target = out / rel
             fmt = Image.registered_extensions().get(target.suffix.lower(), "PNG")
             atomic_write_bytes(target, lambda f, img=img, fmt=fmt: img.save(f, format=fmt))
