@@ -163,8 +163,31 @@ def evaluate_run(path: str | Path, device: str | None = None,
     ``RUN_DIR/eval-<model name>.json``."""
     t0 = time.time()
     run = load_run(path, device=device)
-    specs = {k: s for k, s in run.plugin.export_specs().items()
+    result = _evaluate_loaded(run, log, model)
+    result["seconds"] = round(time.time() - t0, 1)
+    if model:
+        result["model"] = str(model)
+    atomic_write_bytes(eval_file(run.run_dir, model),
+                       lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
+    return result
+
+
+def _evaluate_loaded(run: LoadedRun, log, model) -> dict:
+    head = {"run": str(run.run_dir), "plugin": run.name, "checkpoint": run.checkpoint.name, "step": run.step,
+            "weights": run.weights, "judge_size": min(run.info.image_size, JUDGE_SIZE)}
+    all_specs = run.plugin.export_specs()
+    specs = {k: s for k, s in all_specs.items()
              if tuple(s.inputs) == ("image",) and len(s.domains) == 2 and set(s.domains) <= {"A", "B"}}
+    if not specs and all_specs:
+        from .generative import evaluate_multi_domain, evaluate_noise
+        if model:
+            raise TrainError("eval --model judges exported A/B translators; evaluate this run's "
+                             "PyTorch generators with `pyganx eval RUN_DIR`")
+        key, spec = next(iter(all_specs.items()))
+        if spec.inputs and spec.inputs[0] == "z":
+            return {**head, **evaluate_noise(run, key, spec, head["judge_size"], log)}
+        if tuple(spec.inputs) == ("image", "domain"):
+            return {**head, **evaluate_multi_domain(run, key, spec, head["judge_size"], log)}
     onnx_gen = _OnnxGenerator(model) if model else None
     if onnx_gen is not None:
         if onnx_gen.key not in specs:
@@ -181,8 +204,7 @@ def evaluate_run(path: str | Path, device: str | None = None,
     real = {s: _judge_size(test[s][0], size) for s in "AB"}
     feats = {s: judge.features(real[s]) for s in "AB"}
     result = {
-        "run": str(run.run_dir), "plugin": run.name, "checkpoint": run.checkpoint.name, "step": run.step,
-        "weights": run.weights, "judge_size": size,
+        **head,
         "classifiers": {"domain": {"test_accuracy": judge.test_accuracy, "held_out": dom.held_out}},
         "kid_real_domains": kid(feats["A"], feats["B"])[0],
         "translations": {},
@@ -201,11 +223,6 @@ def evaluate_run(path: str | Path, device: str | None = None,
         mean, std = kid(judge.features(fake), feats[dst])
         row["kid"], row["kid_std"] = mean, std
         result["translations"][key] = row
-    result["seconds"] = round(time.time() - t0, 1)
-    if model:
-        result["model"] = str(model)
-    atomic_write_bytes(eval_file(run.run_dir, model),
-                       lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
     return result
 
 
@@ -213,6 +230,9 @@ def format_result(r: dict) -> str:
     """A few lines for the terminal."""
     lines = [f"{r['plugin']} at step {r['step']} ({r['weights']} weights"
              + (f", as the ONNX model {r['model']}" if "model" in r else "") + f"), judged at {r['judge_size']} px"]
+    if "generators" in r:
+        from .generative import format_generative
+        return "\n".join(lines + format_generative(r))
     c = r["classifiers"]
     lines.append(f"  domain classifier on real test images: {100 * c['domain']['test_accuracy']:.1f} %"
                  + ("" if c["domain"]["held_out"] else " (no held-out test split: measured on training images)"))
@@ -226,3 +246,67 @@ def format_result(r: dict) -> str:
         s += f", KID {t['kid']:.4f} +- {t['kid_std']:.4f}"
         lines.append(s)
     return "\n".join(lines)
+
+
+def headline(r: dict) -> dict[str, float]:
+    """The main figures of one evaluation, flat: ``"<generator> <figure>": value``."""
+    out: dict[str, float] = {}
+    rows = {k: t for k, t in r.get("translations", {}).items()}
+    for k, g in r.get("generators", {}).items():
+        rows[k] = g.get("mean", g)
+    for k, row in rows.items():
+        for m in ("kid", "target_domain", "digit_kept", "class_accuracy"):
+            if m in row:
+                out[f"{k} {m}"] = float(row[m])
+    return out
+
+
+def evaluate_checkpoints(run_dir: str | Path, device: str | None = None,
+                         log: Callable[[str], None] | None = None) -> dict:
+    """Every kept checkpoint of a run evaluated in step order (the figures over
+    training); writes RUN_DIR/eval-checkpoints.json and a plot, eval-checkpoints.png."""
+    from ..engine.checkpoint import list_checkpoints
+
+    run_dir = Path(run_dir)
+    ckpts = list_checkpoints(run_dir / "checkpoints")
+    if not ckpts:
+        raise TrainError(f"{run_dir}: no checkpoints to evaluate")
+    rows = []
+    for ck in ckpts:
+        r = _evaluate_loaded(load_run(ck, device=device), log, None)
+        rows.append({"step": r["step"], **headline(r)})
+        if log:
+            log(f"step {r['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in rows[-1].items() if k != "step"))
+    result = {"run": str(run_dir), "checkpoints": rows}
+    atomic_write_bytes(run_dir / "eval-checkpoints.json",
+                       lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
+    _plot_curve(rows, run_dir / "eval-checkpoints.png")
+    return result
+
+
+def _plot_curve(rows: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    keys = [k for k in rows[0] if k != "step"]
+    kids = [k for k in keys if k.endswith(" kid")]
+    others = [k for k in keys if k not in kids]
+    fig, axes = plt.subplots(1, 2 if others else 1, figsize=(9 if others else 5, 3.5), squeeze=False)
+    steps = [r["step"] for r in rows]
+    for k in kids:
+        axes[0][0].plot(steps, [r[k] for r in rows], marker="o", label=k)
+    axes[0][0].set_xlabel("step")
+    axes[0][0].set_ylabel("KID (lower is better)")
+    axes[0][0].legend(fontsize=7)
+    if others:
+        for k in others:
+            axes[0][1].plot(steps, [100 * r[k] for r in rows], marker="o", label=k)
+        axes[0][1].set_xlabel("step")
+        axes[0][1].set_ylabel("%")
+        axes[0][1].legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)

@@ -1,0 +1,239 @@
+"""``pyganx eval`` for the variants that do not translate A <-> B: noise-to-image
+(DCGAN), class-conditional (cGAN) and multi-domain translation (StarGAN).
+
+The judges are classifiers pyganx trains itself (cached, see ``classifier.py``):
+- the digit classifier on the bundled digits (both styles, 10 classes);
+- otherwise a classifier of the run's own classes or domains (one sub-folder each),
+  or for the bundled photos the china/flower classifier.
+
+Figures:
+- noise models: KID between generated images and real test images on the judge's
+  features (``kid_real_halves``, two halves of the real test set, is the floor a
+  perfect generator would reach);
+- conditional models: ``class_accuracy``, the share of images generated for class k
+  that the judge reads as k (per class and overall), and KID as above;
+- multi-domain models: every test image translated into every other domain:
+  ``target_domain`` (the domain judge puts it there), ``digit_kept`` (bundled digits:
+  the digit judge still reads the source digit) and KID against real test images of the
+  target domain, per target domain and averaged.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from ..data import demo as demo_data
+from ..engine.run import LoadedRun, spread
+from ..engine.trainer import TrainError
+from .classifier import TrainedClassifier, cached_classifier, fingerprint
+from .kid import kid
+
+#: Images generated per evaluation (noise models), per class (conditional ones).
+N_GENERATED, N_PER_CLASS = 1000, 100
+#: Seed of the evaluation noise (distinct from the sample grids').
+EVAL_SEED = 1234
+
+
+def _identity(item) -> list:
+    if isinstance(item, Path):
+        st = item.stat()
+        return [str(item.resolve()), st.st_size, st.st_mtime_ns]
+    return []
+
+
+def _stack(dataset, indices: Sequence[int]) -> tuple[Tensor, Tensor | None]:
+    """Images (and labels, when the items have them) of a run dataset's eval view."""
+    items = [dataset[i] for i in indices]
+    x = torch.stack([it["image"] for it in items])
+    y = torch.tensor([int(it["label"]) for it in items]) if "label" in items[0] else None
+    return x, y
+
+
+def labelled_classifier(name: str, train, test, key: list, channels: int, size: int,
+                        log=None) -> TrainedClassifier:
+    """A judge of the classes of two LabelledImages sets (train, test), trained on the
+    training set's images under the test set's transform (no random crops or flips),
+    cached under ``key``."""
+    from .evaluate import MAX_TEST, MAX_TRAIN, _judge_size
+
+    train_idx = spread(range(len(train)), MAX_TRAIN * 2)
+    test_idx = spread(range(len(test)), MAX_TEST * 2)
+    classes = list(train.classes)
+    ident = [_identity(train.samples[i][0]) for i in train_idx]
+
+    def make():
+        plain = type(test)(samples=[train.samples[i] for i in train_idx], transform=test.transform,
+                           channels=train.channels, classes=classes)
+        x, y = _stack(plain, range(len(plain)))
+        xt, yt = _stack(test, test_idx)
+        return _judge_size(x, size), y, _judge_size(xt, size), yt, classes
+    return cached_classifier(f"{name}-{len(classes)}", fingerprint(key, ident, channels, size), make, log=log)
+
+
+def class_classifier(run: LoadedRun, size: int, log=None) -> TrainedClassifier:
+    """Judge of the classes (labelled data) or domains (multi-domain data) of the run."""
+    data = run.data()
+    opts = run.train_options()
+    kind = type(run.plugin).data_kind
+    key = ["demo", opts.demo, demo_data.DATA_VERSION, kind] if opts.demo else ["folders", data.description]
+    return labelled_classifier("domain" if kind == "multi_domain" else "class", data.train, data.test, key,
+                               run.info.channels, size, log)
+
+
+def _real_test(run: LoadedRun, size: int) -> tuple[Tensor, Tensor | None]:
+    from .evaluate import MAX_TEST, _judge_size
+
+    data = run.data()
+    x, y = _stack(data.test, spread(range(len(data.test)), 2 * MAX_TEST))
+    return _judge_size(x, size), y
+
+
+def _noise(n: int, z_dim: int, seed: int = EVAL_SEED) -> Tensor:
+    return torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def _generate(net, z: Tensor, labels: Tensor | None, device, size: int, batch: int = 100) -> Tensor:
+    from .evaluate import _judge_size
+
+    out = []
+    for i in range(0, len(z), batch):
+        zz = z[i:i + batch].to(device)
+        y = None if labels is None else labels[i:i + batch].to(device)
+        img = net(zz) if y is None else net(zz, y)
+        out.append(_judge_size(img.float().clamp(-1, 1).cpu(), size))
+    return torch.cat(out)
+
+
+def _noise_judge(run: LoadedRun, size: int, log) -> TrainedClassifier:
+    """The feature network for an unconditional run: the digit judge, the photos' A/B
+    judge, or a judge of the run folder's class sub-folders."""
+    from ..data import EvalTransform, ImageError, LabelledImages
+    from .evaluate import _Domains, digit_classifier, domain_classifier
+
+    opts = run.train_options()
+    if opts.demo == "digits":
+        return digit_classifier(size, log)
+    if opts.demo:
+        return domain_classifier(_Domains(run), size, log)
+    try:
+        sets = LabelledImages(opts.data, EvalTransform(run.info.image_size), channels=run.info.channels)
+        if len(sets.classes) < 2:
+            raise ImageError("fewer than two class folders")
+    except ImageError:
+        raise TrainError(f"KID needs a feature network, and pyganx trains its own on labelled images "
+                         f"(it downloads none): {opts.data} has no two or more class sub-folders "
+                         f"to train one on") from None
+    return labelled_classifier("class", sets, sets, ["folders", str(opts.data)], run.info.channels, size, log)
+
+
+def evaluate_noise(run: LoadedRun, key: str, spec, size: int, log=None) -> dict:
+    """Figures of a ``z`` or ``(z, label)`` generator (see module doc)."""
+    from .evaluate import digit_classifier
+
+    net = run.plugin.networks()[spec.network]
+    conditional = "label" in spec.inputs
+    real, real_labels = _real_test(run, size)
+    if conditional:
+        opts = run.train_options()
+        judge = digit_classifier(size, log) if opts.demo == "digits" else class_classifier(run, size, log)
+        k = len(spec.domains)
+        labels = torch.arange(k).repeat_interleave(N_PER_CLASS)
+        fake = _generate(net, _noise(len(labels), spec.z_dim), labels, run.device, size)
+        pred = judge.predict(fake)
+        per_class = {spec.domains[c]: float((pred[labels == c] == c).double().mean()) for c in range(k)}
+        row = {"n": len(fake), "class_accuracy": float((pred == labels).double().mean()),
+               "class_accuracy_per_class": per_class}
+    else:
+        judge = _noise_judge(run, size, log)
+        fake = _generate(net, _noise(N_GENERATED, spec.z_dim), None, run.device, size)
+        row = {"n": len(fake)}
+    feats_real = judge.features(real)
+    row["kid"], row["kid_std"] = kid(judge.features(fake), feats_real)
+    half = len(feats_real) // 2
+    row["kid_real_halves"] = kid(feats_real[:half], feats_real[half:])[0]
+    return {"classifiers": {"judge": {"classes": judge.classes, "test_accuracy": judge.test_accuracy}},
+            "generators": {key: row}}
+
+
+class _Into(torch.nn.Module):
+    """A multi-domain generator fixed to one target domain (index ``k`` of ``n``)."""
+
+    def __init__(self, net, k: int, n: int) -> None:
+        super().__init__()
+        self.net, self.k, self.n = net, k, n
+
+    def forward(self, images: Tensor) -> Tensor:
+        from ..nn import one_hot
+        labels = torch.full((images.shape[0],), self.k, device=images.device)
+        return self.net(images, one_hot(labels, self.n, images.dtype))
+
+
+def evaluate_multi_domain(run: LoadedRun, key: str, spec, size: int, log=None) -> dict:
+    """Figures of an ``(image, domain)`` generator (see module doc)."""
+    from .evaluate import _judge_size, digit_classifier, translate
+
+    net = run.plugin.networks()[spec.network]
+    domains = list(spec.domains)
+    judge = class_classifier(run, size, log)
+    if judge.classes != domains:
+        raise TrainError(f"the run's domains {domains} differ from its data's {judge.classes}")
+    opts = run.train_options()
+    data = run.data()
+    x, dom = _stack(data.test, spread(range(len(data.test)), 2000))
+    digits = None
+    if opts.demo == "digits":
+        ds = demo_data.load("digits")
+        digit_of = [s.label for s in ds.test_a + ds.test_b]    # the order of ds.domains("test")
+        idx = spread(range(len(data.test)), 2000)
+        digits = torch.tensor([digit_of[i] for i in idx])
+        digit_judge = digit_classifier(size, log)
+    real = _judge_size(x, size)
+    feats = {d: judge.features(real[dom == k]) for k, d in enumerate(domains)}
+    rows = {}
+    for k, d in enumerate(domains):
+        src = dom != k
+        if int(src.sum()) < 2 or len(feats[d]) < 2:
+            continue
+        fake = _judge_size(translate(_Into(net, k, len(domains)), x[src], run.device), size)
+        row = {"n": len(fake), "target_domain": float((judge.predict(fake) == k).double().mean())}
+        if digits is not None:
+            row["digit_kept"] = float((digit_judge.predict(fake) == digits[src]).double().mean())
+        row["kid"], row["kid_std"] = kid(judge.features(fake), feats[d])
+        rows[d] = row
+    mean = {m: sum(r[m] for r in rows.values()) / len(rows) for m in ("target_domain", "digit_kept", "kid")
+            if rows and all(m in r for r in rows.values())}
+    out = {"classifiers": {"domain": {"classes": judge.classes, "test_accuracy": judge.test_accuracy}},
+           "generators": {key: {"into": rows, "mean": mean}}}
+    if digits is not None:
+        out["classifiers"]["digit"] = {"test_accuracy": digit_judge.test_accuracy}
+    return out
+
+
+def format_generative(r: dict) -> list[str]:
+    lines = []
+    for name, c in r["classifiers"].items():
+        lines.append(f"  {name} classifier ({len(c.get('classes', [])) or '?'} classes) on real test images: "
+                     f"{100 * c['test_accuracy']:.1f} %")
+    for key, g in r["generators"].items():
+        if "into" in g:
+            for d, row in g["into"].items():
+                s = f"  {key} into {d} ({row['n']} images): in target domain {100 * row['target_domain']:.1f} %"
+                if "digit_kept" in row:
+                    s += f", digit kept {100 * row['digit_kept']:.1f} %"
+                lines.append(s + f", KID {row['kid']:.4f} +- {row['kid_std']:.4f}")
+            m = g["mean"]
+            s = f"  {key} mean over domains: in target domain {100 * m['target_domain']:.1f} %"
+            if "digit_kept" in m:
+                s += f", digit kept {100 * m['digit_kept']:.1f} %"
+            lines.append(s + f", KID {m['kid']:.4f}")
+        else:
+            s = f"  {key} ({g['n']} generated images):"
+            if "class_accuracy" in g:
+                s += f" class accuracy {100 * g['class_accuracy']:.1f} %,"
+            lines.append(s + f" KID {g['kid']:.4f} +- {g['kid_std']:.4f} (real vs real: {g['kid_real_halves']:.4f})")
+    return lines
+
