@@ -121,7 +121,8 @@ def _export(args) -> int:
         res = export_generator(args.source, args.out, args.generator, static=args.static,
                                with_preprocessing=args.with_preprocessing,
                                from_format=args.from_format, image_size=args.image_size,
-                               int8=args.int8, calibrate=args.calibrate, fp16=args.fp16)
+                               int8=args.int8, calibrate=args.calibrate, fp16=args.fp16,
+                               foreign_domains=tuple(args.domains.split(",")) if args.domains else None)
     except (ValueError, RuntimeError, OSError) as e:  # TrainError is a RuntimeError
         return _fail("export", e, args.debug)
     m = res.metadata
@@ -284,10 +285,13 @@ def main(argv: list[str] | None = None) -> int:
     onx.add_argument("--int8", action="store_true",
                      help="onnxruntime static int8 quantisation of the convolutions (CPU deployment)")
     onx.add_argument("--calibrate", metavar="DIR", help="sample images for --int8")
-    onx.add_argument("--from", dest="from_format", choices=["junyanz-cyclegan"],
+    onx.add_argument("--from", dest="from_format", choices=["junyanz-cyclegan", "yunjey-stargan"],
                      help="SOURCE is a generator checkpoint saved by this other code base")
+    onx.add_argument("--domains", metavar="A,B,...",
+                     help="with --from yunjey-stargan: the names of the generator's labels, in order")
     onx.add_argument("--image-size", type=int,
-                     help="the size the model is checked at and records (default: the run's; 256 with --from)")
+                     help="the size the model is checked at and records (default: the run's; "
+                          "with --from 256 for CycleGAN, 128 for StarGAN)")
     onx.add_argument("--debug", action="store_true", help="show tracebacks")
     trn = sub.add_parser("translate", help="run an exported model on image files or folders",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)

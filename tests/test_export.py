@@ -199,6 +199,42 @@ def test_junyanz_cyclegan_weights_load_and_export(tmp_path, blocks, name):
     np.testing.assert_allclose(Translator(out, device="cpu")(x.numpy()), ref, atol=FP32_TOLERANCE, rtol=0)
 
 
+def test_yunjey_stargan_weights_load_and_export_with_a_domain_input(tmp_path, capsys):
+    from foreign.yunjey_stargan import Generator as Theirs
+
+    from pyganx.nn import one_hot
+    torch.manual_seed(3)
+    theirs = Theirs(conv_dim=8, c_dim=3, repeat_num=2)
+    with torch.no_grad():                   # affine norms and running statistics away from their init
+        for p in theirs.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        for b in theirs.buffers():
+            if b.is_floating_point():
+                b.add_(torch.rand_like(b))
+    path = tmp_path / "200000-G.ckpt"
+    torch.save(theirs.state_dict(), path)
+    x = torch.rand(2, 3, 32, 24) * 2 - 1
+    c = one_hot(torch.tensor([2, 0]), 3)
+    with torch.no_grad():                   # StarGAN's test code runs G in training mode
+        ref = theirs.train()(x, c).numpy()
+        ours = pyganx.load_generator(path, from_format="yunjey-stargan")(x, c).numpy()
+    np.testing.assert_allclose(ours, ref, atol=1e-5, rtol=0)
+    out = tmp_path / "star.onnx"
+    assert cli_main(["export", str(path), "--from", "yunjey-stargan", "--image-size", "32",
+                     "--domains", "happy,sad,angry", "-o", str(out)]) == 0
+    tr = Translator(out, device="cpu")
+    assert tr.domains == ["happy", "sad", "angry"] and read_metadata(out)["pyganx.plugin"] == "stargan"
+    np.testing.assert_allclose(tr(x[:1].numpy(), "angry"), ref[:1], atol=FP32_TOLERANCE, rtol=0)
+    np.testing.assert_allclose(tr(x[1:].numpy(), "happy"), ref[1:], atol=FP32_TOLERANCE, rtol=0)
+    capsys.readouterr()
+    assert cli_main(["export", str(path), "--from", "yunjey-stargan", "--domains", "a,b",
+                     "-o", str(tmp_path / "x.onnx")]) == 1
+    assert "3 labels, 2 names" in capsys.readouterr().err
+    torch.save(ResidualBlock(4).state_dict(), tmp_path / "D.ckpt")
+    assert cli_main(["export", str(tmp_path / "D.ckpt"), "--from", "yunjey-stargan", "-o", str(out)]) == 1
+    assert "unexpected key" in capsys.readouterr().err
+
+
 def test_foreign_layouts_that_do_not_fit_are_one_line_errors(tmp_path, capsys):
     from foreign.junyanz_cyclegan import ResnetGenerator as Theirs
     st = Theirs(3, 3, 8, 2).state_dict()

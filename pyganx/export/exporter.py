@@ -138,10 +138,11 @@ def export_generator(source: str | os.PathLike, out: str | os.PathLike, generato
                      static: bool = False, with_preprocessing: bool = False,
                      from_format: str | None = None, image_size: int | None = None,
                      int8: bool = False, calibrate: str | os.PathLike | None = None,
-                     fp16: bool = False) -> ExportResult:
+                     fp16: bool = False, foreign_domains: tuple[str, ...] | None = None) -> ExportResult:
     """Exports the generator ``generator`` (default: the plugin's first export spec) of a
     run directory or checkpoint to ``out``, or, with ``from_format`` (see foreign.py), a
-    generator checkpoint saved by other code; see the module doc."""
+    generator checkpoint saved by other code (``foreign_domains`` names its labels);
+    see the module doc."""
     try:
         import onnx
     except ImportError:
@@ -152,13 +153,16 @@ def export_generator(source: str | os.PathLike, out: str | os.PathLike, generato
         raise TrainError("--fp16 goes with neither --int8 nor --with-preprocessing yet: export one of them")
     if int8 and with_preprocessing:
         raise TrainError("--int8 with --with-preprocessing is not supported yet: export one or the other")
+    if foreign_domains and not from_format:
+        raise TrainError("--domains names the labels of a --from yunjey-stargan generator; a pyganx "
+                         "run knows its own")
     if from_format:
         from .foreign import load_foreign
-        f = load_foreign(source, from_format, image_size or 256)
+        f = load_foreign(source, from_format, image_size, domains=foreign_domains)
         net, c, s = f.net, f.channels, f.image_size
         meta = {"pyganx.plugin": f.plugin, "pyganx.generator": f.generator,
                 "pyganx.domains": json.dumps(list(f.domains)), "pyganx.source": f.description}
-        inputs: tuple[str, ...] = ("image",)
+        inputs: tuple[str, ...] = tuple(f.inputs)
         domains: tuple[str, ...] = tuple(f.domains)
     else:
         run = load_run(source, device="cpu")

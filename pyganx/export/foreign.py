@@ -8,6 +8,19 @@ width. The state dict's keys are ``model.<i>.weight`` for the outer convolutions
 ``ResnetGenerator`` has the same operations in the same order, so each convolution is
 mapped by its place in that order, and every shape is checked. Old checkpoints'
 instance-norm running statistics (which the norm never uses) are dropped.
+
+``yunjey-stargan``: a generator saved by yunjey/stargan (``<iteration>-G.ckpt``): its
+``Generator`` (``main.<i>`` outer layers, ``main.<i>.main.<j>`` inside the residual
+blocks; affine instance norm, bias-free convolutions, the target label concatenated
+after the image's channels), any width, block count and label size. The weights map
+onto pyganx's StarGANGenerator in module order. Its norms track running statistics,
+which StarGAN's own test code never switches to (the generator stays in training mode),
+so pyganx drops them and normalises per image, as that code does. The label size comes
+from the first convolution; name the labels with ``domains`` (CelebA's default five
+attributes, RaFD's eight expressions, ...), else they are ``label0``, ``label1``, ...
+The exported model takes one target label as an index (one-hot inside), which is
+StarGAN's use for single-label data sets; attribute combinations (several CelebA
+attributes at once) need the PyTorch generator (``pyganx.load_generator``).
 """
 from __future__ import annotations
 
@@ -20,9 +33,9 @@ import torch
 from torch import nn
 
 from ..engine.trainer import TrainError
-from ..nn import ResnetGenerator
+from ..nn import ResnetGenerator, StarGANGenerator
 
-FORMATS = ("junyanz-cyclegan",)
+FORMATS = ("junyanz-cyclegan", "yunjey-stargan")
 
 _OUTER = re.compile(r"^model\.(\d+)\.(weight|bias)$")
 _BLOCK = re.compile(r"^model\.(\d+)\.conv_block\.(\d+)\.(weight|bias)$")
@@ -38,6 +51,7 @@ class ForeignGenerator:
     channels: int
     image_size: int
     description: str
+    inputs: tuple[str, ...] = ("image",)
 
 
 def _load_state(path: Path) -> dict:
@@ -77,9 +91,7 @@ def junyanz_cyclegan(path: str | os.PathLike, image_size: int = 256) -> ForeignG
     in_ch, ngf = convs[0]["weight"].shape[1], convs[0]["weight"].shape[0]
     out_ch = convs[-1]["weight"].shape[0]
     net = ResnetGenerator(in_ch, out_ch, ngf, len(blocks))
-    # pyganx's parameters in module order, and junyanz's in the same order: outer 0-2,
-    # the blocks, outer 3-5
-    ours = [(k, p) for k, p in net.state_dict().items()]
+    # junyanz's parameters in pyganx's module order: outer 0-2, the blocks, outer 3-5
     theirs: list[torch.Tensor] = []
     for c in convs[:3]:
         theirs += [c["weight"], c["bias"]]
@@ -88,22 +100,78 @@ def junyanz_cyclegan(path: str | os.PathLike, image_size: int = 256) -> ForeignG
             theirs += [blocks[i][j]["weight"], blocks[i][j]["bias"]]
     for c in convs[3:]:
         theirs += [c["weight"], c["bias"]]
-    if len(theirs) != len(ours):
-        raise TrainError(f"{path}: {len(theirs)} tensors where pyganx's {len(blocks)}-block generator "
-                         f"has {len(ours)} (dropout layers or a different layout?)")
-    mapped = {}
-    for (k, p), t in zip(ours, theirs):
-        if t.shape != p.shape:
-            raise TrainError(f"{path}: shape {tuple(t.shape)} where pyganx's {k} is {tuple(p.shape)}")
-        mapped[k] = t
-    net.load_state_dict(mapped)
+    _load_in_order(net, theirs, path, f"{len(blocks)}-block generator")
     reverse = "G_B" in path.name
     return ForeignGenerator(net.eval(), "cyclegan", "G_BA" if reverse else "G_AB",
                             ("B", "A") if reverse else ("A", "B"), in_ch, image_size,
                             f"junyanz-cyclegan {path.name}")
 
 
-def load_foreign(path: str | os.PathLike, fmt: str, image_size: int = 256) -> ForeignGenerator:
+def _load_in_order(net: nn.Module, theirs: list[torch.Tensor], path: Path, what: str) -> None:
+    """Loads ``theirs``, tensors in ``net``'s state-dict order, checking count and shapes."""
+    ours = list(net.state_dict().items())
+    if len(theirs) != len(ours):
+        raise TrainError(f"{path}: {len(theirs)} tensors where pyganx's {what} has {len(ours)} "
+                         f"(dropout layers or a different layout?)")
+    mapped = {}
+    for (k, p), t in zip(ours, theirs):
+        if t.shape != p.shape:
+            raise TrainError(f"{path}: shape {tuple(t.shape)} where pyganx's {k} is {tuple(p.shape)}")
+        mapped[k] = t
+    net.load_state_dict(mapped)
+
+
+_STAR = re.compile(r"^main\.(\d+)\.(weight|bias)$")
+_STAR_BLOCK = re.compile(r"^main\.(\d+)\.main\.(\d+)\.(weight|bias)$")
+
+
+def yunjey_stargan(path: str | os.PathLike, image_size: int = 128,
+                   domains: tuple[str, ...] | None = None) -> ForeignGenerator:
+    """A yunjey/stargan Generator as pyganx's StarGANGenerator (see the module doc)."""
+    path = Path(path)
+    st = {k: v for k, v in _load_state(path).items() if not k.endswith(_NORM_STATS)}
+    outer: dict[int, dict[str, torch.Tensor]] = {}
+    blocks: dict[int, dict[int, dict[str, torch.Tensor]]] = {}
+    for k, v in st.items():
+        if m := _STAR.match(k):
+            outer.setdefault(int(m[1]), {})[m[2]] = v
+        elif m := _STAR_BLOCK.match(k):
+            blocks.setdefault(int(m[1]), {}).setdefault(int(m[2]), {})[m[3]] = v
+        else:
+            raise TrainError(f"{path}: unexpected key {k!r} for a yunjey-stargan Generator "
+                             f"(is it the discriminator, *-D.ckpt?)")
+    layers = [outer[i] for i in sorted(outer)]
+    convs = [c for c in layers if c["weight"].ndim == 4]
+    if len(convs) != 6 or not blocks:
+        raise TrainError(f"{path}: expected 6 outer convolutions and residual blocks, found "
+                         f"{len(convs)} and {len(blocks)} blocks: not a StarGAN Generator")
+    first = convs[0]["weight"]
+    conv_dim, out_ch = first.shape[0], convs[-1]["weight"].shape[0]
+    c_dim = first.shape[1] - out_ch
+    if c_dim < 1:
+        raise TrainError(f"{path}: the first convolution takes {first.shape[1]} channels for "
+                         f"{out_ch}-channel images: no label channels")
+    names = tuple(domains) if domains else tuple(f"label{i}" for i in range(c_dim))
+    if len(names) != c_dim:
+        raise TrainError(f"{path}: the generator takes {c_dim} labels, {len(names)} names were given")
+    net = StarGANGenerator(out_ch, c_dim, conv_dim, len(blocks))
+    theirs: list[torch.Tensor] = []
+    order = sorted(list(outer) + list(blocks))
+    for i in order:
+        if i in blocks:
+            for j in sorted(blocks[i]):
+                theirs += [blocks[i][j][n] for n in ("weight", "bias") if n in blocks[i][j]]
+        else:
+            theirs += [outer[i][n] for n in ("weight", "bias") if n in outer[i]]
+    _load_in_order(net, theirs, path, f"{len(blocks)}-block StarGAN generator")
+    return ForeignGenerator(net.eval(), "stargan", "G", names, out_ch, image_size,
+                            f"yunjey-stargan {path.name}", ("image", "domain"))
+
+
+def load_foreign(path: str | os.PathLike, fmt: str, image_size: int | None = None,
+                 domains: tuple[str, ...] | None = None) -> ForeignGenerator:
     if fmt == "junyanz-cyclegan":
-        return junyanz_cyclegan(path, image_size)
+        return junyanz_cyclegan(path, image_size or 256)
+    if fmt == "yunjey-stargan":
+        return yunjey_stargan(path, image_size or 128, domains)
     raise TrainError(f"unknown --from format {fmt!r}; known: {', '.join(FORMATS)}")

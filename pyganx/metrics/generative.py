@@ -209,14 +209,14 @@ def evaluate_multi_domain(run: LoadedRun, key: str, spec, size: int, log=None) -
     out = {"classifiers": {"domain": {"classes": judge.classes, "test_accuracy": judge.test_accuracy}},
            "generators": {key: {"into": rows, "mean": mean}}}
     if digits is not None:
-        out["classifiers"]["digit"] = {"test_accuracy": digit_judge.test_accuracy}
+        out["classifiers"]["digit"] = {"classes": digit_judge.classes, "test_accuracy": digit_judge.test_accuracy}
     return out
 
 
 def format_generative(r: dict) -> list[str]:
     lines = []
     for name, c in r["classifiers"].items():
-        lines.append(f"  {name} classifier ({len(c.get('classes', [])) or '?'} classes) on real test images: "
+        lines.append(f"  {name} classifier ({len(c['classes'])} classes) on real test images: "
                      f"{100 * c['test_accuracy']:.1f} %")
     for key, g in r["generators"].items():
         if "into" in g:
