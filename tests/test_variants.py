@@ -86,6 +86,72 @@ def test_minimax_losses_match_their_definitions():
     assert gan_loss("hinge", d, False).item() == pytest.approx(float(np.mean([0, 1.5, 4.0])))
 
 
+def _plugin(name, config, info):
+    from pyganx import registry
+    from pyganx.engine.context import TrainContext
+    cls = registry.get(name)
+    torch.manual_seed(0)
+    plugin = cls(cls.Config(**config), info)
+    return plugin, TrainContext(torch.device("cpu"), plugin.optimizers(), None)
+
+
+def test_dcgan_step_losses_are_the_minimax_objective_with_the_non_saturating_g_loss():
+    import copy
+
+    from pyganx.plugin import DataInfo
+    plugin, ctx = _plugin("dcgan", {"ngf": 4, "ndf": 4, "z_dim": 8}, DataInfo(1, 16))
+    x = torch.rand(4, 1, 16, 16) * 2 - 1
+    G, D = copy.deepcopy(plugin.G), copy.deepcopy(plugin.D)
+    torch.manual_seed(7)
+    z = torch.randn(4, 8)
+    with torch.no_grad():
+        fake = G(z)
+        d_real, d_fake = D(x), D(fake)
+    expected_d = float(-torch.log(torch.sigmoid(d_real)).mean() - torch.log(1 - torch.sigmoid(d_fake)).mean())
+    torch.manual_seed(7)
+    losses = plugin.train_step({"image": x}, ctx)
+    assert losses["D"] == pytest.approx(expected_d, rel=1e-5)
+    assert losses["D_real"] == pytest.approx(float(torch.sigmoid(d_real).mean()), rel=1e-5)
+    # G's loss is taken against the discriminator just updated, on the same fakes
+    with torch.no_grad():
+        expected_g = float(-torch.log(torch.sigmoid(plugin.D(fake))).mean())
+    assert losses["G"] == pytest.approx(expected_g, rel=1e-5)
+
+
+def test_stargan_step_losses_match_an_independent_computation():
+    import copy
+
+    from pyganx.nn import one_hot
+    from pyganx.plugin import DataInfo
+    plugin, ctx = _plugin("stargan", {"g_conv_dim": 4, "d_conv_dim": 4, "g_blocks": 1, "n_critic": 1},
+                          DataInfo(1, 16, 0, ("a", "b", "c")))
+    x, c_org = torch.rand(4, 1, 16, 16) * 2 - 1, torch.tensor([0, 1, 2, 1])
+    G, D = copy.deepcopy(plugin.G), copy.deepcopy(plugin.D)
+    torch.manual_seed(11)
+    c_trg = torch.randint(3, (4,))
+    alpha = torch.rand(4)
+    with torch.no_grad():
+        src_real, cls_real = D(x)
+        fake = G(x, one_hot(c_trg, 3))
+        src_fake, _ = D(fake)
+    a = alpha.view(4, 1, 1, 1)
+    x_hat = (a * x + (1 - a) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(D(x_hat)[0].sum(), x_hat)
+    gp = float(((grad.flatten(1).norm(dim=1) - 1) ** 2).mean())
+    torch.manual_seed(11)
+    losses = plugin.train_step({"image": x, "label": c_org}, ctx)
+    assert losses["D_adv"] == pytest.approx(float(src_fake.mean() - src_real.mean()), rel=1e-4, abs=1e-7)
+    assert losses["D_cls"] == pytest.approx(float(F.cross_entropy(cls_real, c_org)), rel=1e-5)
+    assert losses["D_gp"] == pytest.approx(gp, rel=1e-5)
+    # G against the updated D: adversarial, domain of the fakes, L1 of the round trip to c_org
+    with torch.no_grad():
+        src, cls = plugin.D(fake)
+        rec = G(fake, one_hot(c_org, 3))
+    assert losses["G_adv"] == pytest.approx(float(-src.mean()), rel=1e-4, abs=1e-7)
+    assert losses["G_cls"] == pytest.approx(float(F.cross_entropy(cls, c_trg)), rel=1e-5)
+    assert losses["G_rec"] == pytest.approx(float((rec - x).abs().mean()), rel=1e-5)
+
+
 # --- training, resume, samples ----------------------------------------------------------------
 
 @pytest.mark.parametrize("variant,extra", [
