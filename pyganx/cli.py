@@ -147,7 +147,8 @@ def _export(args) -> int:
 def _translate(args) -> int:
     try:
         from .runtime import Translator, translate_files
-        tr = Translator(args.model, device=args.device)
+        tr = Translator(args.model, device=args.device, tile=args.tile, overlap=args.overlap,
+                        tile_stats=args.tile_stats)
         done, errors = translate_files(tr, args.inputs, args.out, args.batch_size,
                                        progress=not args.no_progress, domain=args.domain)
     except ImportError as e:
@@ -300,6 +301,12 @@ def main(argv: list[str] | None = None) -> int:
     trn.add_argument("-o", "--out", required=True, help="output folder; names are kept")
     trn.add_argument("--batch-size", type=int, default=1, help="images of one size per run")
     trn.add_argument("--domain", help="target domain name, for models that take one (StarGAN)")
+    trn.add_argument("--tile", type=int, metavar="PX",
+                     help="translate images larger than PX tile by tile, with whole-image norm statistics")
+    trn.add_argument("--overlap", type=int, default=32, help="pixels shared by neighbouring tiles (with --tile)")
+    trn.add_argument("--tile-stats", choices=["exact", "fast"], default="exact",
+                     help="norm statistics for tiles: gathered over all tiles, one sweep per norm layer "
+                          "(exact), or from the image downscaled to one tile (fast, approximate)")
     trn.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     trn.add_argument("--no-progress", action="store_true", help="no progress bar")
     trn.add_argument("--debug", action="store_true", help="show tracebacks")

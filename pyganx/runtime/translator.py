@@ -51,7 +51,8 @@ class Translator:
     """An exported image-to-image generator. ``translator(batch)`` takes NCHW float32 in
     [-1, 1]; ``translate(pil_image)`` takes and returns PIL images."""
 
-    def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None,
+                 tile: int | None = None, overlap: int = 32, tile_stats: str = "exact") -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -83,6 +84,20 @@ class Translator:
         self.channels = int(self.metadata.get("pyganx.channels", inp.shape[3 if self.preprocessed else 1]))
         self.domains = json.loads(self.metadata.get("pyganx.domains", "[]"))
         self.static_shape = tuple(inp.shape) if all(isinstance(d, int) for d in inp.shape) else None
+        #: translates images larger than ``tile`` tile by tile (tiling.py), or None
+        self.tiler = None
+        if tile:
+            if self.preprocessed or self.static_shape:
+                raise ValueError(f"{self.path.name}: --tile needs a float model with dynamic H and W "
+                                 f"(not --with-preprocessing or --static)")
+            import onnx
+
+            from .tiling import Tiler
+            providers = self.providers
+
+            def session(blob: bytes):
+                return ort.InferenceSession(blob, opts, providers=providers)
+            self.tiler = Tiler(onnx.load(str(self.path)), tile, overlap, self.multiple, session, tile_stats)
 
     def domain_index(self, domain: str | int | None) -> int | None:
         """The index of a target domain given by name (or index); an error if the model
@@ -100,11 +115,14 @@ class Translator:
         raise ValueError(f"unknown domain {domain!r}; {self.path.name} knows {', '.join(self.domains)}")
 
     def _run(self, x: np.ndarray, domain: str | int | None) -> np.ndarray:
-        feeds = {"image": x}
+        extra = {}
         k = self.domain_index(domain)
         if k is not None:
-            feeds["domain"] = np.full((x.shape[0],), k, dtype=np.int64)
-        return self.session.run(None, feeds)[0]
+            extra["domain"] = np.full((x.shape[0],), k, dtype=np.int64)
+        if self.tiler is not None and max(x.shape[2:]) > self.tiler.tile:
+            return np.concatenate([self.tiler.run(x[i:i + 1], {n: v[i:i + 1] for n, v in extra.items()})
+                                   for i in range(x.shape[0])])
+        return self.session.run(None, {"image": x, **extra})[0]
 
     def __call__(self, images: np.ndarray, domain: str | int | None = None) -> np.ndarray:
         """NCHW float32 in [-1, 1] -> the same; for a --with-preprocessing model, uint8
