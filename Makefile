@@ -1,6 +1,7 @@
 # pyganx: set-up, build, tests, demo and benchmarks.
 #
 #   make demo     set up (.venv, torch, build), then train CycleGAN on the bundled digits
+#   make demo-dcgan | demo-cgan | demo-stargan   the README's figures of the other variants
 #   make test     set up, then: CUDA + C++ build (pip), CMake/LibTorch build + ctest, pytest
 #   make bench    the benchmark suites (results go to benchmarks/RESULTS.md by hand)
 #
@@ -40,7 +41,7 @@ SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
 DEPS := numpy ninja setuptools wheel pillow tqdm pytest pytest-benchmark scikit-learn matplotlib \
   onnx onnxscript onnxruntime
 
-.PHONY: help setup build test pytest cmake-test demo bench clean
+.PHONY: help setup build test pytest cmake-test demo demo-dcgan demo-cgan demo-stargan bench clean
 
 help:
 	@sed -n '/^#/!q;p' Makefile
@@ -105,6 +106,22 @@ demo: $(STAMPS)/build
 	$(PY) -m pyganx eval runs/demo
 	@echo "run directory: runs/demo  samples: runs/demo/samples/  losses: runs/demo/losses.csv, losses.png"
 	@echo "checkpoints: runs/demo/checkpoints/  quality figures: runs/demo/eval.json"
+
+# The README's figures for the other variants, each into a fresh runs/<variant>, then its
+# figures over training (`pyganx eval --all-checkpoints`). CPU times on 2 cores: dcgan and
+# cgan about 10 minutes each, stargan about 45.
+demo-dcgan demo-cgan: demo-%: $(STAMPS)/build
+	rm -rf runs/$*
+	$(PY) -m pyganx train $* --demo digits --steps 3000 --batch-size 64 --ngf 32 --ndf 32 \
+	  --sample-every 500 --checkpoint-every 250 --keep 20 -o runs/$*
+	$(PY) -m pyganx eval runs/$* --all-checkpoints
+	$(PY) -m pyganx eval runs/$*
+
+demo-stargan: $(STAMPS)/build
+	rm -rf runs/stargan
+	$(PY) -m pyganx train stargan --demo digits --steps 8000 --batch-size 16 --g-conv-dim 32 --d-conv-dim 32 \
+	  --sample-every 1000 --checkpoint-every 1000 --keep 10 -o runs/stargan
+	$(PY) -m pyganx eval runs/stargan
 
 bench: $(STAMPS)/build
 	$(PY) -m pytest benchmarks -q -p no:cacheprovider --benchmark-only --benchmark-columns=min,median,rounds

@@ -121,6 +121,14 @@ def linear_decay(total_steps: int, decay_start: float):
     return factor
 
 
+def linear_decay_schedulers(optimizers: dict[str, optim.Optimizer], total_steps: int,
+                            decay_start: float) -> dict[str, optim.lr_scheduler.LambdaLR]:
+    """One :func:`linear_decay` ``LambdaLR`` per optimizer: what ``schedulers()`` returns
+    for the papers that decay the learning rate linearly over the end of training."""
+    f = linear_decay(total_steps, decay_start)
+    return {k: optim.lr_scheduler.LambdaLR(o, f) for k, o in optimizers.items()}
+
+
 # --- configuration <-> command line -------------------------------------------------
 
 def _flag(name: str) -> str:
@@ -156,4 +164,4 @@ def config_from_arguments(config_cls: type, args: argparse.Namespace) -> Any:
 
 
 __all__ = ["API_VERSION", "DATA_KINDS", "DataInfo", "ExportSpec", "GANPlugin",
-           "add_config_arguments", "config_from_arguments", "field", "linear_decay"]
+           "add_config_arguments", "config_from_arguments", "field", "linear_decay", "linear_decay_schedulers"]

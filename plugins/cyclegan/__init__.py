@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from pyganx.losses import ImagePool, gan_loss
 from pyganx.nn import PatchDiscriminator, ResnetGenerator, init_weights
-from pyganx.plugin import DataInfo, ExportSpec, GANPlugin, field, linear_decay
+from pyganx.plugin import DataInfo, ExportSpec, GANPlugin, field, linear_decay_schedulers
 
 
 @dataclass
@@ -71,8 +71,7 @@ class CycleGAN(GANPlugin):
         return self.opt
 
     def schedulers(self, total_steps: int):
-        f = linear_decay(total_steps, self.config.decay_start)
-        return {k: torch.optim.lr_scheduler.LambdaLR(o, f) for k, o in self.opt.items()}
+        return linear_decay_schedulers(self.opt, total_steps, self.config.decay_start)
 
     def train_step(self, batch, ctx):
         cfg = self.config

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from pyganx.losses import gradient_penalty
 from pyganx.nn import StarGANDiscriminator, StarGANGenerator, init_weights, one_hot
-from pyganx.plugin import DataInfo, ExportSpec, GANPlugin, field, linear_decay
+from pyganx.plugin import DataInfo, ExportSpec, GANPlugin, field, linear_decay_schedulers
 
 
 @dataclass
@@ -89,8 +89,7 @@ class StarGAN(GANPlugin):
         return self.opt
 
     def schedulers(self, total_steps: int):
-        f = linear_decay(total_steps, self.config.decay_start)
-        return {k: torch.optim.lr_scheduler.LambdaLR(o, f) for k, o in self.opt.items()}
+        return linear_decay_schedulers(self.opt, total_steps, self.config.decay_start)
 
     def _onehot(self, labels: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return one_hot(labels, len(self.domains), like.dtype)

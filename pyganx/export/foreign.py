@@ -66,20 +66,29 @@ def _load_state(path: Path) -> dict:
     return {k.removeprefix("module."): v for k, v in st.items()}
 
 
+def _layers(path: Path, outer_key: re.Pattern, block_key: re.Pattern, what: str):
+    """A foreign state dict (norm running statistics dropped) split into its outer layers
+    {index: {"weight", "bias"}} and residual blocks {index: {sub-index: {...}}} by the two
+    key patterns (groups: index, [sub-index,] weight|bias); any other key is an error."""
+    outer: dict[int, dict[str, torch.Tensor]] = {}
+    blocks: dict[int, dict[int, dict[str, torch.Tensor]]] = {}
+    for k, v in _load_state(path).items():
+        if k.endswith(_NORM_STATS):
+            continue
+        if m := outer_key.match(k):
+            outer.setdefault(int(m[1]), {})[m[2]] = v
+        elif m := block_key.match(k):
+            blocks.setdefault(int(m[1]), {}).setdefault(int(m[2]), {})[m[3]] = v
+        else:
+            raise TrainError(f"{path}: unexpected key {k!r} for {what}")
+    return outer, blocks
+
+
 def junyanz_cyclegan(path: str | os.PathLike, image_size: int = 256) -> ForeignGenerator:
     """A junyanz/pytorch-CycleGAN-and-pix2pix ResNet generator as pyganx's ResnetGenerator."""
     path = Path(path)
-    st = {k: v for k, v in _load_state(path).items() if not k.endswith(_NORM_STATS)}
-    outer: dict[int, dict[str, torch.Tensor]] = {}
-    blocks: dict[int, dict[int, dict[str, torch.Tensor]]] = {}
-    for k, v in st.items():
-        if m := _OUTER.match(k):
-            outer.setdefault(int(m[1]), {})[m[2]] = v
-        elif m := _BLOCK.match(k):
-            blocks.setdefault(int(m[1]), {}).setdefault(int(m[2]), {})[m[3]] = v
-        else:
-            raise TrainError(f"{path}: unexpected key {k!r} for a junyanz-cyclegan ResNet generator "
-                             f"(U-Net generators and other layouts are not supported)")
+    outer, blocks = _layers(path, _OUTER, _BLOCK, "a junyanz-cyclegan ResNet generator (U-Net generators "
+                                                   "and other layouts are not supported)")
     if any(v["weight"].ndim == 1 for v in outer.values()) or \
             any(c["weight"].ndim == 1 for b in blocks.values() for c in b.values()):
         raise TrainError(f"{path}: the generator has affine norm layers (--norm batch?); pyganx's "
@@ -129,17 +138,8 @@ def yunjey_stargan(path: str | os.PathLike, image_size: int = 128,
                    domains: tuple[str, ...] | None = None) -> ForeignGenerator:
     """A yunjey/stargan Generator as pyganx's StarGANGenerator (see the module doc)."""
     path = Path(path)
-    st = {k: v for k, v in _load_state(path).items() if not k.endswith(_NORM_STATS)}
-    outer: dict[int, dict[str, torch.Tensor]] = {}
-    blocks: dict[int, dict[int, dict[str, torch.Tensor]]] = {}
-    for k, v in st.items():
-        if m := _STAR.match(k):
-            outer.setdefault(int(m[1]), {})[m[2]] = v
-        elif m := _STAR_BLOCK.match(k):
-            blocks.setdefault(int(m[1]), {}).setdefault(int(m[2]), {})[m[3]] = v
-        else:
-            raise TrainError(f"{path}: unexpected key {k!r} for a yunjey-stargan Generator "
-                             f"(is it the discriminator, *-D.ckpt?)")
+    outer, blocks = _layers(path, _STAR, _STAR_BLOCK, "a yunjey-stargan Generator (is it the "
+                                                      "discriminator, *-D.ckpt?)")
     layers = [outer[i] for i in sorted(outer)]
     convs = [c for c in layers if c["weight"].ndim == 4]
     if len(convs) != 6 or not blocks:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from pyganx.losses import gan_loss
 from pyganx.nn import PatchDiscriminator, init_weights
-from pyganx.plugin import DataInfo, ExportSpec, GANPlugin, field, linear_decay
+from pyganx.plugin import DataInfo, ExportSpec, GANPlugin, field, linear_decay_schedulers
 
 from .networks import UNetGenerator, depth_for
 
@@ -72,8 +72,7 @@ class Pix2Pix(GANPlugin):
         return self.opt
 
     def schedulers(self, total_steps: int):
-        f = linear_decay(total_steps, self.config.decay_start)
-        return {k: torch.optim.lr_scheduler.LambdaLR(o, f) for k, o in self.opt.items()}
+        return linear_decay_schedulers(self.opt, total_steps, self.config.decay_start)
 
     def train_step(self, batch, ctx):
         cfg = self.config
