@@ -310,3 +310,13 @@ def test_fp16_export_keeps_instance_norm_in_float32(run, tmp_path):
             ref = g(x).numpy()
         out = tr(x.numpy())
         assert out.dtype == np.float32 and np.abs(out - ref).max() <= bound
+    # with the uint8 pre/post-processing in the graph too: within the same bound in 8-bit levels
+    pre = tmp_path / "hp.onnx"
+    assert cli_main(["export", str(run), "-o", str(pre), "--fp16", "--with-preprocessing"]) == 0
+    pixels = np.random.default_rng(1).integers(0, 256, (2, 30, 34, 1), dtype=np.uint8)
+    out = Translator(pre, device="cpu")(pixels)
+    with torch.no_grad():
+        ref = g(torch.nn.functional.pad(torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1,
+                                        (0, 2, 0, 2), mode="reflect"))[:, :, :30, :34]
+    ref = ((ref + 1) * 127.5).permute(0, 2, 3, 1).numpy()
+    assert out.dtype == np.uint8 and np.abs(out - ref).max() <= 1 + 127.5 * bound

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -149,8 +150,9 @@ def export_generator(source: str | os.PathLike, out: str | os.PathLike, generato
         raise TrainError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'pyganx[cpu]' (or [gpu])") from None
     if int8 and not calibrate:
         raise TrainError("--int8 needs --calibrate DIR: sample images to calibrate the activations on")
-    if fp16 and (int8 or with_preprocessing):
-        raise TrainError("--fp16 goes with neither --int8 nor --with-preprocessing yet: export one of them")
+    if fp16 and int8:
+        raise TrainError("--fp16 and --int8 are alternatives (half precision for GPUs, int8 for CPUs): "
+                         "export one of them")
     if int8 and with_preprocessing:
         raise TrainError("--int8 with --with-preprocessing is not supported yet: export one or the other")
     if foreign_domains and not from_format:
@@ -203,7 +205,11 @@ def export_generator(source: str | os.PathLike, out: str | os.PathLike, generato
     blob = proto.SerializeToString()
     err = verify(model, blob, checks)
     tol = UINT8_TOLERANCE if with_preprocessing else FP32_TOLERANCE
-    if fp16:
+    if fp16 and with_preprocessing:
+        # the float tolerance below in 8-bit levels, plus the one level of rounding
+        floats = [(t[0].permute(0, 3, 1, 2).float() / 127.5 - 1,) for t in checks]
+        tol = UINT8_TOLERANCE + math.ceil(127.5 * max(2 * half_error(_ImageGenerator(net).eval(), floats), 1e-3))
+    elif fp16:
         # twice what PyTorch's own half-precision run of the generator is off, at least 1e-3
         tol = max(2 * half_error(model, checks), 1e-3)
     if err > tol:
@@ -265,11 +271,12 @@ def _graph(net: nn.Module, inputs: tuple[str, ...], domains: tuple[str, ...], c:
         if len(inputs) > 1:
             raise TrainError("--with-preprocessing takes image-only generators so far")
         model = _WithPreprocessing(net, mult).eval()
+        exported = _WithPreprocessing(_Half(net), mult).eval() if fp16 else model
         example = (torch.randint(0, 256, (n, t, t, c), dtype=torch.uint8, generator=g),)
         dyn = {"image": {0: batch, 1: d("h", min=2 * mult, max=8192), 2: d("w", min=2 * mult, max=8192)}}
         shapes = [(1, s, s, c)] if static else [(1, s, s, c), (2, s + 3, max(2 * mult, s - 5), c)]
         checks = [(torch.randint(0, 256, sh, dtype=torch.uint8, generator=g),) for sh in shapes]
-        return _Graph(model, model, example, ["image"], dyn, checks, mult)
+        return _Graph(model, exported, example, ["image"], dyn, checks, mult)
     h, w = d("h", min=2, max=8192 // mult), d("w", min=2, max=8192 // mult)
     hh, ww = (h, w) if mult == 1 else (mult * h, mult * w)
     shapes = [(1, c, s, s)] if static else [(1, c, s, s), (2, c, s + mult, max(2 * mult, s - mult))]
