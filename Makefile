@@ -109,7 +109,7 @@ demo: $(STAMPS)/build
 
 # The README's figures for the other variants, each into a fresh runs/<variant>, then its
 # figures over training (`pyganx eval --all-checkpoints`). CPU times on 2 cores: dcgan and
-# cgan about 10 minutes each, stargan about 45.
+# cgan about 10 minutes each, stargan about 40.
 demo-dcgan demo-cgan: demo-%: $(STAMPS)/build
 	rm -rf runs/$*
 	$(PY) -m pyganx train $* --demo digits --steps 3000 --batch-size 64 --ngf 32 --ndf 32 \
@@ -119,9 +119,9 @@ demo-dcgan demo-cgan: demo-%: $(STAMPS)/build
 
 demo-stargan: $(STAMPS)/build
 	rm -rf runs/stargan
-	$(PY) -m pyganx train stargan --demo digits --steps 8000 --batch-size 16 --g-conv-dim 32 --d-conv-dim 32 \
+	$(PY) -m pyganx train stargan --demo digits --steps 6000 --batch-size 16 --g-conv-dim 32 --d-conv-dim 64 \
 	  --sample-every 1000 --checkpoint-every 1000 --keep 10 -o runs/stargan
-	$(PY) -m pyganx eval runs/stargan
+	$(PY) -m pyganx eval runs/stargan --all-checkpoints
 
 bench: $(STAMPS)/build
 	$(PY) -m pytest benchmarks -q -p no:cacheprovider --benchmark-only --benchmark-columns=min,median,rounds
