@@ -198,6 +198,22 @@ def test_dcgan_networks_follow_the_paper_and_the_alias_is_the_same_plugin():
         cls(cls.Config(loss="wgan-gp", d_norm="batch"), DataInfo(1, 32))
 
 
+def test_stargan_d_augment_shifts_each_image_and_passes_gradients():
+    from pyganx_plugins.stargan import shift
+    x = torch.randn(6, 2, 8, 10, requires_grad=True)
+    assert shift(x, 0.0) is x
+    torch.manual_seed(3)
+    y = shift(x, 0.25)
+    assert y.shape == x.shape
+    padded = F.pad(x.detach(), (2, 2, 2, 2))
+    for i in range(6):          # some shift of at most 2 rows and 2 columns, zero-filled
+        matches = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                   if torch.equal(y[i].detach(), padded[i, :, 2 - dy:10 - dy, 2 - dx:12 - dx])]
+        assert matches, i
+    y.sum().backward()
+    assert x.grad is not None and x.grad.sum() > 0
+
+
 def test_stargan_updates_g_once_every_n_critic_steps():
     from pyganx import registry
     from pyganx.engine.context import TrainContext

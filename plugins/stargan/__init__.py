@@ -47,7 +47,27 @@ class StarGANConfig:
     beta2: float = field(default=0.999, metadata={"help": "Adam beta2"})
     decay_start: float = field(default=0.5, metadata={"help": "fraction of training before the linear lr decay"})
     flip: bool = field(default=True, metadata={"help": "random horizontal flips (off where the data forbids them)"})
+    d_augment: float = field(default=0.0, metadata={
+        "help": "D sees real and fake images shifted by up to this fraction of their size "
+                "(differentiable augmentation for small data sets; 0: off, as in the paper)"})
     fused: bool = field(default=True, metadata={"help": "pyganx's fused residual blocks"})
+
+
+def shift(x: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Each image translated by a random whole number of pixels, up to ``fraction`` of its
+    size in each direction, zero-filled (DiffAugment's translation, Zhao et al. 2020):
+    differentiable, so G's gradient passes through it."""
+    if fraction <= 0:
+        return x
+    n, _, h, w = x.shape
+    ph, pw = max(1, int(h * fraction)), max(1, int(w * fraction))
+    dy = torch.randint(-ph, ph + 1, (n,), device=x.device)
+    dx = torch.randint(-pw, pw + 1, (n,), device=x.device)
+    padded = F.pad(x, (pw, pw, ph, ph))
+    rows = (torch.arange(h, device=x.device)[None, :] + ph - dy[:, None])          # (n, h)
+    cols = (torch.arange(w, device=x.device)[None, :] + pw - dx[:, None])          # (n, w)
+    idx = torch.arange(n, device=x.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
 def d_layers_for(image_size: int) -> int:
@@ -100,11 +120,12 @@ class StarGAN(GANPlugin):
         c_trg = torch.randint(len(self.domains), c_org.shape, device=x.device)
         # discriminator: real/fake (WGAN-GP) and the domain of real images
         self.D.requires_grad_(True)
+        aug = cfg.d_augment
         with ctx.autocast():
-            src_real, cls_real = self.D(x)
+            src_real, cls_real = self.D(shift(x, aug))
             with torch.no_grad():   # D's step needs no graph through G
                 fake = self.G(x, self._onehot(c_trg, x))
-            src_fake, _ = self.D(fake)
+            src_fake, _ = self.D(shift(fake, aug))
             d_adv = src_fake.float().mean() - src_real.float().mean()
             d_cls = F.cross_entropy(cls_real.float(), c_org)
         gp = gradient_penalty(lambda t: self.D(t)[0], x, fake.float())
@@ -117,7 +138,7 @@ class StarGAN(GANPlugin):
             self.D.requires_grad_(False)
             with ctx.autocast():
                 fake = self.G(x, self._onehot(c_trg, x))
-                src, cls = self.D(fake)
+                src, cls = self.D(shift(fake, aug))
                 g_adv = -src.float().mean()
                 g_cls = F.cross_entropy(cls.float(), c_trg)
                 g_rec = F.l1_loss(self.G(fake, self._onehot(c_org, x)).float(), x.float())
