@@ -181,7 +181,7 @@ def export_generator(source: str | os.PathLike, out: str | os.PathLike, generato
     graph = _graph(net, inputs, domains, c, s, static, with_preprocessing, fp16)
     model, checks, mult = graph.model, graph.checks, graph.multiple
     proto = to_onnx(graph.exported, graph.example, None if static else graph.dynamic,
-                    min_size=2 * mult, norm_in_float32=fp16, input_names=graph.names)
+                    norm_in_float32=fp16, input_names=graph.names)
     shapes = [tuple(t[0].shape) for t in checks]
     meta = {
         "pyganx.version": __version__, **meta, "pyganx.image_size": str(s),
@@ -239,9 +239,8 @@ def _graph(net: nn.Module, inputs: tuple[str, ...], domains: tuple[str, ...], c:
            static: bool, with_preprocessing: bool, fp16: bool) -> _Graph:
     """The wrapper, example inputs, dynamic dimensions and check inputs for a generator
     with ``inputs`` (docs/contracts.md: image; image + domain; z; z + label)."""
-    d = torch.export.Dim
     g = torch.Generator().manual_seed(0)
-    batch = d("batch", min=1, max=4096)
+    batch = torch.export.Dim("batch", min=1, max=4096)
     if inputs and inputs[0] == "z":
         z_dim = getattr(net, "z_dim", None)
         if inputs not in (("z",), ("z", "label")) or not z_dim:
@@ -273,24 +272,22 @@ def _graph(net: nn.Module, inputs: tuple[str, ...], domains: tuple[str, ...], c:
         model = _WithPreprocessing(net, mult).eval()
         exported = _WithPreprocessing(_Half(net), mult).eval() if fp16 else model
         example = (torch.randint(0, 256, (n, t, t, c), dtype=torch.uint8, generator=g),)
-        dyn = {"image": {0: batch, 1: d("h", min=2 * mult, max=8192), 2: d("w", min=2 * mult, max=8192)}}
+        dyn = {"image": image_dims(1, 2 * mult, nhwc=True, batch=batch)}
         shapes = [(1, s, s, c)] if static else [(1, s, s, c), (2, s + 3, max(2 * mult, s - 5), c)]
         checks = [(torch.randint(0, 256, sh, dtype=torch.uint8, generator=g),) for sh in shapes]
         return _Graph(model, exported, example, ["image"], dyn, checks, mult)
-    h, w = d("h", min=2, max=8192 // mult), d("w", min=2, max=8192 // mult)
-    hh, ww = (h, w) if mult == 1 else (mult * h, mult * w)
     shapes = [(1, c, s, s)] if static else [(1, c, s, s), (2, c, s + mult, max(2 * mult, s - mult))]
     if inputs == ("image",):
         model = _ImageGenerator(net).eval()
         extra = lambda n: ()  # noqa: E731
-        dynamic = {"image": {0: batch, 2: hh, 3: ww}}
+        dynamic = {"image": image_dims(mult, 2 * mult, batch=batch)}
     else:
         k = len(domains)
         if k < 2:
             raise TrainError(f"a generator with a domain input needs the domain names, got {list(domains)}")
         model = _DomainGenerator(net, k).eval()
         extra = lambda n: (torch.randint(k, (n,), generator=g),)  # noqa: E731
-        dynamic = {"image": {0: batch, 2: hh, 3: ww}, "domain": {0: batch}}
+        dynamic = {"image": image_dims(mult, 2 * mult, batch=batch), "domain": {0: batch}}
     example = (torch.rand(n, c, t, t, generator=g) * 2 - 1, *extra(n))
     checks = [(torch.rand(sh, generator=g) * 2 - 1, *extra(sh[0])) for sh in shapes]
     return _Graph(model, _Half(model).eval() if fp16 else model, example, list(inputs), dynamic, checks, mult)
@@ -320,26 +317,32 @@ def _run_batches(session, images: np.ndarray, batch: int = 8) -> np.ndarray:
                            for i in range(0, len(images), batch)])
 
 
+def image_dims(multiple: int, min_size: int, nhwc: bool = False, batch=None) -> dict:
+    """torch.export dynamic dimensions of an image input: batch (``batch``, or a new Dim),
+    and H and W as dynamic multiples of ``multiple``, at least ``min_size`` (NCHW: dims 2
+    and 3; uint8 NHWC: dims 1 and 2)."""
+    d = torch.export.Dim
+    lo = max(2, -(-min_size // multiple))
+    h, w = d("h", min=lo, max=8192 // multiple), d("w", min=lo, max=8192 // multiple)
+    hh, ww = (h, w) if multiple == 1 else (multiple * h, multiple * w)
+    spatial = (1, 2) if nhwc else (2, 3)
+    return {0: batch if batch is not None else d("batch", min=1, max=4096), spatial[0]: hh, spatial[1]: ww}
+
+
 def to_onnx(model: nn.Module, example, dynamic=None, min_size: int = 2,
             norm_in_float32: bool = False, input_names: list[str] | None = None, *,
             size_multiple: int | None = None):
     """``model(*example)`` as an ONNX ModelProto (opset 18, pyganx ops translated).
     ``dynamic``: torch.export dynamic shapes by input name (None: static). For a single
-    image input, ``size_multiple`` builds them instead: batch dynamic, and the spatial
-    dimensions dynamic multiples of it (NCHW: dims 2 and 3; uint8 NHWC: dims 1 and 2), at
-    least ``min_size``."""
+    image input, ``size_multiple`` builds them instead (:func:`image_dims`, at least
+    ``min_size``)."""
     import onnx
 
     if isinstance(example, torch.Tensor):
         example = (example,)
     input_names = input_names or ["image"]
     if size_multiple is not None:
-        d, m = torch.export.Dim, size_multiple
-        lo = max(2, -(-min_size // m))
-        h, w = d("h", min=lo, max=8192 // m), d("w", min=lo, max=8192 // m)
-        hh, ww = (h, w) if m == 1 else (m * h, m * w)
-        spatial = (1, 2) if example[0].dtype == torch.uint8 else (2, 3)
-        dynamic = {"image": {0: d("batch", min=1, max=4096), spatial[0]: hh, spatial[1]: ww}}
+        dynamic = {"image": image_dims(size_multiple, min_size, nhwc=example[0].dtype == torch.uint8)}
     if isinstance(dynamic, dict):   # by position: wrappers may take *inputs
         dynamic = tuple(dynamic.get(name) for name in input_names)
     table = translation_table(norm_in_float32)
@@ -392,17 +395,13 @@ def half_error(model: nn.Module, checks, seed: int = 0) -> float:
     return worst
 
 
-def verify(model: nn.Module, blob: bytes, checks, seed: int = 0) -> float:
-    """Largest |ONNX Runtime - PyTorch| over the check inputs: tuples of tensors in the
-    graph's input order, or image shapes (filled with seeded values in [-1, 1], or uint8
-    when the model takes uint8 NHWC)."""
+def verify(model: nn.Module, blob: bytes, checks: list[tuple]) -> float:
+    """Largest |ONNX Runtime - PyTorch| over the check inputs, tuples of tensors in the
+    graph's input order."""
     sess = ort_session(blob)
     names = [i.name for i in sess.get_inputs()]
-    if sess.get_inputs()[0].type == "tensor(uint8)" and checks and not isinstance(checks[0][0], torch.Tensor):
-        g = torch.Generator().manual_seed(seed)
-        checks = [(torch.randint(0, 256, c, generator=g, dtype=torch.uint8),) for c in checks]
     worst = 0.0
-    for inputs in _as_inputs(checks, seed):
+    for inputs in checks:
         with torch.no_grad():
             ref = model(*inputs).numpy().astype(np.float64)
         got = sess.run(None, {n: t.numpy() for n, t in zip(names, inputs)})[0].astype(np.float64)

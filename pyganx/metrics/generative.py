@@ -19,7 +19,6 @@ Figures:
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -27,21 +26,15 @@ from torch import Tensor
 
 from ..data import demo as demo_data
 from ..engine.run import LoadedRun, spread
-from ..engine.trainer import TrainError
+from ..engine.trainer import RunData, TrainError
 from .classifier import TrainedClassifier, cached_classifier, fingerprint
 from .kid import kid
 
-#: Images generated per evaluation (noise models), per class (conditional ones).
-N_GENERATED, N_PER_CLASS = 1000, 100
+#: Images generated per evaluation (noise models), per class (conditional ones), and test
+#: images translated into every other domain (multi-domain ones).
+N_GENERATED, N_PER_CLASS, N_TRANSLATED = 1000, 100, 2000
 #: Seed of the evaluation noise (distinct from the sample grids').
 EVAL_SEED = 1234
-
-
-def _identity(item) -> list:
-    if isinstance(item, Path):
-        st = item.stat()
-        return [str(item.resolve()), st.st_size, st.st_mtime_ns]
-    return []
 
 
 def _stack(dataset, indices: Sequence[int]) -> tuple[Tensor, Tensor | None]:
@@ -57,7 +50,7 @@ def labelled_classifier(name: str, train, test, key: list, channels: int, size: 
     """A judge of the classes of two LabelledImages sets (train, test), trained on the
     training set's images under the test set's transform (no random crops or flips),
     cached under ``key``."""
-    from .evaluate import MAX_TEST, MAX_TRAIN, _judge_size
+    from .evaluate import MAX_TEST, MAX_TRAIN, _identity, _judge_size
 
     train_idx = spread(range(len(train)), MAX_TRAIN * 2)
     test_idx = spread(range(len(test)), MAX_TEST * 2)
@@ -73,9 +66,9 @@ def labelled_classifier(name: str, train, test, key: list, channels: int, size: 
     return cached_classifier(f"{name}-{len(classes)}", fingerprint(key, ident, channels, size), make, log=log)
 
 
-def class_classifier(run: LoadedRun, size: int, log=None) -> TrainedClassifier:
-    """Judge of the classes (labelled data) or domains (multi-domain data) of the run."""
-    data = run.data()
+def class_classifier(run: LoadedRun, data: RunData, size: int, log=None) -> TrainedClassifier:
+    """Judge of the classes (labelled data) or domains (multi-domain data) of the run,
+    whose datasets are ``data``."""
     opts = run.train_options()
     kind = type(run.plugin).data_kind
     key = ["demo", opts.demo, demo_data.DATA_VERSION, kind] if opts.demo else ["folders", data.description]
@@ -83,12 +76,10 @@ def class_classifier(run: LoadedRun, size: int, log=None) -> TrainedClassifier:
                                run.info.channels, size, log)
 
 
-def _real_test(run: LoadedRun, size: int) -> tuple[Tensor, Tensor | None]:
+def _real_test(data: RunData, size: int) -> Tensor:
     from .evaluate import MAX_TEST, _judge_size
 
-    data = run.data()
-    x, y = _stack(data.test, spread(range(len(data.test)), 2 * MAX_TEST))
-    return _judge_size(x, size), y
+    return _judge_size(_stack(data.test, spread(range(len(data.test)), 2 * MAX_TEST))[0], size)
 
 
 def _noise(n: int, z_dim: int, seed: int = EVAL_SEED) -> Tensor:
@@ -136,10 +127,11 @@ def evaluate_noise(run: LoadedRun, key: str, spec, size: int, log=None) -> dict:
 
     net = run.plugin.networks()[spec.network]
     conditional = "label" in spec.inputs
-    real, real_labels = _real_test(run, size)
+    data = run.data()
+    real = _real_test(data, size)
     if conditional:
         opts = run.train_options()
-        judge = digit_classifier(size, log) if opts.demo == "digits" else class_classifier(run, size, log)
+        judge = digit_classifier(size, log) if opts.demo == "digits" else class_classifier(run, data, size, log)
         k = len(spec.domains)
         labels = torch.arange(k).repeat_interleave(N_PER_CLASS)
         fake = _generate(net, _noise(len(labels), spec.z_dim), labels, run.device, size)
@@ -178,17 +170,17 @@ def evaluate_multi_domain(run: LoadedRun, key: str, spec, size: int, log=None) -
 
     net = run.plugin.networks()[spec.network]
     domains = list(spec.domains)
-    judge = class_classifier(run, size, log)
+    data = run.data()
+    judge = class_classifier(run, data, size, log)
     if judge.classes != domains:
         raise TrainError(f"the run's domains {domains} differ from its data's {judge.classes}")
     opts = run.train_options()
-    data = run.data()
-    x, dom = _stack(data.test, spread(range(len(data.test)), 2000))
+    idx = spread(range(len(data.test)), N_TRANSLATED)
+    x, dom = _stack(data.test, idx)
     digits = None
     if opts.demo == "digits":
         ds = demo_data.load("digits")
         digit_of = [s.label for s in ds.test_a + ds.test_b]    # the order of ds.domains("test")
-        idx = spread(range(len(data.test)), 2000)
         digits = torch.tensor([digit_of[i] for i in idx])
         digit_judge = digit_classifier(size, log)
     real = _judge_size(x, size)
