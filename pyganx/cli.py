@@ -1,9 +1,10 @@
 """The `pyganx` command: `info`, `plugins`, `train`, `sample`, `eval`, `export`,
-`translate`, `data` and `bench`; `serve` comes with its issue."""
+`translate`, `serve`, `data` and `bench`."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -163,6 +164,29 @@ def _translate(args) -> int:
     return 1 if errors else 0
 
 
+def _serve(args) -> int:
+    try:
+        from .serve import ServeConfig, serve
+    except ImportError as e:
+        return _fail("serve", RuntimeError(f"needs the serve extra: pip install 'pyganx[serve,cpu]' ({e})"),
+                     args.debug)
+    for name in ("max_batch", "max_queue", "max_upload_mb", "max_pixels"):
+        if getattr(args, name) < 1:
+            return _fail("serve", ValueError(f"--{name.replace('_', '-')} must be at least 1"), args.debug)
+    config = ServeConfig(max_batch=args.max_batch, max_wait_ms=max(0.0, args.max_wait_ms),
+                         max_queue=args.max_queue, token=args.token or os.environ.get("PYGANX_SERVE_TOKEN") or None,
+                         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels,
+                         tile=args.tile or None, overlap=args.overlap, device=args.device, threads=args.threads)
+    try:
+        serve(args.models, args.host, args.port, config, log_level=args.log_level)
+    except ImportError as e:
+        return _fail("serve", RuntimeError(f"needs onnxruntime: pip install 'pyganx[cpu]' (or [gpu]) ({e})"),
+                     args.debug)
+    except (ValueError, RuntimeError, OSError) as e:
+        return _fail("serve", e, args.debug)
+    return 0
+
+
 def _train(argv: list[str]) -> int:
     from . import registry
     from .plugin import add_config_arguments, config_from_arguments
@@ -310,6 +334,31 @@ def main(argv: list[str] | None = None) -> int:
     trn.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     trn.add_argument("--no-progress", action="store_true", help="no progress bar")
     trn.add_argument("--debug", action="store_true", help="show tracebacks")
+    srv = sub.add_parser("serve", help="exported models behind an HTTP API and a web page (docs/serve.md)",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    srv.add_argument("models", nargs="+", metavar="MODEL.onnx",
+                     help="models written by `pyganx export`; each is served as its file name without .onnx")
+    srv.add_argument("--host", default="127.0.0.1",
+                     help="interface to listen on; anything but loopback exposes the service to the network")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on /v1/ and /metrics "
+                                     "(or set PYGANX_SERVE_TOKEN, which `ps` does not show)")
+    srv.add_argument("--max-batch", type=int, default=8, help="images of one model and size run together")
+    srv.add_argument("--max-wait-ms", type=float, default=10.0,
+                     help="how long the oldest waiting request waits for others to batch with")
+    srv.add_argument("--max-queue", type=int, default=64,
+                     help="requests waiting per model; more are answered 503 with Retry-After")
+    srv.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload (413 above)")
+    srv.add_argument("--max-pixels", type=int, default=4096 * 4096,
+                     help="largest image in pixels, checked before decoding (413 above)")
+    srv.add_argument("--tile", type=int, default=1024, metavar="PX",
+                     help="images larger than PX are translated tile by tile (0: never)")
+    srv.add_argument("--overlap", type=int, default=32, help="pixels shared by neighbouring tiles")
+    srv.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    srv.add_argument("--threads", type=int, help="onnxruntime threads per model (default: all cores)")
+    srv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                     help="uvicorn's log level (info logs every request)")
+    srv.add_argument("--debug", action="store_true", help="show tracebacks")
     sub.add_parser("bench", help="benchmarks: `pyganx bench ops [--quick] [--device D]`", add_help=False)
     sub.add_parser("train", help="train a GAN variant: `pyganx train VARIANT --help`", add_help=False)
     if argv and argv[0] == "train":
@@ -332,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         return _export(args)
     if args.command == "translate":
         return _translate(args)
+    if args.command == "serve":
+        return _serve(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

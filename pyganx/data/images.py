@@ -48,6 +48,18 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return img
 
 
+def convert_image(im: Image.Image, channels: int) -> Image.Image:
+    """A loaded PIL image as 8-bit RGB (channels=3) or grey (1): EXIF orientation applied,
+    alpha composited on white."""
+    img = ImageOps.exif_transpose(im) or im
+    img = _to_8bit(img)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    return img.convert("RGB" if channels == 3 else "L")
+
+
 def load_image(path: str | os.PathLike, channels: int = 3) -> Image.Image:
     """The image at ``path`` as an 8-bit RGB (channels=3) or grey (channels=1) PIL image."""
     if channels not in (1, 3):
@@ -55,13 +67,7 @@ def load_image(path: str | os.PathLike, channels: int = 3) -> Image.Image:
     try:
         with Image.open(path) as im:
             im.load()
-            img = ImageOps.exif_transpose(im) or im
-            img = _to_8bit(img)
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                rgba = img.convert("RGBA")
-                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(white, rgba)
-            img = img.convert("RGB" if channels == 3 else "L")
+            img = convert_image(im, channels)
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
         raise ImageError(f"{path}: cannot read image ({type(e).__name__}: {e})", path) from None
     if img.width < 1 or img.height < 1:

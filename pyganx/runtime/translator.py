@@ -18,6 +18,16 @@ from PIL import Image
 from ..data.images import ImageError, list_images, load_image
 
 
+class NoiseModelError(RuntimeError):
+    """The model draws images from noise (inputs ``z``, and ``label``): it translates
+    nothing. ``inputs`` and ``metadata`` say what it is."""
+
+    def __init__(self, message: str, inputs: list[str], metadata: dict[str, str]) -> None:
+        super().__init__(message)
+        self.inputs = inputs
+        self.metadata = metadata
+
+
 def _gpu_usable() -> bool:
     try:
         import torch
@@ -71,8 +81,10 @@ class Translator:
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         inputs = [i.name for i in self.session.get_inputs()]
         if "z" in inputs:
-            raise RuntimeError(f"{self.path} is a noise model (inputs {inputs}): "
-                               f"use `pyganx sample RUN_DIR` to draw images from it")
+            raise NoiseModelError(f"{self.path} is a noise model (inputs {inputs}): "
+                                  f"use `pyganx sample RUN_DIR` to draw images from it", inputs, self.metadata)
+        #: the model's input names, as exported
+        self.inputs = inputs
         if inputs not in (["image"], ["image", "domain"]):
             raise RuntimeError(f"{self.path}: expected the inputs 'image' (and 'domain'), found {inputs}")
         #: whether the model takes a target domain (StarGAN) besides the image
@@ -114,19 +126,23 @@ class Translator:
             return domain
         raise ValueError(f"unknown domain {domain!r}; {self.path.name} knows {', '.join(self.domains)}")
 
-    def _run(self, x: np.ndarray, domain: str | int | None) -> np.ndarray:
+    def _run(self, x: np.ndarray, domain) -> np.ndarray:
         extra = {}
-        k = self.domain_index(domain)
-        if k is not None:
-            extra["domain"] = np.full((x.shape[0],), k, dtype=np.int64)
+        many = isinstance(domain, (list, tuple))
+        if many and len(domain) != x.shape[0]:
+            raise ValueError(f"{len(domain)} target domains for {x.shape[0]} images")
+        ks = [self.domain_index(d) for d in (domain if many else [domain] * x.shape[0])]
+        if ks and ks[0] is not None:
+            extra["domain"] = np.array(ks, dtype=np.int64)
         if self.tiler is not None and max(x.shape[2:]) > self.tiler.tile:
             return np.concatenate([self.tiler.run(x[i:i + 1], {n: v[i:i + 1] for n, v in extra.items()})
                                    for i in range(x.shape[0])])
         return self.session.run(None, {"image": x, **extra})[0]
 
-    def __call__(self, images: np.ndarray, domain: str | int | None = None) -> np.ndarray:
+    def __call__(self, images: np.ndarray, domain=None) -> np.ndarray:
         """NCHW float32 in [-1, 1] -> the same; for a --with-preprocessing model, uint8
-        NHWC -> uint8 NHWC. ``domain``: the target domain, for models that take one."""
+        NHWC -> uint8 NHWC. ``domain``: the target domain, for models that take one; or a
+        list of them, one per image."""
         if self.preprocessed:
             x = np.ascontiguousarray(images, dtype=np.uint8)
             if x.ndim != 4 or x.shape[3] != self.channels:
@@ -153,8 +169,9 @@ class Translator:
     def translate(self, img: Image.Image, domain: str | int | None = None) -> Image.Image:
         return self.translate_batch([img], domain)[0]
 
-    def translate_batch(self, images: Sequence[Image.Image], domain: str | int | None = None) -> list[Image.Image]:
-        """Images of one size, as PIL (converted to the model's channels)."""
+    def translate_batch(self, images: Sequence[Image.Image], domain=None) -> list[Image.Image]:
+        """Images of one size, as PIL (converted to the model's channels); ``domain`` as
+        for ``__call__``."""
         mode = "L" if self.channels == 1 else "RGB"
         pixels = np.stack([np.asarray(im.convert(mode), dtype=np.uint8).reshape(im.height, im.width, -1)
                            for im in images])

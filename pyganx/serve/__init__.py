@@ -1,0 +1,36 @@
+"""``pyganx serve``: exported translators behind an HTTP API and a web page.
+
+Needs the ``serve`` extra (Starlette, uvicorn, python-multipart, prometheus-client)
+besides onnxruntime. ``create_app(load_models(paths, config), config)`` gives the ASGI
+app for any ASGI server; ``pyganx serve`` runs it with uvicorn.
+"""
+from __future__ import annotations
+
+from .app import ServeConfig, ServeError, create_app, load_models
+
+__all__ = ["ServeConfig", "ServeError", "create_app", "load_models", "serve"]
+
+
+def serve(paths, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None,
+          log_level: str = "info") -> None:
+    """Loads the models, then serves them until interrupted."""
+    import ipaddress
+    import sys
+
+    import uvicorn
+
+    config = config or ServeConfig()
+    models = load_models(paths, config)
+    app = create_app(models, config)
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        print(f"pyganx serve: listening on {host}, reachable from other machines"
+              + ("" if config.token else "; no --token is set, so anyone who can reach it may use it"),
+              file=sys.stderr)
+    names = ", ".join(m.name + ("" if m.translator else " (noise model)") for m in models.values())
+    shown = f"[{host}]" if ":" in host else host
+    print(f"pyganx serve: {names} at http://{shown}:{port}/ (Ctrl+C stops)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
