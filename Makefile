@@ -3,6 +3,7 @@
 #   make demo     set up (.venv, torch, build), then train CycleGAN on the bundled digits
 #   make demo-dcgan | demo-cgan | demo-stargan   the README's figures of the other variants
 #   make test     set up, then: CUDA + C++ build (pip), CMake/LibTorch build + ctest, pytest
+#                 (installs chromium + chromium-driver with apt when missing: the browser test)
 #   make bench    the benchmark suites (results go to benchmarks/RESULTS.md by hand)
 #
 # Options: USE_SYSTEM_TORCH=1 builds into the interpreter's own environment and uses
@@ -39,9 +40,9 @@ SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
 # use onnx + onnxscript + plain onnxruntime here (the `cpu` extra; never both onnxruntime
 # and onnxruntime-gpu in one environment).
 DEPS := numpy ninja setuptools wheel pillow tqdm pytest pytest-benchmark scikit-learn matplotlib \
-  onnx onnxscript onnxruntime
+  onnx onnxscript onnxruntime starlette uvicorn python-multipart prometheus-client httpx selenium
 
-.PHONY: help setup build test pytest cmake-test demo demo-dcgan demo-cgan demo-stargan bench clean
+.PHONY: help setup build test pytest cmake-test browser demo demo-dcgan demo-cgan demo-stargan bench clean
 
 help:
 	@sed -n '/^#/!q;p' Makefile
@@ -91,7 +92,17 @@ cmake-test: $(STAMPS)/venv-$(USE_SYSTEM_TORCH)
 pytest: $(STAMPS)/build
 	$(PY) -m pytest tests -q -p no:cacheprovider
 
-test: $(STAMPS)/build cmake-test pytest
+test: $(STAMPS)/build cmake-test browser pytest
+
+# The web page of `pyganx serve` is tested in headless Chromium: Debian's chromium and
+# chromium-driver, installed with apt when missing (CI runs as root; elsewhere sudo).
+browser:
+	@if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; then \
+	  echo "installing chromium and chromium-driver with apt (for tests/test_serve.py)"; \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  install="$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver"; \
+	  $$install >/dev/null 2>&1 || { $$sudo apt-get update -qq || true; $$install >/dev/null; }; \
+	fi
 
 # --- main job and benchmarks --------------------------------------------------
 # The main job: CycleGAN on the bundled digits (handwritten <-> typeset), on CPU in a few

@@ -430,6 +430,8 @@ def test_the_web_page_translates_an_upload_in_a_real_browser(server, tmp_path):
         _wait(lambda: "3 models" in browser.find_element(By.ID, "status").text, "the model list")
         model = Select(browser.find_element(By.ID, "model"))
         assert [o.text for o in model.options] == ["digits", "faces", "noise (noise model)"]
+        assert not browser.find_element(By.ID, "domain-row").is_displayed()      # digits: no domains
+        assert not browser.find_element(By.ID, "token-row").is_displayed()       # no --token
         model.select_by_value("faces")
         assert browser.find_element(By.ID, "domain-row").is_displayed()
         Select(browser.find_element(By.ID, "domain")).select_by_value("angry")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-SUITES = ("ops", "nets", "onnx")
+SUITES = ("ops", "nets", "onnx", "serve")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,5 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     if suite == "onnx":
         from . import onnx
         return onnx.main(argv)
+    if suite == "serve":
+        from . import serve
+        return serve.main(argv)
     from . import ops
     return ops.main(argv)
