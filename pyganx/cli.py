@@ -219,7 +219,15 @@ def _train(argv: list[str]) -> int:
     ap.add_argument("--batch-size", type=int, default=1, help="per process")
     ap.add_argument("--channels", type=int, choices=[1, 3],
                     help="1 grey or 3 RGB (default: RGB unless every image is grey)")
-    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                    help="autocast dtype (fp16 with a GradScaler); auto: bf16 or fp16 on a GPU, fp32 elsewhere")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="networks and batches in channels_last memory format (fast on tensor-core GPUs)")
+    ap.add_argument("--checkpoint-activations", action="store_true",
+                    help="keep only segment inputs of the generators for backward and recompute the rest "
+                         "(less memory, about one more forward of time)")
+    ap.add_argument("--sync-bn", action="store_true",
+                    help="under torchrun on GPUs: batch-norm statistics over all processes (SyncBatchNorm)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--deterministic", action="store_true", help="deterministic algorithms")
     ap.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
@@ -251,11 +259,15 @@ def _train(argv: list[str]) -> int:
                         deterministic=args.deterministic, workers=args.workers, ema=args.ema,
                         sample_every=args.sample_every, checkpoint_every=args.checkpoint_every,
                         keep=args.keep, device=args.device, channels=args.channels,
+                        channels_last=args.channels_last, checkpoint_activations=args.checkpoint_activations,
+                        sync_bn=args.sync_bn,
                         progress=not args.no_progress, skip_bad_images=args.skip_bad_images)
     try:
         result = Trainer(variant, cls, config_from_arguments(cls.Config, args), opts).fit()
     except (ValueError, RuntimeError, OSError) as e:  # TrainError is a RuntimeError
         return _fail("train", e, args.debug)
+    if os.environ.get("RANK", "0") != "0":     # torchrun: rank 0 speaks for the run
+        return 130 if result.get("interrupted") else 0
     if result.get("interrupted"):
         ck = result.get("checkpoint")
         print(f"pyganx train: interrupted at step {result['steps']}; "

@@ -32,6 +32,7 @@ from ..plugin import DataInfo, GANPlugin
 from .checkpoint import (atomic_write_bytes, latest_checkpoint, load_checkpoint, rng_state,
                          save_checkpoint, set_rng_state)
 from .context import TrainContext, resolve_precision
+from .distributed import World, any_rank, barrier, gather, join, mean_losses, rank_seed, shard, world_from_env, wrap_networks
 
 
 class TrainError(RuntimeError):
@@ -62,9 +63,21 @@ class TrainOptions:
     progress: bool = True
     skip_bad_images: bool = False     # warn about and skip unreadable images
     channels: int | None = None       # 1 (grey) or 3 (RGB); default: what the data are
+    channels_last: bool = False       # networks and batches in channels_last memory format
+    checkpoint_activations: bool = False   # recompute generator segments in backward
+    sync_bn: bool = False             # SyncBatchNorm across processes (GPU, torchrun)
 
 
-def pick_device(name: str | None = None) -> torch.device:
+def pick_device(name: str | None = None, world: World | None = None) -> torch.device:
+    """The device asked for, else the first available; under torchrun, GPU LOCAL_RANK."""
+    if world is not None and world.distributed:
+        if name in (None, "cuda") and torch.cuda.is_available():
+            return torch.device("cuda", world.local_rank)
+        if name in (None, "cpu"):
+            return torch.device("cpu")
+        if name == "cuda":
+            raise TrainError("--device cuda under torchrun, but torch sees no GPU")
+        raise TrainError(f"distributed training runs on cuda or cpu, not {name}")
     if name:
         return torch.device(name)
     if torch.cuda.is_available():
@@ -206,13 +219,15 @@ def build_data(kind: str, opts: TrainOptions, config: Any, default_size: int = 2
     return RunData(train, test, info, desc)
 
 
-def _batch_to(batch: Any, device: torch.device) -> Any:
+def _batch_to(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
     if isinstance(batch, torch.Tensor):
+        if channels_last and batch.dim() == 4 and batch.is_floating_point():
+            return batch.to(device, memory_format=torch.channels_last, non_blocking=True)
         return batch.to(device, non_blocking=True)
     if isinstance(batch, dict):
-        return {k: _batch_to(v, device) for k, v in batch.items()}
+        return {k: _batch_to(v, device, channels_last) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
-        return type(batch)(_batch_to(v, device) for v in batch)
+        return type(batch)(_batch_to(v, device, channels_last) for v in batch)
     return batch
 
 
@@ -266,19 +281,34 @@ class Trainer:
             raise TrainError("give exactly one of --steps N and --epochs N")
         self.name, self.opts, self.config = name, opts, config
         self.run = Path(opts.out)
-        self.device = pick_device(opts.device)
-        seed_everything(opts.seed, opts.deterministic)
+        #: this process's rank among torchrun's processes (one process: rank 0 of 1)
+        self.world = world_from_env()
+        self.device = pick_device(opts.device, self.world)
+        if opts.sync_bn and not self.world.distributed:
+            raise TrainError("--sync-bn synchronises batch norm across processes: start the run with "
+                             "torchrun --nproc-per-node K (K > 1)")
+        join(self.world, self.device)
+        # rank 0 draws as one process does; DDP gives every rank rank 0's initial weights
+        seed_everything(rank_seed(opts.seed, self.world.rank), opts.deterministic)
         self.data = build_data(plugin_cls.data_kind, opts, config, plugin_cls.default_image_size)
         self.plugin = plugin_cls(config, self.data.info)
         self.nets = self.plugin.networks()
+        fmt = torch.channels_last if opts.channels_last else torch.preserve_format
         for m in self.nets.values():
-            m.to(self.device)
+            m.to(self.device, memory_format=fmt)
+        if opts.checkpoint_activations:
+            able = [k for k, m in self.nets.items() if hasattr(m, "checkpoint_activations")]
+            if not able:
+                raise TrainError(f"no network of {name} supports --checkpoint-activations "
+                                 f"(pyganx's ResnetGenerator and StarGANGenerator do)")
+            for k in able:
+                self.nets[k].checkpoint_activations = True
         self.optimizers = self.plugin.optimizers()
         self.ctx = TrainContext(self.device, self.optimizers,
                                 resolve_precision(opts.precision, self.device))
         self.loader = DataLoader(self.data.train, batch_size=opts.batch_size, shuffle=False,
-                                 sampler=_EpochSampler(len(self.data.train), opts.seed),
-                                 drop_last=len(self.data.train) >= opts.batch_size,
+                                 sampler=_EpochSampler(len(self.data.train), opts.seed, self.world),
+                                 drop_last=len(self.data.train) // self.world.size >= opts.batch_size,
                                  num_workers=opts.workers, pin_memory=self.device.type == "cuda",
                                  persistent_workers=opts.workers > 0,
                                  worker_init_fn=_worker_leaves_sigint_to_the_trainer,
@@ -295,10 +325,19 @@ class Trainer:
         self.step = self.epoch = self.batch_index = 0
         self._saved: tuple[int, Path] | None = None   # (step, path) of the last checkpoint
         self.fixed = self._fixed_batch()
+        try:
+            self.synced = (wrap_networks(self.plugin, self.nets, self.device, opts.sync_bn)
+                           if self.world.distributed else {})
+        except ValueError as e:
+            raise TrainError(str(e)) from None
 
     # --- state ---------------------------------------------------------------------
     def state(self) -> dict:
-        return {
+        """The checkpoint. A collective under torchrun: every rank's RNG states and plugin
+        extra state (image pools) are gathered into ``ranks``; the top-level ``rng`` and
+        ``extra`` are rank 0's (what one process writes)."""
+        ranks = gather(_to_cpu({"rng": rng_state(), "extra": self.plugin.extra_state()}), self.world)
+        st = {
             "pyganx_version": __version__, "plugin": self.name,
             "config": dataclasses.asdict(self.config),
             "data_info": dataclasses.asdict(self.data.info),
@@ -308,9 +347,14 @@ class Trainer:
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "scaler": self.ctx.scaler.state_dict() if self.ctx.scaler is not None else {},
-            "extra": self.plugin.extra_state(),
-            "rng": rng_state(),
+            "extra": ranks[0]["extra"],
+            "rng": ranks[0]["rng"],
+            "world_size": self.world.size,
+            "samples_in_epoch": self.batch_index * self.opts.batch_size * self.world.size,
         }
+        if self.world.distributed:
+            st["ranks"] = ranks
+        return st
 
     def load_state(self, st: dict) -> None:
         if st.get("plugin") != self.name:
@@ -328,9 +372,24 @@ class Trainer:
             s.load_state_dict(st["schedulers"][k])
         if self.ctx.scaler is not None and st.get("scaler"):
             self.ctx.scaler.load_state_dict(st["scaler"])
-        self.plugin.load_extra_state(st.get("extra", {}))
-        set_rng_state(st["rng"])
         self.step, self.epoch, self.batch_index = st["step"], st["epoch"], st["batch_index"]
+        saved_world, world = int(st.get("world_size", 1)), self.world
+        ranks = st.get("ranks") or [{"rng": st["rng"], "extra": st.get("extra", {})}]
+        if saved_world == world.size:
+            self.plugin.load_extra_state(ranks[world.rank]["extra"])
+            set_rng_state(ranks[world.rank]["rng"])
+            return
+        # another number of processes: the same data order from the same global sample on,
+        # fresh per-rank random numbers, each rank's extra state from the rank it replaces
+        self.plugin.load_extra_state(ranks[world.rank % len(ranks)]["extra"])
+        seen = int(st.get("samples_in_epoch", self.batch_index * self.opts.batch_size * saved_world))
+        self.batch_index = seen // (self.opts.batch_size * world.size)
+        seed_everything(rank_seed(self.opts.seed * 1_000_033 + self.step, world.rank), self.opts.deterministic)
+        if world.main:
+            print(f"pyganx train: the checkpoint was written by {saved_world} process(es) and this run has "
+                  f"{world.size}: each process re-seeded its random numbers from (seed {self.opts.seed}, "
+                  f"step {self.step}, rank); the data order goes on from sample {seen} of epoch {self.epoch}",
+                  file=sys.stderr)
 
     def _load_weights(self, st: dict, name: str, net: torch.nn.Module, weights: dict) -> None:
         try:
@@ -357,7 +416,7 @@ class Trainer:
     def _fixed_batch(self):
         n = min(8, len(self.data.test))
         items = [self.data.test[i * max(1, len(self.data.test) // n)] for i in range(n)]
-        return _batch_to(torch.utils.data.default_collate(items), self.device)
+        return _batch_to(torch.utils.data.default_collate(items), self.device, self.opts.channels_last)
 
     # --- loop ----------------------------------------------------------------------
     def _write_config(self) -> None:
@@ -371,7 +430,7 @@ class Trainer:
 
     def _sample(self) -> None:
         if self.ema:
-            saved = {k: self.nets[k] for k in self.ema}
+            saved = {k: getattr(self.plugin, k) for k in self.ema}
             self.plugin_nets_swap(self.ema)
         try:
             with torch.no_grad():
@@ -397,7 +456,10 @@ class Trainer:
                     be.copy_(b)
 
     def _checkpoint(self) -> Path:
-        path = save_checkpoint(self.run / "checkpoints", self.step, self.state(), self.opts.keep)
+        state = self.state()            # every rank: gathering is a collective
+        path = self.run / "checkpoints" / f"step-{self.step:09d}.pt"
+        if self.world.main:
+            path = save_checkpoint(self.run / "checkpoints", self.step, state, self.opts.keep)
         self._saved = (self.step, path)
         return path
 
@@ -414,14 +476,16 @@ class Trainer:
             self._saved = (self.step, ck)
         elif (self.run / "checkpoints").is_dir() and latest_checkpoint(self.run / "checkpoints"):
             raise TrainError(f"{self.run} already holds a run; use --resume or another --out")
-        self._write_config()
+        main = self.world.main       # only rank 0 writes config, logs, samples and checkpoints
+        if main:
+            self._write_config()
         csv_path = self.run / "losses.csv"
-        if opts.resume is not None:
+        if opts.resume is not None and main:
             _drop_rows_after(csv_path, self.step)
-        writer_file = open(csv_path, "a", newline="")
+        writer_file = open(csv_path, "a", newline="") if main else None
         writer = None
         bar = None
-        if opts.progress:
+        if opts.progress and main:
             from tqdm import tqdm
             bar = tqdm(total=self.total_steps, initial=self.step, unit="it", dynamic_ncols=True)
         for m in self.nets.values():
@@ -429,19 +493,20 @@ class Trainer:
         t0, last = time.time(), {}
         tb = None
         stop = _StopRequest()
+        stopping = False
         try:
-            tb = _tensorboard_writer(self.run / "tb")
+            tb = _tensorboard_writer(self.run / "tb") if main else None
             stop.install()
-            while self.step < self.total_steps and not stop.requested:
+            while self.step < self.total_steps and not stopping:
                 if hasattr(self.data.train, "set_epoch"):
                     self.data.train.set_epoch(self.epoch)
                 self.loader.sampler.set_epoch(self.epoch)
                 for i, batch in enumerate(self.loader):
-                    if stop.requested:
+                    if stopping:
                         break
                     if i < self.batch_index:
                         continue  # resuming mid-epoch: the order is the same, skip what was done
-                    losses = self.plugin.train_step(_batch_to(batch, self.device), self.ctx)
+                    losses = self.plugin.train_step(_batch_to(batch, self.device, opts.channels_last), self.ctx)
                     self.ctx.end_iteration()
                     for s in self.schedulers.values():
                         s.step()
@@ -449,14 +514,19 @@ class Trainer:
                         self._update_ema()
                     self.step += 1
                     self.batch_index = i + 1
-                    last = {k: float(v) for k, v in losses.items()}
-                    if writer is None:
+                    last = mean_losses({k: float(v) for k, v in losses.items()}, self.world)
+                    # a Ctrl-C reaches every rank, not always in the same step: all stop together
+                    stopping = any_rank(stop.requested, self.world)
+                    if writer_file is None:
+                        pass
+                    elif writer is None:
                         writer = csv.DictWriter(writer_file, ["step", "epoch", "seconds", *last])
                         if csv_path.stat().st_size == 0:
                             writer.writeheader()
-                    writer.writerow({"step": self.step, "epoch": self.epoch,
-                                     "seconds": round(time.time() - t0, 3), **last})
-                    writer_file.flush()
+                    if writer is not None:
+                        writer.writerow({"step": self.step, "epoch": self.epoch,
+                                         "seconds": round(time.time() - t0, 3), **last})
+                        writer_file.flush()
                     if tb is not None:
                         for k, v in last.items():
                             tb.add_scalar(f"loss/{k}", v, self.step)
@@ -466,33 +536,46 @@ class Trainer:
                     if any(not math.isfinite(v) for v in last.values()):
                         raise TrainError(f"a loss became non-finite at step {self.step}: {last}")
                     done = self.step >= self.total_steps
-                    if self.step % opts.sample_every == 0 or done:
+                    if (self.step % opts.sample_every == 0 or done) and main:
                         if tb is not None:
                             tb.flush()
                         self._sample()
                         plot_losses(csv_path, self.run / "losses.png")
                     if self.step % opts.checkpoint_every == 0 or done:
                         self._checkpoint()
-                    if done or stop.requested:
+                    if done or stopping:
                         break
                 else:
                     self.epoch += 1
                     self.batch_index = 0
                     continue
                 break
-            interrupted = stop.requested and self.step < self.total_steps
+            interrupted = stopping and self.step < self.total_steps
             if interrupted and self.step > (self._saved[0] if self._saved else 0):
                 self._checkpoint()  # the state after the last completed step
         finally:
             stop.restore()
-            writer_file.close()
+            if writer_file is not None:
+                writer_file.close()
             if bar is not None:
                 bar.close()
             if tb is not None:
                 tb.close()
+        barrier(self.world)      # every checkpoint is on disk before any rank goes on
         return {"steps": self.step, "seconds": time.time() - t0, "losses": last,
                 "interrupted": interrupted,
                 "checkpoint": str(self._saved[1]) if self._saved else None}
+
+
+def _to_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor in it on the CPU (to gather it from other ranks' GPUs)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
 
 
 class _StopRequest:
@@ -560,17 +643,19 @@ def _drop_rows_after(csv_path: Path, step: int) -> None:
 
 
 class _EpochSampler(torch.utils.data.Sampler):
-    """A shuffled order per epoch, derived from (seed, epoch): the same on resume."""
+    """A shuffled order per epoch, derived from (seed, epoch): the same on resume and on
+    every rank, of which each takes its share (distributed.shard)."""
 
-    def __init__(self, n: int, seed: int) -> None:
+    def __init__(self, n: int, seed: int, world: World | None = None) -> None:
         self.n, self.seed, self.epoch = n, seed, 0
+        self.world = world or World()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        return iter(shard(torch.randperm(self.n, generator=g).tolist(), self.world))
 
     def __len__(self) -> int:
-        return self.n
+        return self.n // self.world.size

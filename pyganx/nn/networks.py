@@ -82,7 +82,33 @@ class ResidualBlock(nn.Module):
         return x + self.block(x)
 
 
-class ResnetGenerator(nn.Module):
+class _Segmented(nn.Module):
+    """A generator whose ``self.model`` runs as segments: the encoder (everything before
+    the first residual block), each residual block, the decoder. With
+    ``checkpoint_activations`` set (``pyganx train --checkpoint-activations``), a training
+    forward keeps only each segment's input for backward and recomputes the segment in
+    backward (torch.utils.checkpoint, non-reentrant, RNG state preserved)."""
+
+    checkpoint_activations: bool = False
+
+    def _segments(self) -> list[tuple[int, int]]:
+        layers = list(self.model)
+        blocks = [i for i, m in enumerate(layers) if isinstance(m, ResidualBlock)]
+        if not blocks:
+            return [(0, len(layers))]
+        cuts = [0] + blocks + [blocks[-1] + 1, len(layers)]
+        return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+    def _run_model(self, x: Tensor) -> Tensor:
+        if not (self.checkpoint_activations and self.training and torch.is_grad_enabled()):
+            return self.model(x)
+        from torch.utils.checkpoint import checkpoint
+        for a, b in self._segments():
+            x = checkpoint(self.model[a:b], x, use_reentrant=False)
+        return x
+
+
+class ResnetGenerator(_Segmented):
     """CycleGAN generator (Zhu et al. 2017): 7x7 reflect-padded conv, two stride-2
     downsamplings, ``n_blocks`` residual blocks, two fractionally strided upsamplings,
     7x7 conv, tanh; instance norm without affine, convs with bias."""
@@ -108,7 +134,7 @@ class ResnetGenerator(nn.Module):
         self.model = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.model(x)
+        return self._run_model(x)
 
 
 class PatchDiscriminator(nn.Module):
@@ -142,7 +168,7 @@ class PatchDiscriminator(nn.Module):
         return self.model(x)
 
 
-class StarGANGenerator(nn.Module):
+class StarGANGenerator(_Segmented):
     """StarGAN generator (Choi et al. 2018): the target label broadcast as extra input
     channels, 7x7 conv, two 4x4 stride-2 downsamplings, residual blocks with zero
     padding, two 4x4 stride-2 transposed convs, 7x7 conv, tanh; affine instance norm,
@@ -174,7 +200,7 @@ class StarGANGenerator(nn.Module):
             raise ValueError(f"StarGANGenerator: expected labels of shape (N, {self.c_dim}), "
                              f"got {list(c.shape)}")
         c = c.to(x.dtype)[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
-        return self.model(torch.cat([x, c], dim=1))
+        return self._run_model(torch.cat([x, c], dim=1))
 
 
 class StarGANDiscriminator(nn.Module):
