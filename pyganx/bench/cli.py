@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-SUITES = ("ops", "nets", "onnx", "serve")
+SUITES = ("ops", "nets", "onnx", "serve", "memory")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,5 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     if suite == "serve":
         from . import serve
         return serve.main(argv)
+    if suite == "memory":
+        from . import memory
+        return memory.main(argv)
     from . import ops
     return ops.main(argv)

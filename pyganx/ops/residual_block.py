@@ -81,6 +81,23 @@ def _register() -> None:
                 out.append(torch.empty_like(t, memory_format=torch.contiguous_format))
         return tuple(out)
 
+    # Under autocast the block runs in the autocast dtype, as a convolution does: every
+    # floating-point argument is cast to it (the kernels accumulate in float32 anyway).
+    for device in ("cpu", "cuda"):
+        _AUTOCAST.impl("residual_block", _autocast_kernel(device), "Autocast" + device.upper())
+
+
+def _autocast_kernel(device: str):
+    def kernel(*args):
+        dtype = torch.get_autocast_dtype(device)
+        cast = [a.to(dtype) if isinstance(a, Tensor) and a.is_floating_point() and a.device.type == device
+                else a for a in args]
+        with torch.autocast(device, enabled=False):
+            return torch.ops.pyganx.residual_block(*cast)
+    return kernel
+
+
+_AUTOCAST = torch.library.Library("pyganx", "IMPL")   # kept alive: it holds the autocast kernels
 
 if _extension.extension_available():
     _register()
