@@ -7,9 +7,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import threading
 import time
 import zlib
@@ -343,39 +340,17 @@ def test_serve_cli_errors_are_one_line(models, tmp_path, capsys):
 
 # --- the real service in a real browser -----------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(models):
     """``pyganx serve`` as a user starts it, on a free loopback port."""
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "pyganx", "serve", str(models["digits"]), str(models["faces"]),
-                             str(models["noise"]), "--port", str(port), "--device", "cpu", "--log-level", "warning"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    import httpx
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"pyganx serve did not start: {proc.stdout.read()}")
-        time.sleep(0.2)
-    yield url
-    proc.terminate()
+    from pyganx.bench.serve import start_server, stop_server
     try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    out = proc.stdout.read()
+        proc, url = start_server([models["digits"], models["faces"], models["noise"]], "--device", "cpu",
+                                 "--log-level", "warning", timeout=60)
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    yield url
+    out = stop_server(proc)
     assert "Traceback" not in out, out
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-SUITES = ("ops", "nets", "onnx", "serve", "memory")
+SUITES = ("ops", "nets", "onnx", "serve", "memory", "dist")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,5 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     if suite == "memory":
         from . import memory
         return memory.main(argv)
+    if suite == "dist":
+        from . import dist
+        return dist.main(argv)
     from . import ops
     return ops.main(argv)

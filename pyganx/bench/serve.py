@@ -97,27 +97,46 @@ async def _load(url: str, uploads: list[bytes], requests: int, concurrency: int,
             "capped": len(latencies) < requests}
 
 
+def start_server(models: list, *flags: str, timeout: float = 120) -> tuple[subprocess.Popen, str]:
+    """``pyganx serve MODELS --port <free> FLAGS`` in a subprocess (stdout and stderr in
+    one pipe), once /healthz answers 200: (the process, its URL). Raises RuntimeError,
+    with what the server printed, when it exits or does not answer in ``timeout`` s."""
+    import httpx
+
+    port = _free_port()
+    url = f"http://{LOOPBACK}:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "pyganx", "serve", *map(str, models), "--host", LOOPBACK,
+                             "--port", str(port), *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"pyganx serve did not start: {proc.stdout.read()}")
+        time.sleep(0.2)
+
+
+def stop_server(proc: subprocess.Popen) -> str:
+    """Stops it (SIGTERM, then SIGKILL after 20 s); what it printed."""
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    return proc.stdout.read()
+
+
 def run_config(model: Path, max_batch: int, max_wait_ms: float, args, uploads: list[bytes]) -> dict:
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
-    port = _free_port()
-    url = f"http://{LOOPBACK}:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "pyganx", "serve", str(model), "--host", LOOPBACK,
-                             "--port", str(port), "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms),
-                             "--device", args.device, "--log-level", "warning"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc, url = start_server([model], "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms),
+                             "--device", args.device, "--log-level", "warning")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"pyganx serve did not start: {proc.stderr.read() if proc.poll() is not None else ''}")
-            time.sleep(0.2)
         asyncio.run(_load(url, uploads, 2 * args.concurrency, args.concurrency, args.time_cap))   # warm-up
         rss_before = _rss_mib(proc.pid)
         result = asyncio.run(_load(url, uploads, args.requests, args.concurrency, args.time_cap))
@@ -130,11 +149,7 @@ def run_config(model: Path, max_batch: int, max_wait_ms: float, args, uploads: l
                       rss_before_mib=round(rss_before, 1), rss_after_mib=round(rss_after, 1))
         return result
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
 
 
 def format_table(rows: list[dict]) -> str:
