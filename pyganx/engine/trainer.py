@@ -502,7 +502,9 @@ class Trainer:
                     self.data.train.set_epoch(self.epoch)
                 self.loader.sampler.set_epoch(self.epoch)
                 for i, batch in enumerate(self.loader):
-                    if stopping:
+                    # one process stops at once; ranks only on the request they agreed on
+                    if stopping or (stop.requested and not self.world.distributed):
+                        stopping = True
                         break
                     if i < self.batch_index:
                         continue  # resuming mid-epoch: the order is the same, skip what was done
@@ -517,9 +519,7 @@ class Trainer:
                     last = mean_losses({k: float(v) for k, v in losses.items()}, self.world)
                     # a Ctrl-C reaches every rank, not always in the same step: all stop together
                     stopping = any_rank(stop.requested, self.world)
-                    if writer_file is None:
-                        pass
-                    elif writer is None:
+                    if writer_file is not None and writer is None:
                         writer = csv.DictWriter(writer_file, ["step", "epoch", "seconds", *last])
                         if csv_path.stat().st_size == 0:
                             writer.writeheader()
