@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session, as run on the lent H100/H200 machine (torch preinstalled, no network):
 # build the extension against that machine's torch, run the CUDA cases of the op tests,
-# then the network and op benchmarks. Everything lands in $OUT (default /tmp/pyganx-gpu).
+# then the network, op and memory benchmarks and a bf16/channels_last training run. Everything lands in $OUT (default /tmp/pyganx-gpu).
 #   usage: bash benchmarks/gpu_session.sh [--tests-only]
 set -u
 OUT=${OUT:-/tmp/pyganx-gpu}
@@ -27,4 +27,12 @@ echo "nets rc $?"; tail -12 "$OUT/nets.md"
 timeout "${OPS_TIMEOUT:-90}" $PY -m pyganx bench ops --device cuda --rounds 20 --no-compile \
   --json "$OUT/ops.json" > "$OUT/ops.md" 2>&1
 echo "ops rc $?"; tail -40 "$OUT/ops.md"
+# peak memory of a generator step: eager vs fused vs checkpointing, and bf16 at 512 px
+timeout "${MEM_TIMEOUT:-120}" $PY -m pyganx bench memory --device cuda --json "$OUT/memory.json" \
+  > "$OUT/memory.md" 2>&1
+echo "memory rc $?"; tail -9 "$OUT/memory.md"
+# the training step under bf16 autocast with the fused ops, channels_last and checkpointing
+timeout "${TRAIN_TIMEOUT:-120}" $PY -m pyganx train cyclegan --demo photos --steps 20 --no-progress \
+  --precision bf16 --channels-last --checkpoint-activations -o "$OUT/run-bf16" > "$OUT/train.txt" 2>&1
+echo "train rc $?"; tail -2 "$OUT/train.txt"
 echo "total: $(( $(date +%s) - start )) s"
