@@ -141,23 +141,18 @@ def _device() -> torch.device:
     return torch.device("cpu")
 
 
-def mean_losses(losses: dict[str, float], world: World) -> dict[str, float]:
-    """The losses averaged over the ranks (what one process on the global batch logs)."""
-    if not world.distributed or not losses:
-        return losses
-    keys = list(losses)          # the plugin's order (the CSV's columns); the same on every rank
-    t = torch.tensor([float(losses[k]) for k in keys], dtype=torch.float64, device=_device())
-    dist.all_reduce(t)
-    return {k: float(v) / world.size for k, v in zip(keys, t.tolist())}
-
-
-def any_rank(flag: bool, world: World) -> bool:
-    """True on every rank when ``flag`` is true on any (a stop request seen by one)."""
+def sync_step(losses: dict[str, float], stop: bool, world: World) -> tuple[dict[str, float], bool]:
+    """After a step, in one all-reduce: the losses averaged over the ranks (what one
+    process on the global batch logs), and whether any rank was asked to stop (a Ctrl-C
+    reaches every rank, not always in the same step)."""
     if not world.distributed:
-        return flag
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=_device())
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+        return losses, stop
+    keys = list(losses)          # the plugin's order (the CSV's columns); the same on every rank
+    t = torch.tensor([float(losses[k]) for k in keys] + [1.0 if stop else 0.0], dtype=torch.float64,
+                     device=_device())
+    dist.all_reduce(t)
+    *sums, stops = t.tolist()
+    return {k: v / world.size for k, v in zip(keys, sums)}, stops > 0
 
 
 def gather(obj: Any, world: World) -> list[Any]:

@@ -32,7 +32,7 @@ from ..plugin import DataInfo, GANPlugin
 from .checkpoint import (atomic_write_bytes, latest_checkpoint, load_checkpoint, rng_state,
                          save_checkpoint, set_rng_state)
 from .context import TrainContext, resolve_precision
-from .distributed import World, any_rank, barrier, gather, join, mean_losses, rank_seed, shard, world_from_env, wrap_networks
+from .distributed import World, barrier, gather, join, rank_seed, shard, sync_step, world_from_env, wrap_networks
 
 
 class TrainError(RuntimeError):
@@ -516,9 +516,9 @@ class Trainer:
                         self._update_ema()
                     self.step += 1
                     self.batch_index = i + 1
-                    last = mean_losses({k: float(v) for k, v in losses.items()}, self.world)
-                    # a Ctrl-C reaches every rank, not always in the same step: all stop together
-                    stopping = any_rank(stop.requested, self.world)
+                    # ranks log the global batch's losses and stop together
+                    last, stopping = sync_step({k: float(v) for k, v in losses.items()}, stop.requested,
+                                               self.world)
                     if writer_file is not None and writer is None:
                         writer = csv.DictWriter(writer_file, ["step", "epoch", "seconds", *last])
                         if csv_path.stat().st_size == 0:

@@ -96,20 +96,31 @@ class Translator:
         self.channels = int(self.metadata.get("pyganx.channels", inp.shape[3 if self.preprocessed else 1]))
         self.domains = json.loads(self.metadata.get("pyganx.domains", "[]"))
         self.static_shape = tuple(inp.shape) if all(isinstance(d, int) for d in inp.shape) else None
+        self._opts = opts
         #: translates images larger than ``tile`` tile by tile (tiling.py), or None
         self.tiler = None
         if tile:
-            if self.preprocessed or self.static_shape:
-                raise ValueError(f"{self.path.name}: --tile needs a float model with dynamic H and W "
-                                 f"(not --with-preprocessing or --static)")
-            import onnx
+            self.enable_tiling(tile, overlap, tile_stats)
 
-            from .tiling import Tiler
-            providers = self.providers
+    @property
+    def can_tile(self) -> bool:
+        """Whether the tiled path exists for this model: float, with dynamic H and W."""
+        return not (self.preprocessed or self.static_shape)
 
-            def session(blob: bytes):
-                return ort.InferenceSession(blob, opts, providers=providers)
-            self.tiler = Tiler(onnx.load(str(self.path)), tile, overlap, self.multiple, session, tile_stats)
+    def enable_tiling(self, tile: int, overlap: int = 32, tile_stats: str = "exact") -> None:
+        """Translates images larger than ``tile`` tile by tile, with whole-image norm statistics."""
+        if not self.can_tile:
+            raise ValueError(f"{self.path.name}: --tile needs a float model with dynamic H and W "
+                             f"(not --with-preprocessing or --static)")
+        import onnx
+        import onnxruntime as ort
+
+        from .tiling import Tiler
+        opts, providers = self._opts, self.providers
+
+        def session(blob: bytes):
+            return ort.InferenceSession(blob, opts, providers=providers)
+        self.tiler = Tiler(onnx.load(str(self.path)), tile, overlap, self.multiple, session, tile_stats)
 
     def domain_index(self, domain: str | int | None) -> int | None:
         """The index of a target domain given by name (or index); an error if the model

@@ -75,16 +75,14 @@ class Model:
         self.name = self.path.stem
         self.translator: Translator | None = None
         try:
-            try:
-                self.translator = Translator(self.path, config.device, config.threads, tile=config.tile,
-                                             overlap=config.overlap)
-            except ValueError:   # --with-preprocessing or --static: no tiled path
-                self.translator = Translator(self.path, config.device, config.threads)
+            self.translator = Translator(self.path, config.device, config.threads)
         except NoiseModelError as e:
             inputs, meta = e.inputs, e.metadata
         if self.translator is not None:
             tr = self.translator
             inputs, meta = tr.inputs, tr.metadata
+            if config.tile and tr.can_tile:     # --with-preprocessing and --static models have no tiled path
+                tr.enable_tiling(config.tile, config.overlap)
         self.info = {
             "name": self.name,
             "inputs": inputs,
