@@ -120,16 +120,46 @@ def test_checkpoint_activations_recomputes_and_gives_the_same_gradients(which):
 
 
 @requires_ext
+def test_checkpointing_frees_what_backward_recomputed():
+    # A recomputed segment's tensors must go once backward has used them, not live on
+    # with the graph (it did with checkpoint's early stop: 32 MiB per block at 512 px).
+    import weakref
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    recomputed = []
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.namespace == "pyganx" and "forward" in func.__name__:
+                recomputed.extend(weakref.ref(t) for t in out if isinstance(t, torch.Tensor))
+            return out
+
+    torch.manual_seed(0)
+    g = ResnetGenerator(3, 3, 8, 4, fused=True)
+    g.checkpoint_activations = True
+    y = g(torch.rand(1, 3, 16, 16))
+    with Watch():
+        y.square().mean().backward()
+    assert len(recomputed) > 4 * 7                   # every block and norm ran again
+    alive = [r() for r in recomputed if r() is not None]
+    assert not alive, [tuple(t.shape) for t in alive]
+    assert y.grad_fn is not None                     # the graph itself is still there
+
+
+@requires_ext
 @pytest.mark.skipif(malloc_in_use() is None, reason="CPU memory is measured through glibc's mallinfo2")
 def test_checkpointing_with_the_fused_blocks_needs_a_fraction_of_the_memory():
     cpu = torch.device("cpu")
-    peak = {k: generator_step_peak(64, fused, ck, cpu, n_blocks=6, ngf=32)
+    peak = {k: generator_step_peak(64, fused, ck, cpu)        # CycleGAN's 9 blocks, 64 filters
             for k, fused, ck in (("eager", False, False), ("fused", True, False), ("both", True, True))}
     assert peak["both"] < peak["fused"] < peak["eager"], peak
-    assert peak["both"] < 0.6 * peak["eager"], peak
-    # and at twice the side, 4x the pixels, still within 2.5x of eager at the smaller size
-    big = generator_step_peak(128, True, True, cpu, n_blocks=6, ngf=32)
-    assert big < 2.5 * peak["eager"], (big, peak)
+    assert peak["both"] < 0.5 * peak["eager"], peak
+    # the scale-out issue's goal, at a quarter of its sizes: twice the side (4x the pixels)
+    # with fused blocks and checkpointing needs less than the eager generator at one side
+    big = generator_step_peak(128, True, True, cpu)
+    assert big < peak["eager"], (big, peak)
 
 
 @requires_ext

@@ -83,11 +83,16 @@ class ResidualBlock(nn.Module):
 
 
 class _Segmented(nn.Module):
-    """A generator whose ``self.model`` runs as segments: the encoder (everything before
-    the first residual block), each residual block, the decoder. With
-    ``checkpoint_activations`` set (``pyganx train --checkpoint-activations``), a training
-    forward keeps only each segment's input for backward and recomputes the segment in
-    backward (torch.utils.checkpoint, non-reentrant, RNG state preserved)."""
+    """A generator whose ``self.model`` runs as segments. With ``checkpoint_activations``
+    set (``pyganx train --checkpoint-activations``), a training forward keeps only each
+    segment's input for backward and recomputes the segment in backward
+    (torch.utils.checkpoint, non-reentrant, RNG state preserved).
+
+    The segments: the encoder (everything before the first residual block); the blocks in
+    groups of about sqrt(n_blocks), so that fewer block inputs wait for the decoder's
+    backward; the decoder, cut before its last norm + activation, so that the
+    full-resolution tail (norm, padding, 7x7 conv) is recomputed apart from the
+    upsampling before it. docs/distributed.md has the measured peaks."""
 
     checkpoint_activations: bool = False
 
@@ -96,15 +101,24 @@ class _Segmented(nn.Module):
         blocks = [i for i, m in enumerate(layers) if isinstance(m, ResidualBlock)]
         if not blocks:
             return [(0, len(layers))]
-        cuts = [0] + blocks + [blocks[-1] + 1, len(layers)]
-        return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+        first, end = blocks[0], blocks[-1] + 1
+        group = max(1, round(math.sqrt(len(blocks))))
+        cuts = {0, end, len(layers), *range(first, end, group)}
+        norms = [i for i in range(end, len(layers)) if isinstance(layers[i], InstanceNormReLU)]
+        if norms:
+            cuts.add(norms[-1])
+        ordered = sorted(cuts)
+        return [(a, b) for a, b in zip(ordered, ordered[1:]) if b > a]
 
     def _run_model(self, x: Tensor) -> Tensor:
         if not (self.checkpoint_activations and self.training and torch.is_grad_enabled()):
             return self.model(x)
         from torch.utils.checkpoint import checkpoint
         for a, b in self._segments():
-            x = checkpoint(self.model[a:b], x, use_reentrant=False)
+            # early_stop=False: stopping the recomputation early (by an exception out of
+            # the saved-tensor hook) strands the recomputed outputs of pyganx's C++
+            # autograd functions until the whole graph is freed, 32 MiB per 512 px block.
+            x = checkpoint(self.model[a:b], x, use_reentrant=False, early_stop=False)
         return x
 
 
