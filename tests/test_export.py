@@ -129,6 +129,33 @@ def test_translator_pads_to_the_size_multiple_and_crops_back(run, model):
     np.testing.assert_allclose(out, ref, atol=FP32_TOLERANCE, rtol=0)
 
 
+def test_io_binding_and_torch_tensors_in_and_out(run, model, tmp_path):
+    # IO binding is what the CUDA provider uses; on CPU the same calls run against host
+    # memory, so the bound paths are checked here against session.run.
+    plain = Translator(model, device="cpu")
+    bound = Translator(model, device="cpu", io_binding=True)
+    assert not plain.io_binding and bound.io_binding and bound.device_type == "cpu"
+    x = torch.rand(3, 1, 32, 28) * 2 - 1
+    ref = plain(x.numpy())
+    np.testing.assert_allclose(bound(x.numpy()), ref, atol=1e-6, rtol=0)
+    y = plain.run_tensor(x)                      # onnxruntime writes into a torch tensor
+    assert isinstance(y, torch.Tensor) and y.shape == x.shape and y.dtype == torch.float32
+    np.testing.assert_allclose(y.numpy(), ref, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(plain.run_tensor(x[:, :, :, :16].clone())[1].numpy(),
+                               plain(x[1:2, :, :, :16].numpy())[0], atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        plain.run_tensor(x[:, :, :30, :30])
+    with pytest.raises(ValueError, match="float32"):
+        plain.run_tensor(x.double())
+    pre_path = tmp_path / "pre.onnx"
+    assert cli_main(["export", str(run), "-o", str(pre_path), "--with-preprocessing"]) == 0
+    pre = Translator(pre_path, device="cpu")
+    pixels = torch.randint(0, 256, (2, 20, 24, 1), dtype=torch.uint8)
+    out = pre.run_tensor(pixels)
+    assert out.dtype == torch.uint8 and out.shape == pixels.shape
+    np.testing.assert_array_equal(out.numpy(), pre(pixels.numpy()))
+
+
 def test_translate_cli_keeps_names_and_reports_corrupt_files(run, model, tmp_path, capsys):
     from PIL import Image
     src = tmp_path / "in"
@@ -226,6 +253,7 @@ def test_yunjey_stargan_weights_load_and_export_with_a_domain_input(tmp_path, ca
     assert tr.domains == ["happy", "sad", "angry"] and read_metadata(out)["pyganx.plugin"] == "stargan"
     np.testing.assert_allclose(tr(x[:1].numpy(), "angry"), ref[:1], atol=FP32_TOLERANCE, rtol=0)
     np.testing.assert_allclose(tr(x[1:].numpy(), "happy"), ref[1:], atol=FP32_TOLERANCE, rtol=0)
+    np.testing.assert_allclose(tr.run_tensor(x, ["angry", "happy"]).numpy(), ref, atol=FP32_TOLERANCE, rtol=0)
     capsys.readouterr()
     assert cli_main(["export", str(path), "--from", "yunjey-stargan", "--domains", "a,b",
                      "-o", str(tmp_path / "x.onnx")]) == 1

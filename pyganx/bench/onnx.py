@@ -5,7 +5,8 @@ float32, with the same weights throughout:
 
 - PyTorch eager (the plain composition), pyganx's fused ops, torch.compile;
 - onnxruntime CPU float32 of ``pyganx export``'s graph, and the int8 QDQ model;
-- on a GPU with onnxruntime-gpu: ORT CUDA float32 and float16 (``--fp16``'s graph).
+- on a GPU: PyTorch eager in float16, and with onnxruntime-gpu ORT CUDA float32 and
+  float16 (``--fp16``'s graph), both through IO binding on CUDA tensors.
 
 Round-robin in one process (pyganx.bench.timing); ratios are against eager. The weights
 are random (a trained generator has the same cost; int8's quality is measured by
@@ -47,6 +48,21 @@ def _onnx_sessions(model: torch.nn.Module, size: int, with_int8: bool, cuda: boo
     return out
 
 
+def _bound_call(sess, x: torch.Tensor):
+    """A call of ``sess`` through IO binding on ``x``'s CUDA memory, writing into a
+    preallocated torch tensor: what ``Translator.run_tensor`` does, without its checks."""
+    y = torch.empty_like(x)
+    index = x.device.index or 0
+    binding = sess.io_binding()
+    binding.bind_input("image", "cuda", index, np.float32, list(x.shape), x.data_ptr())
+    binding.bind_output(sess.get_outputs()[0].name, "cuda", index, np.float32, list(y.shape), y.data_ptr())
+
+    def run():
+        sess.run_with_iobinding(binding)
+        return y
+    return run
+
+
 def bench(size: int, n_blocks: int, batches: list[int], device: torch.device, rounds: int,
           use_compile: bool, with_int8: bool) -> list[dict]:
     torch.manual_seed(0)
@@ -56,23 +72,29 @@ def bench(size: int, n_blocks: int, batches: list[int], device: torch.device, ro
     sessions = _onnx_sessions(eager, size, with_int8, device.type == "cuda")
     eager, fused = eager.to(device), fused.to(device)
     compiled = torch.compile(copy.deepcopy(eager)) if use_compile else None
+    eager_half = copy.deepcopy(eager).half() if device.type == "cuda" else None
     rows = []
     for n in batches:
         x = torch.rand(n, 3, size, size, device=device) * 2 - 1
         xn = x.cpu().numpy()
         cands = {}
 
-        def torch_call(m):
+        def torch_call(m, inp=x):
             def run():
                 with torch.inference_mode():
-                    return m(x)
+                    return m(inp)
             return run
         cands["eager"] = torch_call(eager)
         cands["pyganx"] = torch_call(fused)
         if compiled is not None:
             cands["compile"] = torch_call(compiled)
+        if device.type == "cuda":
+            cands["eager-fp16"] = torch_call(eager_half, x.half())
         for name, sess in sessions.items():
-            cands[name] = (lambda s=sess: s.run(None, {"image": xn}))
+            if name.startswith("ort-cuda"):         # device-resident input and output
+                cands[name] = _bound_call(sess, x)
+            else:
+                cands[name] = (lambda s=sess: s.run(None, {"image": xn}))
         t = round_robin(cands, rounds=rounds, warmup=2, device=device)
         base = t["eager"].best_ms
         for name, tm in t.items():

@@ -62,7 +62,10 @@ class Translator:
     [-1, 1]; ``translate(pil_image)`` takes and returns PIL images."""
 
     def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None,
-                 tile: int | None = None, overlap: int = 32, tile_stats: str = "exact") -> None:
+                 tile: int | None = None, overlap: int = 32, tile_stats: str = "exact",
+                 io_binding: bool | None = None) -> None:
+        """``io_binding``: run through onnxruntime's IO binding (inputs copied to the device
+        once, the output allocated there); None: on the CUDA provider only."""
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -78,6 +81,10 @@ class Translator:
         except Exception as e:  # noqa: BLE001 - not an ONNX model, or a broken one
             raise RuntimeError(f"{self.path}: cannot load model ({str(e).strip().splitlines()[0]})") from None
         self.providers = self.session.get_providers()
+        #: where the session computes: "cuda" (CUDA provider) or "cpu"
+        self.device_type = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
+        self._output = self.session.get_outputs()[0].name
+        self.io_binding = self.device_type == "cuda" if io_binding is None else bool(io_binding)
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         inputs = [i.name for i in self.session.get_inputs()]
         if "z" in inputs:
@@ -137,18 +144,68 @@ class Translator:
             return domain
         raise ValueError(f"unknown domain {domain!r}; {self.path.name} knows {', '.join(self.domains)}")
 
-    def _run(self, x: np.ndarray, domain) -> np.ndarray:
-        extra = {}
+    def _domain_feed(self, domain, n: int) -> dict[str, np.ndarray]:
+        """The ``domain`` input for ``n`` images (empty for models that take none)."""
         many = isinstance(domain, (list, tuple))
-        if many and len(domain) != x.shape[0]:
-            raise ValueError(f"{len(domain)} target domains for {x.shape[0]} images")
-        ks = [self.domain_index(d) for d in (domain if many else [domain] * x.shape[0])]
-        if ks and ks[0] is not None:
-            extra["domain"] = np.array(ks, dtype=np.int64)
+        if many and len(domain) != n:
+            raise ValueError(f"{len(domain)} target domains for {n} images")
+        ks = [self.domain_index(d) for d in (domain if many else [domain] * n)]
+        return {"domain": np.array(ks, dtype=np.int64)} if ks and ks[0] is not None else {}
+
+    def _run(self, x: np.ndarray, domain) -> np.ndarray:
+        extra = self._domain_feed(domain, x.shape[0])
         if self.tiler is not None and max(x.shape[2:]) > self.tiler.tile:
             return np.concatenate([self.tiler.run(x[i:i + 1], {n: v[i:i + 1] for n, v in extra.items()})
                                    for i in range(x.shape[0])])
-        return self.session.run(None, {"image": x, **extra})[0]
+        feeds = {"image": x, **extra}
+        if self.io_binding:
+            return self._run_bound(feeds)
+        return self.session.run(None, feeds)[0]
+
+    def _run_bound(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        # IO binding: each input goes to the device once, the output is allocated there by
+        # onnxruntime and comes back once (session.run stages both through extra copies).
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        binding.bind_output(self._output, self.device_type)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    def run_tensor(self, images, domain=None):
+        """torch in, torch out, without leaving the device: ``images`` (N, C, H, W) float32
+        in [-1, 1] (or uint8 NHWC for a --with-preprocessing model), with H and W multiples
+        of the model's size multiple, on the session's device (a CUDA tensor for the CUDA
+        provider, a CPU tensor otherwise). onnxruntime reads the tensor's memory and writes
+        into a torch tensor through IO binding: no copies through numpy. ``domain`` as for
+        ``__call__``."""
+        import torch
+
+        dtype = torch.uint8 if self.preprocessed else torch.float32
+        if not isinstance(images, torch.Tensor) or images.dtype != dtype or images.dim() != 4:
+            raise ValueError(f"run_tensor takes a 4-D torch.{str(dtype).split('.')[-1]} tensor")
+        if images.device.type != self.device_type:
+            raise ValueError(f"{self.path.name} runs on {self.device_type}; the images are on {images.device}")
+        x = images.contiguous()
+        c = x.shape[3] if self.preprocessed else x.shape[1]
+        if c != self.channels:
+            raise ValueError(f"expected {self.channels} channels, got shape {tuple(x.shape)}")
+        hw = x.shape[1:3] if self.preprocessed else x.shape[2:]
+        if any(d % self.multiple for d in hw):
+            raise ValueError(f"H and W must be multiples of {self.multiple} for run_tensor, got {tuple(hw)}")
+        self._check_static(x)
+        out_channels = self.session.get_outputs()[0].shape[3 if self.preprocessed else 1]
+        shape = (*x.shape[:3], out_channels) if self.preprocessed else (x.shape[0], out_channels, *hw)
+        y = torch.empty(shape, dtype=dtype, device=x.device)
+        index = 0 if x.device.index is None else x.device.index
+        element = np.uint8 if self.preprocessed else np.float32
+        binding = self.session.io_binding()
+        binding.bind_input("image", self.device_type, index, element, list(x.shape), x.data_ptr())
+        for name, value in self._domain_feed(domain, x.shape[0]).items():
+            binding.bind_cpu_input(name, value)
+        binding.bind_output(self._output, self.device_type, index, element, list(y.shape), y.data_ptr())
+        self.session.run_with_iobinding(binding)
+        return y
 
     def __call__(self, images: np.ndarray, domain=None) -> np.ndarray:
         """NCHW float32 in [-1, 1] -> the same; for a --with-preprocessing model, uint8
