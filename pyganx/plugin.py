@@ -70,6 +70,11 @@ class GANPlugin:
     #: Training resolution when the user gives no ``--image-size`` for folder data
     #: (the bundled demo sets bring their own).
     default_image_size: ClassVar[int] = 256
+    #: Whether training images get CycleGAN's jitter: resized to 286/256 of the image
+    #: size, then randomly cropped back (CycleGAN, pix2pix). False: resized straight to
+    #: the image size, as StarGAN's data loader does; random crops then never change the
+    #: scale of what D learns from (test images are not rescaled).
+    random_crop: ClassVar[bool] = True
 
     def __init__(self, config: Any, data_info: DataInfo) -> None:
         self.config = config

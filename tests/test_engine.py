@@ -304,3 +304,18 @@ def test_channels_flag_overrides_what_the_data_are(tmp_path):
         ck = load_checkpoint(latest_checkpoint(tmp_path / run / "checkpoints"))
         first = next(v for k, v in ck["networks"]["G_AB"].items() if v.ndim == 4)
         assert first.shape[1] == c                       # the generator takes c channels
+
+
+def test_random_crop_jitter_follows_the_plugin(tmp_path):
+    # CycleGAN's resize-and-random-crop rescales what D sees by 286/256 while test images
+    # keep their scale; StarGAN's loader (random_crop = False) only resizes to the size.
+    from pyganx.data import demo, to_tensor
+    from pyganx.engine.trainer import build_data
+    assert registry.get("cyclegan").random_crop and not registry.get("stargan").random_crop
+    opts = _options(tmp_path, "x", 1)
+    first = demo.load("digits").domains("train")[0][0]
+    plain = build_data("multi_domain", opts, None, random_crop=False)
+    assert torch.equal(plain.train[0]["image"], to_tensor(first))
+    jittered = build_data("multi_domain", opts, None, random_crop=True)
+    assert jittered.train[0]["image"].shape == plain.train[0]["image"].shape
+    assert not torch.equal(jittered.train[0]["image"], plain.train[0]["image"])

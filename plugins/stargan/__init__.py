@@ -84,6 +84,7 @@ class StarGAN(GANPlugin):
     Config = StarGANConfig
     data_kind = "multi_domain"
     default_image_size = 128
+    random_crop = False     # the paper's loader: resize (and flip), no random crop
 
     def __init__(self, config: StarGANConfig, data_info: DataInfo) -> None:
         super().__init__(config, data_info)

@@ -108,7 +108,8 @@ def _flip_allowed(config: Any) -> bool:
     return bool(getattr(config, "flip", True))
 
 
-def build_data(kind: str, opts: TrainOptions, config: Any, default_size: int = 256) -> RunData:
+def build_data(kind: str, opts: TrainOptions, config: Any, default_size: int = 256,
+               random_crop: bool = True) -> RunData:
     """Datasets for the plugin's data kind from --demo, --data or --data-a/--data-b;
     folder images are trained at --image-size, else ``default_size`` (the plugin's)."""
     if kind not in ("noise", "unpaired", "paired", "labelled", "multi_domain"):
@@ -124,7 +125,7 @@ def build_data(kind: str, opts: TrainOptions, config: Any, default_size: int = 2
             raise TrainError(str(e)) from None
         size = opts.image_size or ds.size
         flip = ds.flip and _flip_allowed(config)
-        tr, ev = TrainTransform(size, flip=flip), EvalTransform(size)
+        tr, ev = TrainTransform(size, None if random_crop else size, flip), EvalTransform(size)
         if kind == "unpaired":
             train = UnpairedImages([s.image for s in ds.train_a], [s.image for s in ds.train_b], tr,
                                    channels=want or ds.channels, seed=opts.seed, skip_bad_images=skip)
@@ -159,7 +160,7 @@ def build_data(kind: str, opts: TrainOptions, config: Any, default_size: int = 2
         return RunData(train, test, info, f"demo {opts.demo}: {ds.description}")
     size = opts.image_size or default_size
     flip = _flip_allowed(config)
-    tr, ev = TrainTransform(size, flip=flip), EvalTransform(size)
+    tr, ev = TrainTransform(size, None if random_crop else size, flip), EvalTransform(size)
     try:
         if kind == "noise":
             if not opts.data:
@@ -290,7 +291,8 @@ class Trainer:
         join(self.world, self.device)
         # rank 0 draws as one process does; DDP gives every rank rank 0's initial weights
         seed_everything(rank_seed(opts.seed, self.world.rank), opts.deterministic)
-        self.data = build_data(plugin_cls.data_kind, opts, config, plugin_cls.default_image_size)
+        self.data = build_data(plugin_cls.data_kind, opts, config, plugin_cls.default_image_size,
+                               plugin_cls.random_crop)
         self.plugin = plugin_cls(config, self.data.info)
         self.nets = self.plugin.networks()
         fmt = torch.channels_last if opts.channels_last else torch.preserve_format
