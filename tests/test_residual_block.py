@@ -240,6 +240,28 @@ def test_fused_block_keeps_one_plane_besides_its_boundaries():
     assert unfused > 5 * plane
 
 
+@requires_ext
+def test_backward_fills_no_zero_gradients_for_the_saved_outputs():
+    # The autograd function returns h1 and the statistics next to y; autograd must not
+    # allocate zero-filled gradients for them (an x-sized memset per block).
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = []
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    block = ResidualBlock(8, fused=True)
+    x = torch.randn(2, 8, 12, 10, requires_grad=True)
+    y = block(x)
+    with Watch():
+        y.square().sum().backward()
+    assert any(name.startswith("_residual_block_backward") for name in seen), seen
+    assert not [n for n in seen if n.split(".")[0] in ("zeros", "zeros_like", "new_zeros")], seen
+
+
 def test_fused_resnet_generator_saves_at_most_0_6x_of_unfused():
     torch.manual_seed(0)
     x = torch.randn(1, 3, 256, 256, requires_grad=True)

@@ -46,8 +46,6 @@ namespace {
 
 constexpr const char* kOp = "pyganx.residual_block";
 
-bool defined(const OptTensor& t) { return t.has_value() && t->defined(); }
-
 bool parse_padding(c10::string_view padding) {
   if (padding == "reflect") return true;
   if (padding == "zero") return false;

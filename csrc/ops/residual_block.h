@@ -6,6 +6,7 @@
 #pragma once
 
 #include "instance_norm_relu.h"
+#include "optional_tensor.h"
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/string_view.h>
@@ -15,8 +16,6 @@
 #include <tuple>
 
 namespace pyganx::ops {
-
-using OptTensor = std::optional<at::Tensor>;
 
 // The parameters of one block, as the schema passes them.
 struct BlockParams {

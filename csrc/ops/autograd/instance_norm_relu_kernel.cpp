@@ -9,12 +9,13 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "../optional_tensor.h"
+
 namespace pyganx::ops {
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-using OptTensor = std::optional<at::Tensor>;
 
 at::Tensor call_public(const at::Tensor& x, const OptTensor& w, const OptTensor& b, double eps,
                        bool relu) {
@@ -50,10 +51,6 @@ std::tuple<OptTensor, OptTensor, OptTensor> call_backward(
   return op.call(grad_out, x, mean, rstd, w, b, relu, mask);
 }
 
-bool defined(const OptTensor& t) { return t.has_value() && t->defined(); }
-
-OptTensor as_optional(const at::Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
-
 class InstanceNormReLUFunction : public torch::autograd::Function<InstanceNormReLUFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const OptTensor& weight,
@@ -64,10 +61,12 @@ class InstanceNormReLUFunction : public torch::autograd::Function<InstanceNormRe
                             bias.value_or(at::Tensor())});
     ctx->saved_data["relu"] = relu;
     ctx->mark_non_differentiable({mean, rstd});
+    ctx->set_materialize_grads(false);  // mean and rstd get no zero-filled gradients
     return {out, mean, rstd};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined()) return variable_list(5);  // out unused: no gradient anywhere
     const auto saved = ctx->get_saved_variables();
     const OptTensor weight = as_optional(saved[3]), bias = as_optional(saved[4]);
     // needs_input_grad counts only the tensors that were passed.

@@ -8,6 +8,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "../optional_tensor.h"
+
 #include <string>
 
 namespace pyganx::ops {
@@ -15,7 +17,6 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-using OptTensor = std::optional<at::Tensor>;
 using T = at::Tensor;
 
 using PublicSig = T(const T&, const T&, const OptTensor&, const T&, const OptTensor&,
@@ -36,9 +37,6 @@ c10::TypedOperatorHandle<Sig> handle(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
 }
 
-bool defined(const OptTensor& t) { return t.has_value() && t->defined(); }
-OptTensor as_optional(const T& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
-
 class ResidualBlockFunction : public torch::autograd::Function<ResidualBlockFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const T& x, const T& w1, const OptTensor& b1,
@@ -54,10 +52,13 @@ class ResidualBlockFunction : public torch::autograd::Function<ResidualBlockFunc
     ctx->saved_data["padding"] = padding;
     ctx->saved_data["eps"] = eps;
     ctx->mark_non_differentiable({h1, h2, m1, r1, m2, r2});
+    // Only y is differentiable: no zero-filled gradients for h1 (x-sized) and the rest.
+    ctx->set_materialize_grads(false);
     return {y, h1, h2, m1, r1, m2, r2};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined()) return variable_list(11);  // y unused: no gradient anywhere
     const auto s = ctx->get_saved_variables();
     std::array<OptTensor, 9> params{as_optional(s[0]), as_optional(s[2]), as_optional(s[3]),
                                     as_optional(s[4]), as_optional(s[5]), as_optional(s[6]),
