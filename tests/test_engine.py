@@ -311,11 +311,12 @@ def test_random_crop_jitter_follows_the_plugin(tmp_path):
     # keep their scale; StarGAN's loader (random_crop = False) only resizes to the size.
     from pyganx.data import demo, to_tensor
     from pyganx.engine.trainer import build_data
-    assert registry.get("cyclegan").random_crop and not registry.get("stargan").random_crop
+    stargan = registry.get("stargan")
+    assert registry.get("cyclegan").random_crop and not stargan.random_crop
     opts = _options(tmp_path, "x", 1)
     first = demo.load("digits").domains("train")[0][0]
-    plain = build_data("multi_domain", opts, None, random_crop=False)
+    plain = build_data(stargan, opts, None)
     assert torch.equal(plain.train[0]["image"], to_tensor(first))
-    jittered = build_data("multi_domain", opts, None, random_crop=True)
+    jittered = build_data(type("Jittered", (stargan,), {"random_crop": True}), opts, None)
     assert jittered.train[0]["image"].shape == plain.train[0]["image"].shape
     assert not torch.equal(jittered.train[0]["image"], plain.train[0]["image"])

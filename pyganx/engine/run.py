@@ -66,9 +66,7 @@ class LoadedRun:
 
     def data(self) -> RunData:
         """The run's datasets, rebuilt from its options (the data must still be there)."""
-        cls = type(self.plugin)
-        return build_data(cls.data_kind, self.train_options(), self.config, cls.default_image_size,
-                          cls.random_crop)
+        return build_data(type(self.plugin), self.train_options(), self.config)
 
 
 def config_from_dict(cls: type[GANPlugin], values: dict) -> Any:

@@ -108,10 +108,16 @@ def _flip_allowed(config: Any) -> bool:
     return bool(getattr(config, "flip", True))
 
 
-def build_data(kind: str, opts: TrainOptions, config: Any, default_size: int = 256,
-               random_crop: bool = True) -> RunData:
-    """Datasets for the plugin's data kind from --demo, --data or --data-a/--data-b;
-    folder images are trained at --image-size, else ``default_size`` (the plugin's)."""
+def build_data(plugin_cls: type[GANPlugin], opts: TrainOptions, config: Any) -> RunData:
+    """Datasets for the plugin's ``data_kind`` from --demo, --data or --data-a/--data-b;
+    folder images are trained at --image-size, else at the plugin's ``default_image_size``;
+    training images get the resize-and-crop jitter where the plugin's ``random_crop`` says."""
+    kind = plugin_cls.data_kind
+
+    def transforms(size: int, flip: bool) -> tuple[TrainTransform, EvalTransform]:
+        load = None if plugin_cls.random_crop else size
+        return TrainTransform(size, load, flip), EvalTransform(size)
+
     if kind not in ("noise", "unpaired", "paired", "labelled", "multi_domain"):
         raise TrainError(f"data kind {kind!r} has no built-in dataset yet")
     skip = opts.skip_bad_images
@@ -124,8 +130,7 @@ def build_data(kind: str, opts: TrainOptions, config: Any, default_size: int = 2
         except (ValueError, RuntimeError) as e:
             raise TrainError(str(e)) from None
         size = opts.image_size or ds.size
-        flip = ds.flip and _flip_allowed(config)
-        tr, ev = TrainTransform(size, None if random_crop else size, flip), EvalTransform(size)
+        tr, ev = transforms(size, ds.flip and _flip_allowed(config))
         if kind == "unpaired":
             train = UnpairedImages([s.image for s in ds.train_a], [s.image for s in ds.train_b], tr,
                                    channels=want or ds.channels, seed=opts.seed, skip_bad_images=skip)
@@ -158,9 +163,8 @@ def build_data(kind: str, opts: TrainOptions, config: Any, default_size: int = 2
         else:
             raise TrainError(f"the demo sets have no paired view; use --data with {kind} data")
         return RunData(train, test, info, f"demo {opts.demo}: {ds.description}")
-    size = opts.image_size or default_size
-    flip = _flip_allowed(config)
-    tr, ev = TrainTransform(size, None if random_crop else size, flip), EvalTransform(size)
+    size = opts.image_size or plugin_cls.default_image_size
+    tr, ev = transforms(size, _flip_allowed(config))
     try:
         if kind == "noise":
             if not opts.data:
@@ -291,8 +295,7 @@ class Trainer:
         join(self.world, self.device)
         # rank 0 draws as one process does; DDP gives every rank rank 0's initial weights
         seed_everything(rank_seed(opts.seed, self.world.rank), opts.deterministic)
-        self.data = build_data(plugin_cls.data_kind, opts, config, plugin_cls.default_image_size,
-                               plugin_cls.random_crop)
+        self.data = build_data(plugin_cls, opts, config)
         self.plugin = plugin_cls(config, self.data.info)
         self.nets = self.plugin.networks()
         fmt = torch.channels_last if opts.channels_last else torch.preserve_format
