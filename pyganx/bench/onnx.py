@@ -50,12 +50,10 @@ def _onnx_sessions(model: torch.nn.Module, size: int, with_int8: bool, cuda: boo
 
 def _bound_call(sess, x: torch.Tensor):
     """A call of ``sess`` through IO binding on ``x``'s CUDA memory, writing into a
-    preallocated torch tensor: what ``Translator.run_tensor`` does, without its checks."""
+    preallocated torch tensor: what ``Translator.run_tensor`` does, bound once."""
+    from ..runtime.translator import bind_tensors
     y = torch.empty_like(x)
-    index = x.device.index or 0
-    binding = sess.io_binding()
-    binding.bind_input("image", "cuda", index, np.float32, list(x.shape), x.data_ptr())
-    binding.bind_output(sess.get_outputs()[0].name, "cuda", index, np.float32, list(y.shape), y.data_ptr())
+    binding = bind_tensors(sess, x, y)
 
     def run():
         sess.run_with_iobinding(binding)

@@ -57,6 +57,25 @@ def pick_providers(device: str = "auto") -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def bind_tensors(session, image, out, extra: dict[str, np.ndarray] | None = None):
+    """An IO binding of ``session`` that reads the torch tensor ``image`` (input "image")
+    and writes its first output into the torch tensor ``out``, both contiguous on the
+    same device, in place; ``extra`` numpy inputs (the domain) are copied in. Run it
+    with ``session.run_with_iobinding`` as often as the tensors' contents change."""
+    import torch
+
+    device = image.device
+    index = 0 if device.index is None else device.index
+    element = {torch.float32: np.float32, torch.uint8: np.uint8}
+    binding = session.io_binding()
+    binding.bind_input("image", device.type, index, element[image.dtype], list(image.shape), image.data_ptr())
+    for name, value in (extra or {}).items():
+        binding.bind_cpu_input(name, value)
+    binding.bind_output(session.get_outputs()[0].name, device.type, index, element[out.dtype],
+                        list(out.shape), out.data_ptr())
+    return binding
+
+
 class Translator:
     """An exported image-to-image generator. ``translator(batch)`` takes NCHW float32 in
     [-1, 1]; ``translate(pil_image)`` takes and returns PIL images."""
@@ -197,14 +216,7 @@ class Translator:
         out_channels = self.session.get_outputs()[0].shape[3 if self.preprocessed else 1]
         shape = (*x.shape[:3], out_channels) if self.preprocessed else (x.shape[0], out_channels, *hw)
         y = torch.empty(shape, dtype=dtype, device=x.device)
-        index = 0 if x.device.index is None else x.device.index
-        element = np.uint8 if self.preprocessed else np.float32
-        binding = self.session.io_binding()
-        binding.bind_input("image", self.device_type, index, element, list(x.shape), x.data_ptr())
-        for name, value in self._domain_feed(domain, x.shape[0]).items():
-            binding.bind_cpu_input(name, value)
-        binding.bind_output(self._output, self.device_type, index, element, list(y.shape), y.data_ptr())
-        self.session.run_with_iobinding(binding)
+        self.session.run_with_iobinding(bind_tensors(self.session, x, y, self._domain_feed(domain, x.shape[0])))
         return y
 
     def __call__(self, images: np.ndarray, domain=None) -> np.ndarray:
