@@ -234,7 +234,7 @@ def _train(argv: list[str]) -> int:
     ap.add_argument("--ema", type=float, help="keep an EMA of the generators with this decay")
     ap.add_argument("--sample-every", type=int, default=200, help="steps between sample grids")
     ap.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
-    ap.add_argument("--keep", type=int, default=3, help="checkpoints kept")
+    ap.add_argument("--keep", type=int, default=3, help="checkpoints kept (0: all)")
     ap.add_argument("--device", help="cuda, mps or cpu (default: the first available)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     ap.add_argument("--skip-bad-images", action="store_true",

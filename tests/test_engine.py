@@ -320,3 +320,18 @@ def test_random_crop_jitter_follows_the_plugin(tmp_path):
     jittered = build_data(type("Jittered", (stargan,), {"random_crop": True}), opts, None)
     assert jittered.train[0]["image"].shape == plain.train[0]["image"].shape
     assert not torch.equal(jittered.train[0]["image"], plain.train[0]["image"])
+
+
+@pytest.mark.parametrize("flag,value", [("--sample-every", "0"), ("--checkpoint-every", "0"),
+                                        ("--batch-size", "0"), ("--steps", "0"), ("--keep", "-1")])
+def test_counts_below_their_minimum_are_refused_before_training(tmp_path, capsys, flag, value):
+    argv = ["train", "cyclegan", "--demo", "digits", "--steps", "1", "-o", str(tmp_path / "r"),
+            "--no-progress", *SMALL]
+    if flag == "--steps":
+        argv[argv.index("--steps") + 1] = value
+    else:
+        argv += [flag, value]
+    assert cli_main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"{flag} must be at least" in err and "Traceback" not in err
+    assert not (tmp_path / "r" / "checkpoints").exists()

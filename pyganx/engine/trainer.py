@@ -284,6 +284,13 @@ class Trainer:
     def __init__(self, name: str, plugin_cls: type[GANPlugin], config: Any, opts: TrainOptions):
         if (opts.steps is None) == (opts.epochs is None):
             raise TrainError("give exactly one of --steps N and --epochs N")
+        for flag, value, least in (("steps", opts.steps, 1), ("epochs", opts.epochs, 1),
+                                   ("batch-size", opts.batch_size, 1),
+                                   ("sample-every", opts.sample_every, 1),
+                                   ("checkpoint-every", opts.checkpoint_every, 1),
+                                   ("keep", opts.keep, 0), ("workers", opts.workers, 0)):
+            if value is not None and value < least:
+                raise TrainError(f"--{flag} must be at least {least}, got {value}")
         self.name, self.opts, self.config = name, opts, config
         self.run = Path(opts.out)
         #: this process's rank among torchrun's processes (one process: rank 0 of 1)
