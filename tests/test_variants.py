@@ -118,17 +118,26 @@ def test_dcgan_step_losses_are_the_minimax_objective_with_the_non_saturating_g_l
     assert losses["G"] == pytest.approx(expected_g, rel=1e-5)
 
 
-def test_stargan_step_losses_match_an_independent_computation():
+@pytest.mark.parametrize("per_domain", [False, True])
+def test_stargan_step_losses_match_an_independent_computation(per_domain):
     import copy
 
     from pyganx.nn import one_hot
     from pyganx.plugin import DataInfo
-    plugin, ctx = _plugin("stargan", {"g_conv_dim": 4, "d_conv_dim": 4, "g_blocks": 1, "n_critic": 1},
+    plugin, ctx = _plugin("stargan", {"g_conv_dim": 4, "d_conv_dim": 4, "g_blocks": 1, "n_critic": 1,
+                                      "d_per_domain": per_domain},
                           DataInfo(1, 16, 0, ("a", "b", "c")))
+    assert plugin.D.conv_src.out_channels == (3 if per_domain else 1)
     x, c_org = torch.rand(4, 1, 16, 16) * 2 - 1, torch.tensor([0, 1, 2, 1])
     G, D = copy.deepcopy(plugin.G), copy.deepcopy(plugin.D)
+    rows = torch.arange(4)
+
+    def critic(src, labels):   # the single map, or each image's own domain's map
+        return src[rows, labels] if per_domain else src
+
     torch.manual_seed(11)
     c_trg = torch.randint(3, (4,))
+    c_gp = torch.where(torch.rand(4) < 0.5, c_org, c_trg) if per_domain else None
     alpha = torch.rand(4)
     with torch.no_grad():
         src_real, cls_real = D(x)
@@ -136,18 +145,23 @@ def test_stargan_step_losses_match_an_independent_computation():
         src_fake, _ = D(fake)
     a = alpha.view(4, 1, 1, 1)
     x_hat = (a * x + (1 - a) * fake).requires_grad_(True)
-    (grad,) = torch.autograd.grad(D(x_hat)[0].sum(), x_hat)
+    (grad,) = torch.autograd.grad(critic(D(x_hat)[0], c_gp).sum(), x_hat)
     gp = float(((grad.flatten(1).norm(dim=1) - 1) ** 2).mean())
     torch.manual_seed(11)
     losses = plugin.train_step({"image": x, "label": c_org}, ctx)
-    assert losses["D_adv"] == pytest.approx(float(src_fake.mean() - src_real.mean()), rel=1e-4, abs=1e-7)
+    if per_domain:   # each domain's fake mean minus its real mean, averaged over the domains with both
+        d_adv = torch.stack([src_fake[c_trg == k, k].mean() - src_real[c_org == k, k].mean()
+                             for k in range(3) if (c_trg == k).any() and (c_org == k).any()]).mean()
+    else:
+        d_adv = src_fake.mean() - src_real.mean()
+    assert losses["D_adv"] == pytest.approx(float(d_adv), rel=1e-4, abs=1e-7)
     assert losses["D_cls"] == pytest.approx(float(F.cross_entropy(cls_real, c_org)), rel=1e-5)
     assert losses["D_gp"] == pytest.approx(gp, rel=1e-5)
     # G against the updated D: adversarial, domain of the fakes, L1 of the round trip to c_org
     with torch.no_grad():
         src, cls = plugin.D(fake)
         rec = G(fake, one_hot(c_org, 3))
-    assert losses["G_adv"] == pytest.approx(float(-src.mean()), rel=1e-4, abs=1e-7)
+    assert losses["G_adv"] == pytest.approx(float(-critic(src, c_trg).mean()), rel=1e-4, abs=1e-7)
     assert losses["G_cls"] == pytest.approx(float(F.cross_entropy(cls, c_trg)), rel=1e-5)
     assert losses["G_rec"] == pytest.approx(float((rec - x).abs().mean()), rel=1e-5)
 

@@ -50,6 +50,10 @@ class StarGANConfig:
     d_augment: float = field(default=0.0, metadata={
         "help": "D sees real and fake images shifted by up to this fraction of their size "
                 "(differentiable augmentation for small data sets; 0: off, as in the paper)"})
+    d_per_domain: bool = field(default=False, metadata={
+        "help": "one real/fake critic output per domain, read at each image's domain (StarGAN v2's "
+                "multi-task D): fakes are judged against real images of their target domain only "
+                "(off: the paper's single critic)"})
     fused: bool = field(default=True, metadata={"help": "pyganx's fused residual blocks"})
 
 
@@ -96,7 +100,8 @@ class StarGAN(GANPlugin):
         c, k, size = data_info.channels, len(self.domains), data_info.image_size
         layers = config.d_layers or d_layers_for(size)
         self.G = init_weights(StarGANGenerator(c, k, config.g_conv_dim, config.g_blocks, fused=config.fused))
-        self.D = init_weights(StarGANDiscriminator(size, k, config.d_conv_dim, layers, in_ch=c))
+        self.D = init_weights(StarGANDiscriminator(size, k, config.d_conv_dim, layers, in_ch=c,
+                                                   src_per_domain=config.d_per_domain))
         betas = (config.beta1, config.beta2)
         self.opt = {"G": torch.optim.Adam(self.G.parameters(), lr=config.g_lr, betas=betas),
                     "D": torch.optim.Adam(self.D.parameters(), lr=config.d_lr, betas=betas)}
@@ -115,6 +120,27 @@ class StarGAN(GANPlugin):
     def _onehot(self, labels: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return one_hot(labels, len(self.domains), like.dtype)
 
+    def _critic(self, src: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The patch map of each image's own domain (``--d-per-domain``), else the one map."""
+        if not self.config.d_per_domain:
+            return src
+        return src[torch.arange(src.shape[0], device=src.device), labels.to(src.device)]
+
+    def _d_adv(self, src_real, c_org, src_fake, c_trg) -> torch.Tensor:
+        """The critic's WGAN loss E[D(fake)] - E[D(real)]. With per-domain critics each
+        domain's two means are taken on its own and the differences averaged over the
+        domains the batch has both of: the real and fake counts of a domain differ within a
+        batch (targets are drawn uniformly, sources are not), and in a pooled mean that
+        imbalance rewards a constant offset of the critic, which the gradient penalty does not
+        bound and the loss then drives without limit."""
+        if not self.config.d_per_domain:
+            return src_fake.float().mean() - src_real.float().mean()
+        real = self._critic(src_real, c_org).float().flatten(1).mean(1)
+        fake = self._critic(src_fake, c_trg).float().flatten(1).mean(1)
+        terms = [fake[c_trg == k].mean() - real[c_org == k].mean() for k in range(len(self.domains))
+                 if bool((c_trg == k).any()) and bool((c_org == k).any())]
+        return torch.stack(terms).mean() if terms else fake.sum() * 0 + real.sum() * 0
+
     def train_step(self, batch, ctx):
         cfg = self.config
         x, c_org = batch["image"], batch["label"].long()
@@ -127,9 +153,13 @@ class StarGAN(GANPlugin):
             with torch.no_grad():   # D's step needs no graph through G
                 fake = self.G(x, self._onehot(c_trg, x))
             src_fake, _ = self.D(shift(fake, aug))
-            d_adv = src_fake.float().mean() - src_real.float().mean()
+            d_adv = self._d_adv(src_real, c_org, src_fake, c_trg)
             d_cls = F.cross_entropy(cls_real.float(), c_org)
-        gp = gradient_penalty(lambda t: self.D(t)[0], x, fake.float())
+        # per-domain critics: each interpolate is scored by its real end's or its fake end's
+        # domain, drawn per image, so every critic that is trained is also kept Lipschitz
+        c_gp = (torch.where(torch.rand(c_org.shape, device=x.device) < 0.5, c_org, c_trg)
+                if cfg.d_per_domain else None)
+        gp = gradient_penalty(lambda t: self._critic(self.D(t)[0], c_gp), x, fake.float())
         loss_D = d_adv + cfg.lambda_cls * d_cls + cfg.lambda_gp * gp
         ctx.zero_grad("D")
         ctx.backward(loss_D)
@@ -140,7 +170,7 @@ class StarGAN(GANPlugin):
             with ctx.autocast():
                 fake = self.G(x, self._onehot(c_trg, x))
                 src, cls = self.D(shift(fake, aug))
-                g_adv = -src.float().mean()
+                g_adv = -self._critic(src, c_trg).float().mean()
                 g_cls = F.cross_entropy(cls.float(), c_trg)
                 g_rec = F.l1_loss(self.G(fake, self._onehot(c_org, x)).float(), x.float())
                 loss_G = g_adv + cfg.lambda_cls * g_cls + cfg.lambda_rec * g_rec

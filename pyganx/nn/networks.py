@@ -220,10 +220,14 @@ class StarGANGenerator(_Segmented):
 class StarGANDiscriminator(nn.Module):
     """StarGAN discriminator: ``n_layers`` 4x4 stride-2 convs with LeakyReLU 0.01 and no
     norm, then two heads on the shared trunk: a 3x3 conv giving the real/fake patch map
-    and a conv with kernel ``image_size / 2**n_layers`` giving the domain logits."""
+    and a conv with kernel ``image_size / 2**n_layers`` giving the domain logits.
+
+    ``src_per_domain``: the patch-map head has one channel per domain instead of one (the
+    multi-task critic of StarGAN v2, Choi et al. 2020): the caller reads the channel of
+    each image's domain, so every domain has its own real/fake critic."""
 
     def __init__(self, image_size: int = 128, c_dim: int = 5, conv_dim: int = 64,
-                 n_layers: int = 6, in_ch: int = 3) -> None:
+                 n_layers: int = 6, in_ch: int = 3, src_per_domain: bool = False) -> None:
         super().__init__()
         if image_size % (2 ** n_layers) != 0:
             raise ValueError(f"image_size {image_size} must be a multiple of 2**n_layers = "
@@ -235,7 +239,7 @@ class StarGANDiscriminator(nn.Module):
             layers += [nn.Conv2d(ch, ch * 2, 4, stride=2, padding=1), nn.LeakyReLU(0.01)]
             ch *= 2
         self.main = nn.Sequential(*layers)
-        self.conv_src = nn.Conv2d(ch, 1, 3, padding=1, bias=False)
+        self.conv_src = nn.Conv2d(ch, c_dim if src_per_domain else 1, 3, padding=1, bias=False)
         self.conv_cls = nn.Conv2d(ch, c_dim, image_size // 2 ** n_layers, bias=False)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
