@@ -123,6 +123,7 @@ def _export(args) -> int:
                                with_preprocessing=args.with_preprocessing,
                                from_format=args.from_format, image_size=args.image_size,
                                int8=args.int8, calibrate=args.calibrate, fp16=args.fp16,
+                               winograd=args.winograd,
                                foreign_domains=tuple(args.domains.split(",")) if args.domains else None)
     except (ValueError, RuntimeError, OSError) as e:  # TrainError is a RuntimeError
         return _fail("export", e, args.debug)
@@ -322,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     onx.add_argument("--int8", action="store_true",
                      help="onnxruntime static int8 quantisation of the convolutions (CPU deployment)")
     onx.add_argument("--calibrate", metavar="DIR", help="sample images for --int8")
+    onx.add_argument("--winograd", action="store_true",
+                     help="3x3 convolutions as Winograd F(4x4, 3x3) in standard ops: faster on "
+                          "onnxruntime's CPU provider, not on GPUs (docs/export.md)")
     onx.add_argument("--from", dest="from_format", choices=["junyanz-cyclegan", "yunjey-stargan"],
                      help="SOURCE is a generator checkpoint saved by this other code base")
     onx.add_argument("--domains", metavar="A,B,...",

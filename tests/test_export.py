@@ -348,3 +348,38 @@ def test_fp16_export_keeps_instance_norm_in_float32(run, tmp_path):
                                         (0, 2, 0, 2), mode="reflect"))[:, :, :30, :34]
     ref = ((ref + 1) * 127.5).permute(0, 2, 3, 1).numpy()
     assert out.dtype == np.uint8 and np.abs(out - ref).max() <= 1 + 127.5 * bound
+
+
+def test_winograd_export_matches_the_generator_and_keeps_the_file_size(run, model, tmp_path, capsys):
+    import onnxruntime as ort
+    path = tmp_path / "w.onnx"
+    assert cli_main(["export", str(run), "-o", str(path), "--winograd"]) == 0
+    m, plain = onnx.load(str(path)), onnx.load(str(model))
+    assert custom_domains(m) == []
+    blocks = 2                                                   # SMALL: --n-blocks 2
+    assert read_metadata(path)["pyganx.winograd"].startswith(f"F(4x4,3x3) on {2 * blocks} convolutions")
+    ops = [n.op_type for n in m.graph.node]
+    assert ops.count("Conv") == [n.op_type for n in plain.graph.node].count("Conv")   # transforms
+    assert ops.count("MatMul") >= 2 * blocks
+    # the file keeps the 3x3 weights, the 6x6 ones (36 x 32 x 32 floats, 144 KiB a conv)
+    # being derived in the graph; only the fixed transforms (< 8 KiB a conv) are added ...
+    size = lambda p: sum(onnx.numpy_helper.to_array(t).nbytes for t in p.graph.initializer)  # noqa: E731
+    assert size(m) - size(plain) <= 2 * blocks * 8 * 1024
+    # ... and onnxruntime folds that derivation when it loads: one product MatMul per conv
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    folded = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert folded.count("MatMul") == 2 * blocks
+    g = pyganx.load_generator(run)
+    tr = Translator(path, device="cpu")
+    gen = torch.Generator().manual_seed(3)
+    for shape in [(2, 1, 32, 32), (1, 1, 44, 28), (3, 1, 36, 40)]:
+        x = torch.rand(shape, generator=gen) * 2 - 1
+        with torch.no_grad():
+            ref = g(x).numpy()
+        assert np.abs(tr(x.numpy()) - ref).max() <= FP32_TOLERANCE
+    for other in (["--fp16"], ["--int8", "--calibrate", str(tmp_path)]):
+        assert cli_main(["export", str(run), "-o", str(tmp_path / "x.onnx"), "--winograd", *other]) == 1
+        assert "--winograd is a float32 graph" in capsys.readouterr().err

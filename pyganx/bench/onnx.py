@@ -4,7 +4,8 @@ The 9-block ResnetGenerator at 256x256 (``--quick``: 2 blocks at 64x64), batch 1
 float32, with the same weights throughout:
 
 - PyTorch eager (the plain composition), pyganx's fused ops, torch.compile;
-- onnxruntime CPU float32 of ``pyganx export``'s graph, and the int8 QDQ model;
+- onnxruntime CPU float32 of ``pyganx export``'s graph, of ``--winograd``'s, and the int8
+  QDQ model;
 - on a GPU: PyTorch eager in float16, and with onnxruntime-gpu ORT CUDA float32 and
   float16 (``--fp16``'s graph), both through IO binding on CUDA tensors.
 
@@ -32,10 +33,12 @@ def _onnx_sessions(model: torch.nn.Module, size: int, with_int8: bool, cuda: boo
 
     from ..export.exporter import _Half, _ImageGenerator, ort_session, to_onnx
     from ..export.quantize import quantize
+    from ..export.winograd import winograd
 
     example = torch.rand(2, 3, size, size) * 2 - 1
     blob = to_onnx(_ImageGenerator(model).eval(), example, size_multiple=4).SerializeToString()
-    out = {"ort-cpu": ort_session(blob)}
+    fast = to_onnx(_ImageGenerator(winograd(model)[0]).eval(), example, size_multiple=4).SerializeToString()
+    out = {"ort-cpu": ort_session(blob), "ort-cpu-winograd": ort_session(fast)}
     if with_int8:
         calib = (np.random.default_rng(0).random((8, 3, size, size), dtype=np.float32) * 2 - 1)
         out["ort-int8"] = ort_session(quantize(blob, calib))

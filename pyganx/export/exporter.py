@@ -139,11 +139,13 @@ def export_generator(source: str | os.PathLike, out: str | os.PathLike, generato
                      static: bool = False, with_preprocessing: bool = False,
                      from_format: str | None = None, image_size: int | None = None,
                      int8: bool = False, calibrate: str | os.PathLike | None = None,
-                     fp16: bool = False, foreign_domains: tuple[str, ...] | None = None) -> ExportResult:
+                     fp16: bool = False, foreign_domains: tuple[str, ...] | None = None,
+                     winograd: bool = False) -> ExportResult:
     """Exports the generator ``generator`` (default: the plugin's first export spec) of a
     run directory or checkpoint to ``out``, or, with ``from_format`` (see foreign.py), a
     generator checkpoint saved by other code (``foreign_domains`` names its labels);
-    see the module doc."""
+    see the module doc. ``winograd``: 3x3 convolutions as Winograd F(4x4, 3x3) for
+    onnxruntime's CPU provider (winograd.py); checked against the plain generator."""
     try:
         import onnx
     except ImportError:
@@ -155,6 +157,9 @@ def export_generator(source: str | os.PathLike, out: str | os.PathLike, generato
                          "export one of them")
     if int8 and with_preprocessing:
         raise TrainError("--int8 with --with-preprocessing is not supported yet: export one or the other")
+    if winograd and (fp16 or int8):
+        raise TrainError("--winograd is a float32 graph for onnxruntime's CPU provider: it does not "
+                         "combine with --fp16 (GPUs) or --int8 (which quantises convolutions)")
     if foreign_domains and not from_format:
         raise TrainError("--domains names the labels of a --from yunjey-stargan generator; a pyganx "
                          "run knows its own")
@@ -180,7 +185,17 @@ def export_generator(source: str | os.PathLike, out: str | os.PathLike, generato
     net = net.float().eval()
     graph = _graph(net, inputs, domains, c, s, static, with_preprocessing, fp16)
     model, checks, mult = graph.model, graph.checks, graph.multiple
-    proto = to_onnx(graph.exported, graph.example, None if static else graph.dynamic,
+    exported = graph.exported
+    if winograd:
+        from .winograd import winograd as to_winograd
+        fast, replaced = to_winograd(net)
+        if not replaced:
+            raise TrainError("--winograd: the generator has no 3x3 stride-1 convolution with enough "
+                             "channels to compute as Winograd F(4x4, 3x3)")
+        # traced from the rewritten copy, checked against the generator as trained
+        exported = _graph(fast, inputs, domains, c, s, static, with_preprocessing, fp16).exported
+        meta["pyganx.winograd"] = f"F(4x4,3x3) on {replaced} convolutions (for onnxruntime's CPU provider)"
+    proto = to_onnx(exported, graph.example, None if static else graph.dynamic,
                     norm_in_float32=fp16, input_names=graph.names)
     shapes = [tuple(t[0].shape) for t in checks]
     meta = {
