@@ -1,11 +1,15 @@
 """``pyganx export --int8 --calibrate DIR``: onnxruntime static QDQ quantisation of an
 exported float32 generator, for CPU deployment, and what it costs in quality.
 
-Only the convolutions (Conv, ConvTranspose) are quantised: int8 weights per output
-channel, uint8 activations calibrated (MinMax) on up to 64 sample images. Instance norm,
-padding, the residual adds and tanh stay float32; that is where the time is not, and
-quantising them broke ONNX Runtime's shape inference on the reflect pads (tried with
-onnxruntime 1.32).
+Only the convolutions (Conv) are quantised: int8 weights per output channel, uint8
+activations calibrated (MinMax) on up to 64 sample images. Instance norm, padding, the
+residual adds and tanh stay float32; that is where the time is not, and quantising them
+broke ONNX Runtime's shape inference on the reflect pads (tried with onnxruntime 1.32).
+Two kinds of layer stay float32 because int8 made them slower on CPU: ConvTranspose,
+which onnxruntime has no int8 CPU kernel for (it ran dequantised, in float32, behind
+extra Q/DQ nodes), and convolutions with fewer than 8 output channels (the output
+layer). Rewriting the upsampling as a Conv plus DepthToSpace, so that it quantises,
+gained nothing: DepthToSpace took what the int8 Conv saved.
 
 The cost is measured, not assumed: PSNR and SSIM of the int8 model's outputs against
 the float32 model's on the calibration images (the outputs mapped to [0, 1]).
@@ -62,8 +66,19 @@ def quantize(fp32_model: bytes, images: np.ndarray) -> bytes:
         quant_pre_process(src, pre, skip_symbolic_shape=True)
         quantize_static(pre, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=["Conv", "ConvTranspose"])
+                        op_types_to_quantize=["Conv"], nodes_to_exclude=_narrow_convs(pre))
         return Path(dst).read_bytes()
+
+
+def _narrow_convs(path: str) -> list[str]:
+    """The Conv nodes with fewer than 8 output channels (a generator's last layer):
+    onnxruntime's int8 convolution pads its output channels to whole blocks, and ran the
+    64-to-3 7x7 output layer 1.4x slower than float32 (benchmarks/RESULTS.md)."""
+    import onnx
+    model = onnx.load(path)
+    dims = {t.name: list(t.dims) for t in model.graph.initializer}
+    return [n.name for n in model.graph.node
+            if n.op_type == "Conv" and len(n.input) > 1 and n.input[1] in dims and dims[n.input[1]][0] < 8]
 
 
 def _gaussian(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
