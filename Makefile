@@ -131,7 +131,7 @@ demo-dcgan demo-cgan: demo-%: $(STAMPS)/build
 demo-stargan: $(STAMPS)/build
 	rm -rf runs/stargan
 	$(PY) -m pyganx train stargan --demo digits --steps 6000 --batch-size 16 --g-conv-dim 32 --d-conv-dim 64 \
-	  --d-per-domain --sample-every 1000 --checkpoint-every 1000 --keep 10 -o runs/stargan
+	  --d-per-domain --d-augment 0.125 --sample-every 1000 --checkpoint-every 1000 --keep 10 -o runs/stargan
 	$(PY) -m pyganx eval runs/stargan --all-checkpoints
 
 bench: $(STAMPS)/build
