@@ -120,7 +120,8 @@ demo: $(STAMPS)/build
 
 # The README's figures for the other variants, each into a fresh runs/<variant>, then its
 # figures over training (`pyganx eval --all-checkpoints`). CPU times on 2 cores: dcgan and
-# cgan about 10 minutes each, stargan 40 to 95 (12000 steps at 0.19-0.47 s).
+# cgan about 10 minutes each, stargan about 1 hour alone on an AVX-512 CPU
+# (16000 steps at 0.19-0.23 s; about 2 hours on an AVX2 one at 0.47 s).
 demo-dcgan demo-cgan: demo-%: $(STAMPS)/build
 	rm -rf runs/$*
 	$(PY) -m pyganx train $* --demo digits --steps 3000 --batch-size 64 --ngf 32 --ndf 32 \
@@ -130,7 +131,7 @@ demo-dcgan demo-cgan: demo-%: $(STAMPS)/build
 
 demo-stargan: $(STAMPS)/build
 	rm -rf runs/stargan
-	$(PY) -m pyganx train stargan --demo digits --steps 12000 --batch-size 16 --g-conv-dim 32 --d-conv-dim 64 \
+	$(PY) -m pyganx train stargan --demo digits --steps 16000 --batch-size 16 --g-conv-dim 32 --d-conv-dim 64 \
 	  --d-per-domain --d-augment 0.125 --sample-every 2000 --checkpoint-every 2000 --keep 10 -o runs/stargan
 	$(PY) -m pyganx eval runs/stargan --all-checkpoints
 
