@@ -121,7 +121,7 @@ demo: $(STAMPS)/build
 # The README's figures for the other variants, each into a fresh runs/<variant>, then its
 # figures over training (`pyganx eval --all-checkpoints`). CPU times on 2 cores: dcgan and
 # cgan about 10 minutes each, stargan about 1 hour alone on an AVX-512 CPU
-# (16000 steps at 0.19-0.23 s; about 2 hours on an AVX2 one at 0.47 s).
+# (16000 steps at 0.22-0.23 s; about 2 hours on an AVX2 one at 0.47 s).
 demo-dcgan demo-cgan: demo-%: $(STAMPS)/build
 	rm -rf runs/$*
 	$(PY) -m pyganx train $* --demo digits --steps 3000 --batch-size 64 --ngf 32 --ndf 32 \
