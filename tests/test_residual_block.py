@@ -41,6 +41,7 @@ CASES = [
     ((2, 4, 5, 7), "reflect", False, True, False),   # CycleGAN block, odd sizes, batch > 1
     ((1, 6, 8, 8), "reflect", False, True, True),
     ((1, 5, 2, 9), "reflect", True, False, False),    # smallest H reflection allows
+    ((2, 3, 3, 2), "reflect", False, True, True),     # smallest W, H != W, channels_last
     ((3, 4, 6, 3), "zero", True, False, False),      # StarGAN block
     ((2, 8, 9, 5), "zero", True, False, True),
     ((1, 3, 3, 2), "zero", False, True, False),
