@@ -1,7 +1,7 @@
 // The Python extension module pyganx._C. Loading it registers the pyganx:: operators
 // (their TORCH_LIBRARY blocks run as static initialisers); the module itself only
-// exposes build information. pybind11 alone is included, not torch/extension.h, to
-// keep the build fast.
+// exposes build information and the CPU Winograd switch. pybind11 alone is included,
+// not torch/extension.h, to keep the build fast.
 #include <pybind11/pybind11.h>
 
 #include "ops/cpu/instance_norm_relu_kernel.h"
@@ -15,6 +15,11 @@ namespace pyganx::cuda {
 int runtime_version_built();  // CUDART_VERSION of the toolkit the kernels were built with
 }
 #endif
+
+namespace pyganx::ops {
+bool cpu_winograd_enabled();  // residual_block.cpp
+bool set_cpu_winograd(bool enabled);
+}  // namespace pyganx::ops
 
 #ifndef PYGANX_VERSION
 #define PYGANX_VERSION "unknown"
@@ -69,4 +74,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("build_info", &build_info,
         "Package version, torch version built against, CUDA build details, CPU kernels, "
         "compiler.");
+  m.def("cpu_winograd_enabled", &pyganx::ops::cpu_winograd_enabled,
+        "Whether the CPU residual block runs its large 3x3 convolutions with NNPACK's "
+        "Winograd transforms.");
+  m.def("set_cpu_winograd", &pyganx::ops::set_cpu_winograd, py::arg("enabled"),
+        "Turns the CPU Winograd convolutions of the residual block on or off; returns the "
+        "previous setting.");
 }

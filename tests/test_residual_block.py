@@ -271,3 +271,126 @@ def test_fused_resnet_generator_saves_at_most_0_6x_of_unfused():
     # The figure for the unfused 9-block generator: about 343 MiB.
     assert 320 * 2**20 < unfused < 370 * 2**20, unfused / 2**20
     assert fused <= 0.6 * unfused, (fused / 2**20, unfused / 2**20)
+
+
+# --- CPU Winograd convolutions (NNPACK) ---------------------------------------------------
+# Large float32 NCHW blocks on CPU run their 3x3 convolutions through ATen's NNPACK backend
+# (Winograd F(6x6, 3x3)); docs/ops.md, "CPU convolutions".
+
+needs_nnpack = pytest.mark.skipif(not torch.backends.nnpack.is_available(),
+                                  reason="ATen's NNPACK backend is not usable on this CPU")
+
+# F(6x6, 3x3) in float32 lands about 1.5e-5 of the largest value away from float64 (direct
+# convolution: 3e-7); the bound leaves a factor of about 7 for the two convolutions and
+# the norms of a block.
+WINOGRAD_REL = 1e-4
+
+
+def _large_block(shape, padding, affine, bias, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    C = shape[1]
+    x = torch.randn(*shape, generator=g, dtype=torch.float64) * 2 + 0.5
+    p = _block_args(C, torch.float64, "cpu", affine, bias, g)
+    p[0], p[2] = p[0] / 8, p[2] / 8   # weights of a trained scale for C = 128
+    gy = torch.randn(*shape, generator=g, dtype=torch.float64)
+    return x, p, gy
+
+
+LARGE_CASES = [((1, 128, 48, 52), "reflect", False, True),   # CycleGAN block, H != W
+               ((2, 128, 50, 48), "zero", True, False)]       # StarGAN block, batch 2
+
+
+@needs_nnpack
+@pytest.mark.parametrize("shape, padding, affine, bias", LARGE_CASES)
+def test_cpu_winograd_forward_and_backward_accuracy(shape, padding, affine, bias):
+    from pyganx.ops import cpu_winograd
+    x64, p64, gy64 = _large_block(shape, padding, affine, bias)
+    f32 = lambda t: None if t is None else t.float()  # noqa: E731
+    x, p, gy = f32(x64), [f32(t) for t in p64], f32(gy64)
+    args = lambda x, p: (x, *p, padding, 1e-5)  # noqa: E731
+    with cpu_winograd(True):
+        fw = torch.ops.pyganx._residual_block_forward(*args(x, p))
+    with cpu_winograd(False):
+        fd = torch.ops.pyganx._residual_block_forward(*args(x, p))
+    y_ref = _reference.residual_block(x64, *p64, padding=padding)
+    scale = y_ref.abs().max().item()
+    err_w = (fw[0].double() - y_ref).abs().max().item()
+    err_d = (fd[0].double() - y_ref).abs().max().item()
+    assert err_w <= WINOGRAD_REL * scale, (err_w / scale)
+    assert err_d <= 2e-6 * scale, (err_d / scale)
+    # A different algorithm ran (the switch and the gate work): Winograd's rounding shows.
+    assert not torch.equal(fw[0], fd[0]) and err_w > 4 * err_d
+    # The backward, on the same saved tensors, against the direct backward. (End to end,
+    # a ReLU input that Winograd's rounding moves across 0 flips that element's
+    # gradient: both are right for the function each forward computed.)
+    mask = [t is not None for t in (x, *p)]
+
+    def backward(winograd):
+        with cpu_winograd(winograd):
+            return torch.ops.pyganx._residual_block_backward(gy, x, fw[0], *p, *fw[1:],
+                                                             padding, 1e-5, mask)
+    for name, a, b in zip(["x", "w1", "b1", "w2", "b2", "gamma1", "beta1", "gamma2", "beta2"],
+                          backward(True), backward(False)):
+        if b is None:
+            continue
+        s = b.abs().max().item()
+        if name in ("b1", "b2"):   # exactly zero before a norm: only rounding noise
+            continue
+        err = (a - b).abs().max().item()
+        assert err <= WINOGRAD_REL * s, f"grad {name}: {err / s:.3g} of its largest value"
+
+
+@needs_nnpack
+@pytest.mark.parametrize("shape, channels_last, dtype", [
+    ((1, 64, 64, 64), False, torch.float32),     # fewer than 128 channels
+    ((1, 128, 40, 64), False, torch.float32),    # a plane side below 48
+    ((1, 128, 48, 48), True, torch.float32),     # channels_last
+    ((1, 128, 48, 48), False, torch.float64),    # not float32
+])
+def test_cpu_winograd_leaves_other_blocks_alone(shape, channels_last, dtype):
+    from pyganx.ops import cpu_winograd
+    x64, p64, gy64 = _large_block(shape, "reflect", False, True)
+    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+    x, p, gy = cast(x64), [cast(t) for t in p64], cast(gy64)
+    if channels_last:
+        x, gy = (t.contiguous(memory_format=torch.channels_last) for t in (x, gy))
+    fn = lambda x, *p: residual_block(x, *p, padding="reflect")  # noqa: E731
+    with cpu_winograd(True):
+        y_on, g_on = _grads(fn, x, p, gy)
+    with cpu_winograd(False):
+        y_off, g_off = _grads(fn, x, p, gy)
+    assert torch.equal(y_on, y_off)
+    assert all(torch.equal(a, b) for a, b in zip(g_on, g_off))
+
+
+def test_cpu_winograd_switch():
+    from pyganx.ops import cpu_winograd, cpu_winograd_enabled, set_cpu_winograd
+    start = cpu_winograd_enabled()
+    with cpu_winograd(not start):
+        assert cpu_winograd_enabled() is (not start)
+    assert cpu_winograd_enabled() is start
+    assert set_cpu_winograd(start) is start
+
+
+def test_cpu_winograd_environment():
+    # PYGANX_CPU_WINOGRAD=0 turns the Winograd path off for the process and keeps
+    # libgomp's spinning as it is; by default importing pyganx before torch shortens the
+    # spinning (docs/ops.md), and a user's GOMP_SPINCOUNT or an earlier torch import wins.
+    import os
+    import subprocess
+    import sys
+    code = ("import os, sys\n"
+            "if sys.argv[1] == 'torch-first': import torch\n"
+            "import pyganx\n"
+            "print(pyganx.ops.cpu_winograd_enabled(), os.environ.get('GOMP_SPINCOUNT'))")
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("PYGANX_CPU_WINOGRAD", "GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+
+    def run(order="pyganx-first", **env):
+        out = subprocess.run([sys.executable, "-c", code, order], env={**base, **env},
+                             capture_output=True, text=True, check=True)
+        return out.stdout.split()
+    assert run() == ["True", "30000"]
+    assert run(PYGANX_CPU_WINOGRAD="0") == ["False", "None"]
+    assert run(GOMP_SPINCOUNT="500") == ["True", "500"]
+    assert run("torch-first") == ["True", "None"]

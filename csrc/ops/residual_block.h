@@ -29,6 +29,13 @@ struct BlockParams {
   const OptTensor& beta2;
 };
 
+// Whether the CPU residual block runs its large 3x3 convolutions (float32, >= 128
+// channels, planes >= 48 x 48) with NNPACK's Winograd transforms instead of oneDNN's
+// direct algorithm. On by default; PYGANX_CPU_WINOGRAD=0 in the environment or
+// set_cpu_winograd(false) turns it off. set_cpu_winograd returns the previous setting.
+bool cpu_winograd_enabled();
+bool set_cpu_winograd(bool enabled);
+
 // y only (inference: nothing is kept).
 at::Tensor residual_block_with(const InstanceNormLaunchers& k, const at::Tensor& x,
                                const BlockParams& p, c10::string_view padding, double eps);

@@ -4,6 +4,7 @@ Each op has a pure-PyTorch reference in pyganx.ops._reference that is used where
 extension is not available and that the tests compare against.
 """
 from .instance_norm_relu import instance_norm_relu
-from .residual_block import residual_block
+from .residual_block import cpu_winograd, cpu_winograd_enabled, residual_block, set_cpu_winograd
 
-__all__ = ["instance_norm_relu", "residual_block"]
+__all__ = ["cpu_winograd", "cpu_winograd_enabled", "instance_norm_relu", "residual_block",
+           "set_cpu_winograd"]

@@ -7,6 +7,9 @@ in C++ (csrc/ops/autograd/residual_block_kernel.cpp).
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 
@@ -31,6 +34,36 @@ def residual_block(x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Ten
                                          padding, eps)
     return torch.ops.pyganx.residual_block(x, w1, b1, w2, b2, gamma1, beta1, gamma2, beta2,
                                            padding, eps)
+
+
+def cpu_winograd_enabled() -> bool:
+    """Whether the CPU op runs its large 3x3 convolutions (float32 NCHW, >= 128 channels,
+    planes >= 48 x 48) with NNPACK's Winograd transforms (about 1.5e-5 of the largest
+    output in float32) instead of oneDNN's direct algorithm. On by default where NNPACK
+    works; ``PYGANX_CPU_WINOGRAD=0`` turns it off for a process. False without the
+    compiled extension."""
+    mod = _extension._module
+    return bool(mod is not None and mod.cpu_winograd_enabled())
+
+
+def set_cpu_winograd(enabled: bool) -> bool:
+    """Turns the CPU Winograd convolutions on or off for this process; returns the previous
+    setting. A no-op (returning False) without the compiled extension."""
+    mod = _extension._module
+    if mod is None:
+        return False
+    return bool(mod.set_cpu_winograd(bool(enabled)))
+
+
+@contextlib.contextmanager
+def cpu_winograd(enabled: bool) -> Iterator[None]:
+    """``with cpu_winograd(False): ...`` runs a block with oneDNN's direct convolutions
+    (and restores the previous setting after it)."""
+    previous = set_cpu_winograd(enabled)
+    try:
+        yield
+    finally:
+        set_cpu_winograd(previous)
 
 
 def _check(x: Tensor, w1: Tensor, w2: Tensor, padding: str) -> None:
