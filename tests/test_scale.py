@@ -176,3 +176,25 @@ def test_checkpoint_activations_is_refused_where_no_network_supports_it(tmp_path
     assert cli_main(["train", "dcgan", "--demo", "digits", "--steps", "1", "-o", str(tmp_path / "r"),
                      "--no-progress", "--ngf", "8", "--ndf", "8", "--z-dim", "8", "--checkpoint-activations"]) == 1
     assert "supports --checkpoint-activations" in capsys.readouterr().err
+
+
+@requires_ext
+@pytest.mark.parametrize("checkpoint, device, expect", [(True, "cpu", False), (False, "cpu", True),
+                                                        (True, "cuda", True)])
+def test_checkpoint_activations_trains_without_cpu_winograd(checkpoint, device, expect, monkeypatch):
+    # --checkpoint-activations asks for memory over speed; on CPU the Winograd path's
+    # workspace would put a 512 px step above an eager 256 px one (docs/ops.md).
+    from pyganx.engine.trainer import Trainer, TrainOptions
+    from pyganx.ops import cpu_winograd_enabled, set_cpu_winograd
+    previous = set_cpu_winograd(True)
+    try:
+        seen = []
+        monkeypatch.setattr(Trainer, "_fit", lambda self: seen.append(cpu_winograd_enabled()) or {})
+        t = Trainer.__new__(Trainer)   # only what fit() reads
+        t.opts = TrainOptions(out="unused", checkpoint_activations=checkpoint)
+        t.device = torch.device(device)
+        assert t.fit() == {}
+        assert seen == [expect]
+        assert cpu_winograd_enabled()  # restored after the run
+    finally:
+        set_cpu_winograd(previous)

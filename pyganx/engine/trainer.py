@@ -28,6 +28,7 @@ from .. import __version__
 from ..data import EvalTransform, Images, LabelledImages, PairedImages, TrainTransform, UnpairedImages
 from ..data import demo as demo_data
 from ..data.images import ImageError, to_pil
+from ..ops import cpu_winograd
 from ..plugin import DataInfo, GANPlugin
 from .checkpoint import (atomic_write_bytes, latest_checkpoint, load_checkpoint, rng_state,
                          save_checkpoint, set_rng_state)
@@ -478,7 +479,18 @@ class Trainer:
     def fit(self) -> dict:
         """Trains to the last step. A first Ctrl-C (SIGINT, when fit runs in the main
         thread) stops after the current step, checkpoints it and returns with
-        ``"interrupted": True``; a second one raises KeyboardInterrupt at once."""
+        ``"interrupted": True``; a second one raises KeyboardInterrupt at once.
+
+        With ``checkpoint_activations`` on CPU the residual blocks keep oneDNN's direct
+        convolutions: that option asks for memory over speed, and NNPACK's Winograd path
+        holds a workspace (about 21 MiB at 256 px, 36 MiB at 512 px) that would put a
+        512 px step above an eager one at 256 px (docs/ops.md, "CPU convolutions")."""
+        if self.opts.checkpoint_activations and self.device.type == "cpu":
+            with cpu_winograd(False):
+                return self._fit()
+        return self._fit()
+
+    def _fit(self) -> dict:
         opts = self.opts
         if opts.resume is not None:
             ck = Path(opts.resume) if opts.resume else latest_checkpoint(self.run / "checkpoints")
