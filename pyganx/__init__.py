@@ -13,7 +13,7 @@ def _shorten_openmp_spin() -> None:
     import sys
     if "torch" in sys.modules or "GOMP_SPINCOUNT" in os.environ or "OMP_WAIT_POLICY" in os.environ:
         return
-    if os.environ.get("PYGANX_CPU_WINOGRAD", "").strip() == "0":
+    if os.environ.get("PYGANX_CPU_WINOGRAD") == "0":   # as cpu_winograd_enabled() reads it
         return
     os.environ["GOMP_SPINCOUNT"] = "30000"
 

@@ -20,7 +20,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..nn import ResnetGenerator
-from ..ops import cpu_winograd
+from ..ops.residual_block import training_convolutions
 
 
 class _MallInfo2(ctypes.Structure):
@@ -97,12 +97,8 @@ def generator_step_peak(size: int, fused: bool, checkpoint: bool, device: torch.
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             y = g(x)
         torch.nn.functional.l1_loss(y.float(), x).backward()
-    # As `pyganx train --checkpoint-activations` runs on CPU: direct convolutions, without
-    # the workspace of the Winograd path (Trainer.fit).
-    if checkpoint and device.type == "cpu":
-        with cpu_winograd(False):
-            return peak_bytes(step, device)
-    return peak_bytes(step, device)
+    with training_convolutions(checkpoint, device):   # as `pyganx train` runs it
+        return peak_bytes(step, device)
 
 
 CASES = [  # (label, size, fused, checkpoint, autocast dtype)

@@ -28,7 +28,7 @@ from .. import __version__
 from ..data import EvalTransform, Images, LabelledImages, PairedImages, TrainTransform, UnpairedImages
 from ..data import demo as demo_data
 from ..data.images import ImageError, to_pil
-from ..ops import cpu_winograd
+from ..ops.residual_block import training_convolutions
 from ..plugin import DataInfo, GANPlugin
 from .checkpoint import (atomic_write_bytes, latest_checkpoint, load_checkpoint, rng_state,
                          save_checkpoint, set_rng_state)
@@ -485,10 +485,8 @@ class Trainer:
         convolutions: that option asks for memory over speed, and NNPACK's Winograd path
         holds a workspace (about 21 MiB at 256 px, 36 MiB at 512 px) that would put a
         512 px step above an eager one at 256 px (docs/ops.md, "CPU convolutions")."""
-        if self.opts.checkpoint_activations and self.device.type == "cpu":
-            with cpu_winograd(False):
-                return self._fit()
-        return self._fit()
+        with training_convolutions(self.opts.checkpoint_activations, self.device):
+            return self._fit()
 
     def _fit(self) -> dict:
         opts = self.opts

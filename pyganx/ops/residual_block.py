@@ -37,11 +37,12 @@ def residual_block(x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Ten
 
 
 def cpu_winograd_enabled() -> bool:
-    """Whether the CPU op runs its large 3x3 convolutions (float32 NCHW, >= 128 channels,
-    planes >= 48 x 48) with NNPACK's Winograd transforms (about 1.5e-5 of the largest
-    output in float32) instead of oneDNN's direct algorithm. On by default where NNPACK
-    works; ``PYGANX_CPU_WINOGRAD=0`` turns it off for a process. False without the
-    compiled extension."""
+    """The setting that lets the CPU op run its large 3x3 convolutions (float32 NCHW,
+    >= 128 channels, planes >= 48 x 48) with NNPACK's Winograd transforms (about 1.5e-5
+    of the largest output in float32) instead of oneDNN's direct algorithm; where NNPACK
+    is not usable the op stays on oneDNN whatever it says. On by default;
+    ``PYGANX_CPU_WINOGRAD=0`` turns it off for a process. False without the compiled
+    extension."""
     mod = _extension._module
     return bool(mod is not None and mod.cpu_winograd_enabled())
 
@@ -64,6 +65,17 @@ def cpu_winograd(enabled: bool) -> Iterator[None]:
         yield
     finally:
         set_cpu_winograd(previous)
+
+
+def training_convolutions(checkpoint_activations: bool,
+                          device: torch.device) -> contextlib.AbstractContextManager:
+    """The convolutions a training run uses: with activation checkpointing on CPU (memory
+    over speed) the direct ones, since the Winograd path's NNPACK workspace (21 MiB at
+    256 px, 36 MiB at 512 px) would put a 512 px step above an eager one at 256 px;
+    otherwise the current setting. Used by the trainer and by ``pyganx bench memory``."""
+    if checkpoint_activations and device.type == "cpu":
+        return cpu_winograd(False)
+    return contextlib.nullcontext()
 
 
 def _check(x: Tensor, w1: Tensor, w2: Tensor, padding: str) -> None:
