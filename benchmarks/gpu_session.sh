@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session, as run on the lent H100/H200 machine (torch preinstalled, no network):
 # build the extension against that machine's torch, run the CUDA cases of the op tests,
-# then the network, op and memory benchmarks and a bf16/channels_last training run. Everything lands in $OUT (default /tmp/pyganx-gpu).
+# then the network, op, profile and memory benchmarks and a bf16/channels_last training run. Everything lands in $OUT (default /tmp/pyganx-gpu).
 #   usage: bash benchmarks/gpu_session.sh [--tests-only]
 set -u
 OUT=${OUT:-/tmp/pyganx-gpu}
@@ -27,6 +27,11 @@ echo "nets rc $?"; tail -12 "$OUT/nets.md"
 timeout "${OPS_TIMEOUT:-90}" $PY -m pyganx bench ops --device cuda --rounds 20 --no-compile \
   --json "$OUT/ops.json" > "$OUT/ops.md" 2>&1
 echo "ops rc $?"; tail -40 "$OUT/ops.md"
+# where the time goes (kernels per iteration, device-busy time against wall time, top
+# kernels) and how a generator step's peak memory splits (saved tensors vs workspaces)
+timeout "${PROFILE_TIMEOUT:-120}" $PY -m pyganx bench profile --device cuda --json "$OUT/profile.json" \
+  > "$OUT/profile.md" 2>&1
+echo "profile rc $?"; head -8 "$OUT/profile.md"; tail -5 "$OUT/profile.md"
 # peak memory of a generator step: eager vs fused vs checkpointing, and bf16 at 512 px
 timeout "${MEM_TIMEOUT:-120}" $PY -m pyganx bench memory --device cuda --json "$OUT/memory.json" \
   > "$OUT/memory.md" 2>&1

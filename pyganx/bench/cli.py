@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-SUITES = ("ops", "nets", "onnx", "serve", "memory", "dist")
+SUITES = ("ops", "nets", "onnx", "serve", "memory", "dist", "profile")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,5 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     if suite == "dist":
         from . import dist
         return dist.main(argv)
+    if suite == "profile":
+        from . import profile
+        return profile.main(argv)
     from . import ops
     return ops.main(argv)
