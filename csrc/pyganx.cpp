@@ -19,6 +19,7 @@ int runtime_version_built();  // CUDART_VERSION of the toolkit the kernels were 
 namespace pyganx::ops {
 bool cpu_winograd_enabled();  // residual_block.cpp
 bool set_cpu_winograd(bool enabled);
+bool set_ring_kernels(bool enabled);
 }  // namespace pyganx::ops
 
 #ifndef PYGANX_VERSION
@@ -80,4 +81,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_cpu_winograd", &pyganx::ops::set_cpu_winograd, py::arg("enabled"),
         "Turns the CPU Winograd convolutions of the residual block on or off; returns the "
         "previous setting.");
+  m.def("_set_ring_kernels", &pyganx::ops::set_ring_kernels, py::arg("enabled"),
+        "Tests: False computes the residual block's reflection ring term with ATen strip "
+        "convolutions instead of the backend's ring kernels; returns the previous setting.");
 }

@@ -40,11 +40,20 @@ def torchrun(*args: str, cwd: Path) -> str:
 
 
 def train(variant: str, out: Path, steps: int, *extra: str, distributed: bool = True) -> str:
+    """A run under torchrun, or in this process with one thread, as each rank runs
+    (OMP_NUM_THREADS=1): with two threads, matrix products round differently, and this
+    tiny GAN can turn that into visibly different weights after a few steps (measured:
+    one process, 1 vs 2 threads: G_AB 1e-10 apart after step 1, 1e-4 after step 2)."""
     args = ["train", variant, "--demo", "digits", "--steps", str(steps), "-o", str(out), "--no-progress",
             *SMALL[variant], *extra]
     if distributed:
         return torchrun("-m", "pyganx", *args, cwd=out.parent)
-    assert cli_main(args) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert cli_main(args) == 0
+    finally:
+        torch.set_num_threads(threads)
     return ""
 
 

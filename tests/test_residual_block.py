@@ -2,6 +2,7 @@
 PyTorch machinery (opcheck, gradcheck, compile, export), errors, and what it saves."""
 from __future__ import annotations
 
+import contextlib
 import zlib
 
 import pytest
@@ -48,14 +49,35 @@ CASES = [
 ]
 
 
+# The reflection ring term runs in the backend's ring kernels (CPU: gather + bmm +
+# scatter; CUDA: the backward) or, with them off, in the ATen formulation with strip
+# convolutions, which CUDA's forward uses: both are checked on every device.
+RING_CASES = [(*c, True) for c in CASES] + [(*c, False) for c in CASES if c[1] == "reflect"]
+
+
+@contextlib.contextmanager
+def ring_kernels(enabled: bool):
+    import pyganx._C as ext
+    previous = ext._set_ring_kernels(enabled)
+    try:
+        yield
+    finally:
+        ext._set_ring_kernels(previous)
+
+
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
-@pytest.mark.parametrize("shape, padding, affine, bias, channels_last", CASES)
+@pytest.mark.parametrize("shape, padding, affine, bias, channels_last, kernels", RING_CASES)
 def test_matches_the_unfused_block(device, dtype, shape, padding, affine, bias, channels_last,
-                                   monkeypatch):
+                                   kernels, monkeypatch):
     # cuDNN's TF32 convolutions (PyTorch's default) would put 1e-3 errors into both
     # sides; what is compared here is the fusion around the convolutions.
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    with ring_kernels(kernels):
+        _check_against_unfused(device, dtype, shape, padding, affine, bias, channels_last)
+
+
+def _check_against_unfused(device, dtype, shape, padding, affine, bias, channels_last):
     g = torch.Generator().manual_seed(zlib.crc32(repr((shape, padding, affine)).encode()))
     x64 = torch.randn(*shape, generator=g, dtype=torch.float64).to(device) * 2 + 0.5
     if channels_last:

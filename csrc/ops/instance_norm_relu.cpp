@@ -236,7 +236,9 @@ instance_norm_relu_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
 
 }  // namespace
 
-InstanceNormLaunchers cpu_launchers() { return {launch_forward_cpu, launch_backward_cpu}; }
+InstanceNormLaunchers cpu_launchers() {
+  return {launch_forward_cpu, launch_backward_cpu, cpu::ring_launchers()};
+}
 
 }  // namespace pyganx::ops
 

@@ -71,6 +71,11 @@ instance_norm_relu_backward_with(BackwardLauncher launch, const at::Tensor& grad
 
 }  // namespace pyganx::ops
 
+namespace pyganx::cpu {
+// The ring term of the residual block's reflection padding on CPU (cpu/reflect_ring.cpp).
+ops::ReflectRing ring_launchers();
+}  // namespace pyganx::cpu
+
 namespace pyganx::cuda {
 // The CUDA launchers (defined in cuda/*.cu; CUDA builds only).
 ops::InstanceNormLaunchers launchers();

@@ -36,6 +36,10 @@ struct BlockParams {
 bool cpu_winograd_enabled();
 bool set_cpu_winograd(bool enabled);
 
+// For tests: false makes the reflection ring term use the ATen formulation (thin strip
+// convolutions) instead of the backend's ring kernels; returns the previous setting.
+bool set_ring_kernels(bool enabled);
+
 // y only (inference: nothing is kept).
 at::Tensor residual_block_with(const InstanceNormLaunchers& k, const at::Tensor& x,
                                const BlockParams& p, c10::string_view padding, double eps);

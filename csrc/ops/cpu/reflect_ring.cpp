@@ -1,0 +1,264 @@
+// The reflection-padding ring term of a 3x3 convolution on CPU (see residual_block.cpp and
+// docs/ops.md): conv3x3(reflect_pad(x)) = conv3x3 with zero padding + R, where R gathers
+// the taps that land outside the image. They split into four disjoint groups g:
+//   0 top     padded row -1 (x row 1),     kernel row 0,    outputs on row 0
+//   1 bottom  padded row H (x row H-2),    kernel row 2,    outputs on row H-1
+//   2 left    padded column -1 (x column 1), kernel column 0, outputs on column 0, for the
+//             input rows 0..H-1 only (the corners belong to the rows)
+//   3 right   padded column W (x column W-2), kernel column 2, outputs on column W-1
+// Each group is a matrix product R_g = K_g U_g with K_g (O, 3C) the three kernel taps of
+// the group and U_g (3C, N L) the unfolded source line (L = max(H, W) columns per image,
+// zero beyond the group's length), so the whole term is one at::bmm over the four groups,
+// between a gather (U, K) and a scatter-add onto h's border. Its backward is two more
+// bmm's, G U^T for w and K^T G for x, G being g on the border. The same arithmetic as the
+// ATen formulation with thin strip convolutions (residual_block.cpp), in four calls
+// instead of about thirty, most of them small: the ring is a few per cent of a
+// convolution's FLOPs, and on small planes the calls around it cost more than it does.
+#include "../instance_norm_relu.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/bmm.h>
+#include <ATen/ops/empty.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace pyganx::cpu {
+namespace {
+
+// L: columns per image in U, R and G, at least 16: at::bmm with 8 columns took 2.8x as
+// long as with 16 (0.89 vs 0.32 ms for (4, 256, 768) x (4, 768, L), one thread).
+struct Geometry {
+  int64_t N, C, O, H, W, L;
+  Geometry(const at::Tensor& x, const at::Tensor& w)
+      : N(x.size(0)), C(x.size(1)), O(w.size(0)), H(x.size(2)), W(x.size(3)),
+        L(std::max({x.size(2), x.size(3), int64_t{16}})) {}
+  int64_t length(int g) const { return g < 2 ? W : H; }
+};
+
+// A 4-d tensor's data and strides, for element (n, c, i, j).
+template <typename T>
+struct Plane4 {
+  T* p;
+  int64_t sn, sc, sh, sw;
+  Plane4(T* data, const at::Tensor& t)
+      : p(data), sn(t.stride(0)), sc(t.stride(1)), sh(t.stride(2)), sw(t.stride(3)) {}
+  T& at(int64_t n, int64_t c, int64_t i, int64_t j) const {
+    return p[n * sn + c * sc + i * sh + j * sw];
+  }
+};
+
+inline int64_t reflect(int64_t a, int64_t size) { return a < 0 ? 1 : (a >= size ? size - 2 : a); }
+
+// Weight tap of group g, tap t (0..2) within the group: (ky, kx).
+inline int64_t tap_offset(int g, int64_t t) {
+  switch (g) {
+    case 0: return t;          // ky 0, kx t
+    case 1: return 6 + t;      // ky 2, kx t
+    case 2: return 3 * t;      // ky t, kx 0
+    default: return 3 * t + 2; // ky t, kx 2
+  }
+}
+
+// K (4, O, 3C) from w (O, C, 3, 3), contiguous.
+template <typename T>
+at::Tensor gather_kernel(const at::Tensor& w, const Geometry& d) {
+  at::Tensor K = at::empty({4, d.O, 3 * d.C}, w.options());
+  const T* src = w.const_data_ptr<T>();
+  T* dst = K.mutable_data_ptr<T>();
+  const int64_t plane = d.O * 3 * d.C;
+  at::parallel_for(0, d.O, 16, [&](int64_t o0, int64_t o1) {
+    for (int64_t o = o0; o < o1; ++o) {
+      for (int64_t c = 0; c < d.C; ++c) {
+        const T* k = src + (o * d.C + c) * 9;
+        for (int g = 0; g < 4; ++g) {
+          T* out = dst + g * plane + o * 3 * d.C + c * 3;
+          for (int64_t t = 0; t < 3; ++t) out[t] = k[tap_offset(g, t)];
+        }
+      }
+    }
+  });
+  return K;
+}
+
+// Source element of x for group g, tap t, output position p (a column or row index):
+// returns false where the tap lands on a zero (a column group's tap outside the rows).
+inline bool source(int g, int64_t t, int64_t p, int64_t H, int64_t W, int64_t& a, int64_t& b) {
+  if (g < 2) {
+    a = g == 0 ? 1 : H - 2;
+    b = reflect(p + t - 1, W);
+    return true;
+  }
+  a = p + t - 1;
+  b = g == 2 ? 1 : W - 2;
+  return a >= 0 && a < H;
+}
+
+// U (4, 3C, N L): U[g][c*3 + t][n*L + p] = the source of (g, t, p), zero where there is none.
+template <typename T>
+at::Tensor gather_unfolded(const at::Tensor& x, const Geometry& d) {
+  at::Tensor U = at::empty({4, 3 * d.C, d.N * d.L}, x.options());
+  const Plane4<const T> xs(x.const_data_ptr<T>(), x);
+  T* dst = U.mutable_data_ptr<T>();
+  const int64_t row = d.N * d.L, plane = 3 * d.C * row;
+  at::parallel_for(0, d.C, 8, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      for (int g = 0; g < 4; ++g) {
+        const int64_t len = d.length(g);
+        for (int64_t t = 0; t < 3; ++t) {
+          T* out = dst + g * plane + (c * 3 + t) * row;
+          for (int64_t n = 0; n < d.N; ++n) {
+            for (int64_t p = 0; p < d.L; ++p) {
+              int64_t a, b;
+              out[n * d.L + p] =
+                  p < len && source(g, t, p, d.H, d.W, a, b) ? xs.at(n, c, a, b) : T(0);
+            }
+          }
+        }
+      }
+    }
+  });
+  return U;
+}
+
+// Output position of group g, column p: (i, j) on h's border.
+inline void border(int g, int64_t p, int64_t H, int64_t W, int64_t& i, int64_t& j) {
+  if (g < 2) {
+    i = g == 0 ? 0 : H - 1;
+    j = p;
+  } else {
+    i = p;
+    j = g == 2 ? 0 : W - 1;
+  }
+}
+
+// G (4, O, N L): g on the border positions of each group, zero beyond its length.
+template <typename T>
+at::Tensor gather_border(const at::Tensor& grad, const Geometry& d) {
+  at::Tensor G = at::empty({4, d.O, d.N * d.L}, grad.options());
+  const Plane4<const T> gs(grad.const_data_ptr<T>(), grad);
+  T* dst = G.mutable_data_ptr<T>();
+  const int64_t row = d.N * d.L, plane = d.O * row;
+  at::parallel_for(0, d.O, 8, [&](int64_t o0, int64_t o1) {
+    for (int64_t o = o0; o < o1; ++o) {
+      for (int g = 0; g < 4; ++g) {
+        T* out = dst + g * plane + o * row;
+        for (int64_t n = 0; n < d.N; ++n) {
+          for (int64_t p = 0; p < d.L; ++p) {
+            int64_t i, j;
+            border(g, p, d.H, d.W, i, j);
+            out[n * d.L + p] = p < d.length(g) ? gs.at(n, o, i, j) : T(0);
+          }
+        }
+      }
+    }
+  });
+  return G;
+}
+
+template <typename T>
+inline void add_to(T& dst, T v) {
+  using acc_t = at::opmath_type<T>;
+  dst = static_cast<T>(static_cast<acc_t>(dst) + static_cast<acc_t>(v));
+}
+
+// h[n, o, border of g at p] += R[g][o][n*L + p]; one (n, o) plane per task.
+template <typename T>
+void scatter_border(at::Tensor& h, const at::Tensor& R, const Geometry& d) {
+  const Plane4<T> hs(h.mutable_data_ptr<T>(), h);
+  const T* src = R.const_data_ptr<T>();
+  const int64_t row = d.N * d.L, plane = d.O * row;
+  at::parallel_for(0, d.N * d.O, 16, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t n = q / d.O, o = q % d.O;
+      for (int g = 0; g < 4; ++g) {
+        const T* in = src + g * plane + o * row + n * d.L;
+        for (int64_t p = 0; p < d.length(g); ++p) {
+          int64_t i, j;
+          border(g, p, d.H, d.W, i, j);
+          add_to(hs.at(n, o, i, j), in[p]);
+        }
+      }
+    }
+  });
+}
+
+// gx[n, c, source of (g, t, p)] += gU[g][c*3 + t][n*L + p]; one (n, c) plane per task, so
+// the many contributions to one source element add up in a fixed order.
+template <typename T>
+void scatter_sources(at::Tensor& gx, const at::Tensor& gU, const Geometry& d) {
+  const Plane4<T> xs(gx.mutable_data_ptr<T>(), gx);
+  const T* src = gU.const_data_ptr<T>();
+  const int64_t row = d.N * d.L, plane = 3 * d.C * row;
+  at::parallel_for(0, d.N * d.C, 16, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t n = q / d.C, c = q % d.C;
+      for (int g = 0; g < 4; ++g) {
+        for (int64_t t = 0; t < 3; ++t) {
+          const T* in = src + g * plane + (c * 3 + t) * row + n * d.L;
+          for (int64_t p = 0; p < d.length(g); ++p) {
+            int64_t a, b;
+            if (source(g, t, p, d.H, d.W, a, b)) add_to(xs.at(n, c, a, b), in[p]);
+          }
+        }
+      }
+    }
+  });
+}
+
+// gw[o, c, tap (g, t)] += gK[g][o][c*3 + t]; gw contiguous (O, C, 3, 3).
+template <typename T>
+void scatter_kernel(at::Tensor& gw, const at::Tensor& gK, const Geometry& d) {
+  const T* src = gK.const_data_ptr<T>();
+  T* dst = gw.mutable_data_ptr<T>();
+  const int64_t plane = d.O * 3 * d.C;
+  at::parallel_for(0, d.O, 16, [&](int64_t o0, int64_t o1) {
+    for (int64_t o = o0; o < o1; ++o) {
+      for (int64_t c = 0; c < d.C; ++c) {
+        T* k = dst + (o * d.C + c) * 9;
+        for (int g = 0; g < 4; ++g) {
+          const T* in = src + g * plane + o * 3 * d.C + c * 3;
+          for (int64_t t = 0; t < 3; ++t) add_to(k[tap_offset(g, t)], in[t]);
+        }
+      }
+    }
+  });
+}
+
+void ring_forward_cpu(at::Tensor& h, const at::Tensor& x, const at::Tensor& w_in) {
+  const at::Tensor w = w_in.contiguous();
+  const Geometry d(x, w);
+  if (d.N * d.O * d.C == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pyganx.ring", [&] {
+    const at::Tensor R = at::bmm(gather_kernel<scalar_t>(w, d), gather_unfolded<scalar_t>(x, d));
+    scatter_border<scalar_t>(h, R, d);
+  });
+}
+
+void ring_backward_cpu(const at::Tensor& g, const at::Tensor& x, const at::Tensor& w_in,
+                       at::Tensor& gx, at::Tensor& gw) {
+  const at::Tensor w = w_in.contiguous();
+  const Geometry d(x, w);
+  if (d.N * d.O * d.C == 0 || (!gx.defined() && !gw.defined())) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pyganx.ring", [&] {
+    const at::Tensor G = gather_border<scalar_t>(g, d);
+    if (gw.defined()) {
+      TORCH_CHECK(gw.is_contiguous(), "pyganx.residual_block: internal: gw must be contiguous");
+      const at::Tensor U = gather_unfolded<scalar_t>(x, d);
+      scatter_kernel<scalar_t>(gw, at::bmm(G, U.transpose(1, 2)), d);
+    }
+    if (gx.defined()) {
+      const at::Tensor K = gather_kernel<scalar_t>(w, d);
+      scatter_sources<scalar_t>(gx, at::bmm(K.transpose(1, 2), G), d);
+    }
+  });
+}
+
+}  // namespace
+
+ops::ReflectRing ring_launchers() { return {ring_forward_cpu, ring_backward_cpu}; }
+
+}  // namespace pyganx::cpu
