@@ -20,10 +20,17 @@ timeout "${TEST_TIMEOUT:-240}" $PY -m pytest -q -p no:cacheprovider --maxfail=30
   tests/test_residual_block.py tests/test_instance_norm_relu.py tests/test_op_registration.py \
   > "$OUT/tests.txt" 2>&1
 echo "tests rc $?"; grep -E "passed|failed|Error|error" "$OUT/tests.txt" | tail -25
+# the opt-in ring forward (gather + bmm + scatter, csrc/ops/cuda/reflect_ring_kernel.cu)
+PYGANX_RING_FORWARD_KERNEL=1 timeout "${TEST_TIMEOUT:-240}" $PY -m pytest -q -p no:cacheprovider \
+  --maxfail=30 -k cuda tests/test_residual_block.py > "$OUT/tests_ring_forward.txt" 2>&1
+echo "ring-forward tests rc $?"; tail -3 "$OUT/tests_ring_forward.txt"
 [ "${1:-}" = "--tests-only" ] && exit 0
 timeout "${NETS_TIMEOUT:-240}" $PY -m pyganx bench nets --device cuda --rounds 10 --no-bf16 \
   --json "$OUT/nets.json" > "$OUT/nets.md" 2>&1
 echo "nets rc $?"; tail -12 "$OUT/nets.md"
+PYGANX_RING_FORWARD_KERNEL=1 timeout "${NETS_TIMEOUT:-240}" $PY -m pyganx bench nets --device cuda \
+  --rounds 10 --no-bf16 --json "$OUT/nets_ring_forward.json" > "$OUT/nets_ring_forward.md" 2>&1
+echo "nets (ring forward kernel) rc $?"; tail -8 "$OUT/nets_ring_forward.md"
 timeout "${OPS_TIMEOUT:-90}" $PY -m pyganx bench ops --device cuda --rounds 20 --no-compile \
   --json "$OUT/ops.json" > "$OUT/ops.md" 2>&1
 echo "ops rc $?"; tail -40 "$OUT/ops.md"

@@ -1,20 +1,12 @@
-// The reflection-padding ring term of a 3x3 convolution on CPU (see residual_block.cpp and
-// docs/ops.md): conv3x3(reflect_pad(x)) = conv3x3 with zero padding + R, where R gathers
-// the taps that land outside the image. They split into four disjoint groups g:
-//   0 top     padded row -1 (x row 1),     kernel row 0,    outputs on row 0
-//   1 bottom  padded row H (x row H-2),    kernel row 2,    outputs on row H-1
-//   2 left    padded column -1 (x column 1), kernel column 0, outputs on column 0, for the
-//             input rows 0..H-1 only (the corners belong to the rows)
-//   3 right   padded column W (x column W-2), kernel column 2, outputs on column W-1
-// Each group is a matrix product R_g = K_g U_g with K_g (O, 3C) the three kernel taps of
-// the group and U_g (3C, N L) the unfolded source line (L = max(H, W) columns per image,
-// zero beyond the group's length), so the whole term is one at::bmm over the four groups,
-// between a gather (U, K) and a scatter-add onto h's border. Its backward is two more
-// bmm's, G U^T for w and K^T G for x, G being g on the border. The same arithmetic as the
-// ATen formulation with thin strip convolutions (residual_block.cpp), in four calls
-// instead of about thirty, most of them small: the ring is a few per cent of a
-// convolution's FLOPs, and on small planes the calls around it cost more than it does.
+// The reflection-padding ring term of a 3x3 convolution on CPU (see residual_block.cpp,
+// reflect_ring_geometry.h and docs/ops.md): the four groups' products R_g = K_g U_g as
+// one at::bmm, between a gather (U, K) and a scatter-add onto h's border. Its backward is
+// two more bmm's, G U^T for w and K^T G for x, G being g on the border. The same
+// arithmetic as the ATen formulation with thin strip convolutions (residual_block.cpp),
+// in four calls instead of about thirty, most of them small: the ring is a few per cent
+// of a convolution's FLOPs, and on small planes the calls around it cost more than it.
 #include "../instance_norm_relu.h"
+#include "../reflect_ring_geometry.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -23,20 +15,19 @@
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
 
-#include <algorithm>
 #include <cstdint>
 
 namespace pyganx::cpu {
 namespace {
 
-// L: columns per image in U, R and G, at least 16: at::bmm with 8 columns took 2.8x as
-// long as with 16 (0.89 vs 0.32 ms for (4, 256, 768) x (4, 768, L), one thread).
+using namespace ops::ring;
+
 struct Geometry {
   int64_t N, C, O, H, W, L;
   Geometry(const at::Tensor& x, const at::Tensor& w)
       : N(x.size(0)), C(x.size(1)), O(w.size(0)), H(x.size(2)), W(x.size(3)),
-        L(std::max({x.size(2), x.size(3), int64_t{16}})) {}
-  int64_t length(int g) const { return g < 2 ? W : H; }
+        L(columns(x.size(2), x.size(3))) {}
+  int64_t length(int g) const { return ops::ring::length(g, H, W); }
 };
 
 // A 4-d tensor's data and strides, for element (n, c, i, j).
@@ -50,18 +41,6 @@ struct Plane4 {
     return p[n * sn + c * sc + i * sh + j * sw];
   }
 };
-
-inline int64_t reflect(int64_t a, int64_t size) { return a < 0 ? 1 : (a >= size ? size - 2 : a); }
-
-// Weight tap of group g, tap t (0..2) within the group: (ky, kx).
-inline int64_t tap_offset(int g, int64_t t) {
-  switch (g) {
-    case 0: return t;          // ky 0, kx t
-    case 1: return 6 + t;      // ky 2, kx t
-    case 2: return 3 * t;      // ky t, kx 0
-    default: return 3 * t + 2; // ky t, kx 2
-  }
-}
 
 // K (4, O, 3C) from w (O, C, 3, 3), contiguous.
 template <typename T>
@@ -82,19 +61,6 @@ at::Tensor gather_kernel(const at::Tensor& w, const Geometry& d) {
     }
   });
   return K;
-}
-
-// Source element of x for group g, tap t, output position p (a column or row index):
-// returns false where the tap lands on a zero (a column group's tap outside the rows).
-inline bool source(int g, int64_t t, int64_t p, int64_t H, int64_t W, int64_t& a, int64_t& b) {
-  if (g < 2) {
-    a = g == 0 ? 1 : H - 2;
-    b = reflect(p + t - 1, W);
-    return true;
-  }
-  a = p + t - 1;
-  b = g == 2 ? 1 : W - 2;
-  return a >= 0 && a < H;
 }
 
 // U (4, 3C, N L): U[g][c*3 + t][n*L + p] = the source of (g, t, p), zero where there is none.
@@ -122,17 +88,6 @@ at::Tensor gather_unfolded(const at::Tensor& x, const Geometry& d) {
     }
   });
   return U;
-}
-
-// Output position of group g, column p: (i, j) on h's border.
-inline void border(int g, int64_t p, int64_t H, int64_t W, int64_t& i, int64_t& j) {
-  if (g < 2) {
-    i = g == 0 ? 0 : H - 1;
-    j = p;
-  } else {
-    i = p;
-    j = g == 2 ? 0 : W - 1;
-  }
 }
 
 // G (4, O, N L): g on the border positions of each group, zero beyond its length.

@@ -1,20 +1,24 @@
-// The reflection-padding ring term of a 3x3 convolution, as three CUDA kernels (see
-// residual_block.cpp): conv3x3(reflect_pad(x)) = conv3x3 with zero padding + R, where
+// The reflection-padding ring term of a 3x3 convolution on CUDA (see residual_block.cpp
+// and reflect_ring_geometry.h): conv3x3(reflect_pad(x)) = conv3x3 with zero padding + R,
+// where
 //   R[n, o, i, j] = sum over c and the taps (ky, kx) whose input position
 //                   (a, b) = (i + ky - 1, j + kx - 1) lies outside the image of
 //                   w[o, c, ky, kx] * x[n, c, r(a), r(b)],  r(-1) = 1, r(H) = H - 2.
-// R is non-zero only on the border of the output. On CUDA one launch each replaces the
-// dozen small ATen calls of the strip formulation the CPU uses (see ring_launchers()
-// for which of them are on by default).
-//   ring_forward:  h += R
+// R is non-zero only on the border of the output.
+//   ring_forward:  h += R, as the CPU computes it: the four tap groups as one at::bmm
+//                  (cuBLAS) between two gather kernels and a kernel that adds the
+//                  products onto the border (off by default, see ring_launchers())
 //   ring_backward: gx += dR/dx . g  (on rows 1, H-2 and columns 1, W-2 of x)
 //                  gw += dR/dw . g
 // Every output element has exactly one owning thread: no atomics, deterministic.
 #include "../instance_norm_relu.h"
+#include "../reflect_ring_geometry.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/bmm.h>
+#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -65,10 +69,43 @@ __device__ __forceinline__ bool outside(int64_t a, int64_t b, int64_t H, int64_t
   return a < 0 || a >= H || b < 0 || b >= W;
 }
 
+// K (4, O, 3C): the three taps of each group per input channel, from w (O, C, 3, 3)
+// contiguous; one thread per element of K.
 template <typename T>
-__global__ void ring_forward_kernel(T* __restrict__ h, Strides4 hs, const T* __restrict__ x,
-                                    Strides4 xs, const T* __restrict__ w, int64_t N, int64_t O,
-                                    int64_t C, int64_t H, int64_t W) {
+__global__ void gather_taps_kernel(T* __restrict__ K, const T* __restrict__ w, int64_t O,
+                                   int64_t C) {
+  const int64_t per_group = O * 3 * C;
+  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (idx >= 4 * per_group) return;
+  const int g = static_cast<int>(idx / per_group);
+  const int64_t r = idx % per_group, o = r / (3 * C), c = (r % (3 * C)) / 3, t = r % 3;
+  K[idx] = w[(o * C + c) * 9 + ops::ring::tap_offset(g, t)];
+}
+
+// U (4, 3C, N L): the unfolded source lines, zero beyond a group's length and where a
+// column group's tap falls above or below the image; one thread per element of U.
+template <typename T>
+__global__ void gather_lines_kernel(T* __restrict__ U, const T* __restrict__ x, Strides4 xs,
+                                    int64_t N, int64_t C, int64_t H, int64_t W, int64_t L) {
+  const int64_t cols = N * L, per_group = 3 * C * cols;
+  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (idx >= 4 * per_group) return;
+  const int g = static_cast<int>(idx / per_group);
+  const int64_t r = idx % per_group, ct = r / cols, col = r % cols;
+  const int64_t c = ct / 3, t = ct % 3, n = col / L, p = col % L;
+  int64_t a, b;
+  T v = T(0);
+  if (p < ops::ring::length(g, H, W) && ops::ring::source(g, t, p, H, W, a, b)) {
+    v = x[n * xs.n + c * xs.c + a * xs.h + b * xs.w];
+  }
+  U[idx] = v;
+}
+
+// h[n, o, border] += R: one thread per border element; a corner takes its row group and
+// its column group. R is (4, O, N L).
+template <typename T>
+__global__ void add_border_kernel(T* __restrict__ h, Strides4 hs, const T* __restrict__ R,
+                                  int64_t N, int64_t O, int64_t H, int64_t W, int64_t L) {
   using acc_t = at::opmath_type<T>;
   const int64_t B = 2 * W + 2 * (H - 2);
   const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
@@ -76,18 +113,12 @@ __global__ void ring_forward_kernel(T* __restrict__ h, Strides4 hs, const T* __r
   const int64_t p = idx % B, o = (idx / B) % O, n = idx / (B * O);
   int64_t i, j;
   border_position(p, H, W, i, j);
+  const int64_t plane = O * N * L, base = o * N * L + n * L;
   acc_t acc = 0;
-  for (int ky = 0; ky < 3; ++ky) {
-    for (int kx = 0; kx < 3; ++kx) {
-      const int64_t a = i + ky - 1, b = j + kx - 1;
-      if (!outside(a, b, H, W)) continue;
-      const T* xp = x + n * xs.n + reflect(a, H) * xs.h + reflect(b, W) * xs.w;
-      const T* wp = w + o * C * 9 + ky * 3 + kx;
-      for (int64_t c = 0; c < C; ++c) {
-        acc += static_cast<acc_t>(wp[c * 9]) * static_cast<acc_t>(xp[c * xs.c]);
-      }
-    }
-  }
+  if (i == 0) acc += static_cast<acc_t>(R[base + j]);
+  if (i == H - 1) acc += static_cast<acc_t>(R[plane + base + j]);
+  if (j == 0) acc += static_cast<acc_t>(R[2 * plane + base + i]);
+  if (j == W - 1) acc += static_cast<acc_t>(R[3 * plane + base + i]);
   T* hp = h + n * hs.n + o * hs.c + i * hs.h + j * hs.w;
   *hp = static_cast<T>(static_cast<acc_t>(*hp) + acc);
 }
@@ -186,12 +217,24 @@ void ring_forward_cuda(at::Tensor& h, const at::Tensor& x, const at::Tensor& w_i
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor w = w_in.contiguous();
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), O = w.size(0);
-  const int64_t total = N * O * (2 * W + 2 * (H - 2));
-  if (total == 0) return;
+  const int64_t L = ops::ring::columns(H, W);
+  if (N * O * C == 0) return;
+  at::Tensor K = at::empty({4, O, 3 * C}, w.options());
+  at::Tensor U = at::empty({4, 3 * C, N * L}, x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pyganx.ring", [&] {
-    ring_forward_kernel<scalar_t><<<blocks_for(total), kRingThreads, 0, stream>>>(
-        h.mutable_data_ptr<scalar_t>(), strides_of(h), x.const_data_ptr<scalar_t>(),
-        strides_of(x), w.const_data_ptr<scalar_t>(), N, O, C, H, W);
+    gather_taps_kernel<scalar_t><<<blocks_for(K.numel()), kRingThreads, 0, stream>>>(
+        K.mutable_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), O, C);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    gather_lines_kernel<scalar_t><<<blocks_for(U.numel()), kRingThreads, 0, stream>>>(
+        U.mutable_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), strides_of(x), N, C, H,
+        W, L);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  const at::Tensor R = at::bmm(K, U);  // (4, O, N L), on the current stream
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pyganx.ring", [&] {
+    add_border_kernel<scalar_t><<<blocks_for(N * O * (2 * W + 2 * (H - 2))), kRingThreads, 0,
+                                  stream>>>(h.mutable_data_ptr<scalar_t>(), strides_of(h),
+                                            R.const_data_ptr<scalar_t>(), N, O, H, W, L);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -222,12 +265,13 @@ void ring_backward_cuda(const at::Tensor& g, const at::Tensor& x, const at::Tens
 
 }  // namespace
 
-// The forward kernel is correct (tested) but, as measured on an H200 at batch 1, slower
-// than the strip convolutions: each thread reduces over all C channels serially, which
-// is latency-bound (0.48 vs 0.35 ms per block forward). Until it becomes a tiled
-// GEMM, the forward uses the strips; PYGANX_RING_FORWARD_KERNEL=1 selects it for
-// measurement. The backward kernels replace about twenty small ATen calls and won
-// (block forward+backward 1.58 vs 1.98 ms at 1x256x64x64).
+// The backward kernels replaced about twenty small ATen calls and won on an H200 (block
+// forward+backward 1.58 vs 1.98 ms at 1x256x64x64). The forward: an earlier kernel that
+// reduced over C serially per thread was slower than the strip convolutions (0.48 vs
+// 0.35 ms per block forward); this one is the CPU's formulation (gather, one bmm,
+// scatter: four launches instead of about thirty), not yet measured on a GPU, so it is
+// opt-in until it is: PYGANX_RING_FORWARD_KERNEL=1 (benchmarks/gpu_session.sh runs the
+// CUDA tests and the block benchmark both ways).
 ops::ReflectRing ring_launchers() {
   static const bool forward_kernel = [] {
     const char* v = std::getenv("PYGANX_RING_FORWARD_KERNEL");
