@@ -121,6 +121,16 @@ def bench_block(shape, device, rounds, use_compile, dtype=torch.float32) -> list
     return rows
 
 
+def train_step(model: Callable, opt: torch.optim.Optimizer, x: torch.Tensor, target: torch.Tensor,
+               set_to_none: bool = True) -> Callable[[], None]:
+    """One generator training step as a closure: forward, L1 to ``target``, backward, Adam."""
+    def run():
+        opt.zero_grad(set_to_none=set_to_none)
+        (model(x) - target).abs().mean().backward()
+        opt.step()
+    return run
+
+
 def bench_generator(size, n_blocks, device, rounds, use_compile) -> list[NetRow]:
     models, runners = _variants(lambda fused: ResnetGenerator(n_blocks=n_blocks, fused=fused),
                                 device, use_compile)
@@ -135,16 +145,7 @@ def bench_generator(size, n_blocks, device, rounds, use_compile) -> list[NetRow]
     opts = {k: torch.optim.Adam(m.parameters(), lr=2e-4, betas=(0.5, 0.999))
             for k, m in models.items()}
 
-    def train(k):
-        r, opt = runners[k], opts[k]
-
-        def run():
-            opt.zero_grad(set_to_none=True)
-            (r(x) - target).abs().mean().backward()
-            opt.step()
-        return run
-
-    steps = {k: train(k) for k in runners}
+    steps = {k: train_step(runners[k], opts[k], x, target) for k in runners}
     t = round_robin(steps, rounds=rounds, warmup=2, device=device)
     xg = x.clone().requires_grad_()
     mem = dict(saved_eager_mib=saved_bytes(models["eager"], xg) / 2**20,

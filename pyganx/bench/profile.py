@@ -27,7 +27,7 @@ import torch
 from torch.autograd import DeviceType
 
 from ..nn import ResidualBlock, ResnetGenerator
-from .nets import saved_bytes
+from .nets import saved_bytes, train_step
 from .ops import machine_description
 from .timing import allocator_for, round_robin
 
@@ -127,15 +127,7 @@ def generator_iterations(size: int, n_blocks: int, device: torch.device,
     x = torch.rand(1, 3, size, size, device=device) * 2 - 1
     opts = {k: torch.optim.Adam(m.parameters(), lr=2e-4, betas=(0.5, 0.999)) for k, m in models.items()}
 
-    def step(k):
-        m, opt = models[k], opts[k]
-
-        def run():
-            opt.zero_grad(set_to_none=set_to_none)
-            (m(x) - x).abs().mean().backward()
-            opt.step()
-        return run
-    return {k: step(k) for k in models}, models, x
+    return {k: train_step(models[k], opts[k], x, x, set_to_none) for k in models}, models, x
 
 
 def step_memory(size: int, n_blocks: int, device: torch.device) -> list[StepMemory]:

@@ -42,24 +42,31 @@ struct Plane4 {
   }
 };
 
-// K (4, O, 3C) from w (O, C, 3, 3), contiguous.
+// f(w_index, k_index) for every tap of the four groups: w (O, C, 3, 3) and K (4, O, 3C)
+// contiguous, one task per block of output channels (each touches its own rows only).
+template <typename F>
+void for_each_tap(const Geometry& d, const F& f) {
+  const int64_t plane = d.O * 3 * d.C;
+  at::parallel_for(0, d.O, 16, [&](int64_t o0, int64_t o1) {
+    for (int64_t o = o0; o < o1; ++o) {
+      for (int64_t c = 0; c < d.C; ++c) {
+        for (int g = 0; g < 4; ++g) {
+          for (int64_t t = 0; t < 3; ++t) {
+            f((o * d.C + c) * 9 + tap_offset(g, t), g * plane + o * 3 * d.C + c * 3 + t);
+          }
+        }
+      }
+    }
+  });
+}
+
+// K (4, O, 3C) from w.
 template <typename T>
 at::Tensor gather_kernel(const at::Tensor& w, const Geometry& d) {
   at::Tensor K = at::empty({4, d.O, 3 * d.C}, w.options());
   const T* src = w.const_data_ptr<T>();
   T* dst = K.mutable_data_ptr<T>();
-  const int64_t plane = d.O * 3 * d.C;
-  at::parallel_for(0, d.O, 16, [&](int64_t o0, int64_t o1) {
-    for (int64_t o = o0; o < o1; ++o) {
-      for (int64_t c = 0; c < d.C; ++c) {
-        const T* k = src + (o * d.C + c) * 9;
-        for (int g = 0; g < 4; ++g) {
-          T* out = dst + g * plane + o * 3 * d.C + c * 3;
-          for (int64_t t = 0; t < 3; ++t) out[t] = k[tap_offset(g, t)];
-        }
-      }
-    }
-  });
+  for_each_tap(d, [&](int64_t wi, int64_t ki) { dst[ki] = src[wi]; });
   return K;
 }
 
@@ -164,23 +171,12 @@ void scatter_sources(at::Tensor& gx, const at::Tensor& gU, const Geometry& d) {
   });
 }
 
-// gw[o, c, tap (g, t)] += gK[g][o][c*3 + t]; gw contiguous (O, C, 3, 3).
+// gw[o, c, tap (g, t)] += gK[g][o][c*3 + t]; gw contiguous.
 template <typename T>
 void scatter_kernel(at::Tensor& gw, const at::Tensor& gK, const Geometry& d) {
   const T* src = gK.const_data_ptr<T>();
   T* dst = gw.mutable_data_ptr<T>();
-  const int64_t plane = d.O * 3 * d.C;
-  at::parallel_for(0, d.O, 16, [&](int64_t o0, int64_t o1) {
-    for (int64_t o = o0; o < o1; ++o) {
-      for (int64_t c = 0; c < d.C; ++c) {
-        T* k = dst + (o * d.C + c) * 9;
-        for (int g = 0; g < 4; ++g) {
-          const T* in = src + g * plane + o * 3 * d.C + c * 3;
-          for (int64_t t = 0; t < 3; ++t) add_to(k[tap_offset(g, t)], in[t]);
-        }
-      }
-    }
-  });
+  for_each_tap(d, [&](int64_t wi, int64_t ki) { add_to(dst[wi], src[ki]); });
 }
 
 void ring_forward_cpu(at::Tensor& h, const at::Tensor& x, const at::Tensor& w_in) {
