@@ -130,6 +130,7 @@ inline void add_to(T& dst, T v) {
 // h[n, o, border of g at p] += R[g][o][n*L + p]; one (n, o) plane per task.
 template <typename T>
 void scatter_border(at::Tensor& h, const at::Tensor& R, const Geometry& d) {
+  TORCH_INTERNAL_ASSERT(R.is_contiguous(), "pyganx.residual_block: ring products not contiguous");
   const Plane4<T> hs(h.mutable_data_ptr<T>(), h);
   const T* src = R.const_data_ptr<T>();
   const int64_t row = d.N * d.L, plane = d.O * row;
@@ -152,6 +153,7 @@ void scatter_border(at::Tensor& h, const at::Tensor& R, const Geometry& d) {
 // the many contributions to one source element add up in a fixed order.
 template <typename T>
 void scatter_sources(at::Tensor& gx, const at::Tensor& gU, const Geometry& d) {
+  TORCH_INTERNAL_ASSERT(gU.is_contiguous(), "pyganx.residual_block: ring products not contiguous");
   const Plane4<T> xs(gx.mutable_data_ptr<T>(), gx);
   const T* src = gU.const_data_ptr<T>();
   const int64_t row = d.N * d.L, plane = 3 * d.C * row;
@@ -174,6 +176,7 @@ void scatter_sources(at::Tensor& gx, const at::Tensor& gU, const Geometry& d) {
 // gw[o, c, tap (g, t)] += gK[g][o][c*3 + t]; gw contiguous.
 template <typename T>
 void scatter_kernel(at::Tensor& gw, const at::Tensor& gK, const Geometry& d) {
+  TORCH_INTERNAL_ASSERT(gK.is_contiguous(), "pyganx.residual_block: ring products not contiguous");
   const T* src = gK.const_data_ptr<T>();
   T* dst = gw.mutable_data_ptr<T>();
   for_each_tap(d, [&](int64_t wi, int64_t ki) { add_to(dst[wi], src[ki]); });

@@ -24,6 +24,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include <cstdlib>
+#include <limits>
 #include <string>
 
 namespace pyganx::cuda {
@@ -210,7 +211,12 @@ __global__ void ring_grad_weight_kernel(T* __restrict__ gw, const T* __restrict_
   *out = static_cast<T>(static_cast<acc_t>(*out) + acc);
 }
 
-int64_t blocks_for(int64_t n) { return (n + kRingThreads - 1) / kRingThreads; }
+unsigned blocks_for(int64_t n) {
+  const int64_t blocks = (n + kRingThreads - 1) / kRingThreads;
+  TORCH_CHECK(blocks <= std::numeric_limits<int>::max(), "pyganx.residual_block: the ring term's ",
+              n, " elements exceed one CUDA grid");
+  return static_cast<unsigned>(blocks);
+}
 
 void ring_forward_cuda(at::Tensor& h, const at::Tensor& x, const at::Tensor& w_in) {
   const c10::cuda::CUDAGuard guard(x.device());
@@ -231,6 +237,7 @@ void ring_forward_cuda(at::Tensor& h, const at::Tensor& x, const at::Tensor& w_i
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   const at::Tensor R = at::bmm(K, U);  // (4, O, N L), on the current stream
+  TORCH_INTERNAL_ASSERT(R.is_contiguous(), "pyganx.residual_block: ring products not contiguous");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pyganx.ring", [&] {
     add_border_kernel<scalar_t><<<blocks_for(N * O * (2 * W + 2 * (H - 2))), kRingThreads, 0,
                                   stream>>>(h.mutable_data_ptr<scalar_t>(), strides_of(h),
