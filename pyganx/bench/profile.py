@@ -27,7 +27,8 @@ import torch
 from torch.autograd import DeviceType
 
 from ..nn import ResidualBlock, ResnetGenerator
-from .nets import saved_bytes, train_step
+from .memory import peak_bytes
+from .nets import _variants, saved_bytes, train_step
 from .ops import machine_description
 from .timing import allocator_for, round_robin
 
@@ -98,11 +99,8 @@ def profile_iterations(fn: Callable[[], object], device: torch.device, iters: in
 
 
 def _pair(make: Callable[[bool], torch.nn.Module], device: torch.device) -> dict[str, torch.nn.Module]:
-    torch.manual_seed(0)
-    eager = make(False).to(device)
-    fused = make(True).to(device)
-    fused.load_state_dict(eager.state_dict())
-    return {"eager": eager, "pyganx": fused}
+    """Eager and fused models with the same weights (as `bench nets` builds them)."""
+    return _variants(make, device, use_compile=False)[0]
 
 
 def block_iterations(shape: tuple[int, ...], device: torch.device) -> dict[str, Callable[[], None]]:
@@ -126,7 +124,6 @@ def generator_iterations(size: int, n_blocks: int, device: torch.device,
     models = _pair(lambda fused: ResnetGenerator(n_blocks=n_blocks, fused=fused), device)
     x = torch.rand(1, 3, size, size, device=device) * 2 - 1
     opts = {k: torch.optim.Adam(m.parameters(), lr=2e-4, betas=(0.5, 0.999)) for k, m in models.items()}
-
     return {k: train_step(models[k], opts[k], x, x, set_to_none) for k in models}, models, x
 
 
@@ -139,10 +136,7 @@ def step_memory(size: int, n_blocks: int, device: torch.device) -> list[StepMemo
         gc.collect()
         _sync(device)
         before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        steps[k]()
-        _sync(device)
-        peak_above = torch.cuda.max_memory_allocated(device) - before
+        peak_above = peak_bytes(steps[k], device)
         saved = saved_bytes(models[k], x)
         mib = 2.0 ** -20
         rows.append(StepMemory(k, before * mib, peak_above * mib, saved * mib,
