@@ -127,7 +127,6 @@ setup(
     packages=find_packages(include=["pyganx", "pyganx.*"]) + ["pyganx_plugins"]
     + [f"pyganx_plugins.{d.name}" for d in sorted((ROOT / "plugins").iterdir()) if (d / "__init__.py").is_file()],
     package_dir={"pyganx_plugins": "plugins"},
-    package_data={"pyganx.serve": ["static/*"]},
     ext_modules=[ext],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     zip_safe=False,

@@ -13,19 +13,20 @@ plugin owns its networks, losses and one training step.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from torch import Tensor, nn, optim
 
+from .data.build import KINDS, DataInfo
+from .flags import add_dataclass_arguments, dataclass_from_arguments
+
 #: The version of this API. A plugin sets ``api_version`` to the version it was
 #: written for; the registry refuses a plugin whose version differs.
 API_VERSION = 1
 
-#: What a plugin trains on.
-DATA_KINDS = ("noise", "labelled", "unpaired", "paired", "multi_domain")
+#: What a plugin trains on (pyganx.data.build_dataset builds each).
+DATA_KINDS = KINDS
 
 
 @dataclass(frozen=True)
@@ -41,17 +42,6 @@ class ExportSpec:
     inputs: tuple[str, ...] = ("image",)
     domains: tuple[str, ...] = ()
     z_dim: int | None = None
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class DataInfo:
-    """What the engine tells a plugin about its data when it builds the networks."""
-
-    channels: int = 3
-    image_size: int = 64
-    num_classes: int = 0
-    domains: tuple[str, ...] = ()
     description: str = ""
 
 
@@ -136,36 +126,15 @@ def linear_decay_schedulers(optimizers: dict[str, optim.Optimizer], total_steps:
 
 # --- configuration <-> command line -------------------------------------------------
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
-    """Adds one ``--kebab-case`` option per field of the dataclass ``config_cls``."""
-    group = parser.add_argument_group(f"{config_cls.__name__} (plugin options)")
-    hints = typing.get_type_hints(config_cls)
-    for f in dataclasses.fields(config_cls):
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        kind = hints.get(f.name, f.type)
-        help_text = f.metadata.get("help", "")
-        if kind is bool:
-            group.add_argument(_flag(f.name), dest=f.name, default=default,
-                               action=argparse.BooleanOptionalAction,
-                               help=f"{help_text} (default: %(default)s)")
-        elif kind in (int, float, str):
-            group.add_argument(_flag(f.name), dest=f.name, type=kind, default=default,
-                               help=f"{help_text} (default: %(default)s)")
-        else:
-            raise TypeError(f"{config_cls.__name__}.{f.name}: config fields must be bool, int, "
-                            f"float or str to become CLI flags, got {kind!r}")
+    """Adds one ``--kebab-case`` option per field of the dataclass ``config_cls``
+    (pyganx.flags: bool, int, float or str fields; ``metadata`` may give help, choices ...)."""
+    add_dataclass_arguments(parser, config_cls, f"{config_cls.__name__} (plugin options)")
 
 
 def config_from_arguments(config_cls: type, args: argparse.Namespace) -> Any:
     """Builds the config dataclass from parsed arguments (fields not given keep defaults)."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)
-              if getattr(args, f.name, None) is not None}
-    return config_cls(**values)
+    return dataclass_from_arguments(config_cls, args)
 
 
 __all__ = ["API_VERSION", "DATA_KINDS", "DataInfo", "ExportSpec", "GANPlugin",

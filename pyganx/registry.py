@@ -14,13 +14,10 @@ import importlib.metadata as md
 from dataclasses import dataclass
 from functools import lru_cache
 
+from .errors import PluginError
 from .plugin import API_VERSION, DATA_KINDS, GANPlugin
 
 GROUP = "pyganx.gans"
-
-
-class PluginError(RuntimeError):
-    """A plugin that cannot be used, with a message for the user."""
 
 
 @dataclass

@@ -10,8 +10,15 @@ import torch
 
 from pyganx import registry
 from pyganx.cli import main as cli_main
-from pyganx.engine import Trainer, TrainOptions, latest_checkpoint, load_checkpoint, save_checkpoint
-from pyganx.engine.checkpoint import rng_state, set_rng_state
+from pyganx.engine import (
+    Trainer,
+    TrainOptions,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from pyganx.engine.seeding import rng_state, set_rng_state
+from pyganx.errors import CheckpointError
 from pyganx.losses import ImagePool, gan_loss
 
 SMALL = ["--ngf", "8", "--ndf", "8", "--n-blocks", "1"]
@@ -37,7 +44,7 @@ def test_checkpoints_are_atomic_and_the_newest_k_kept(tmp_path, monkeypatch):
     assert load_checkpoint(latest_checkpoint(tmp_path))["step"] == 4
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     (tmp_path / "bad.pt").write_bytes(b"garbage")
-    with pytest.raises(RuntimeError, match="bad.pt: cannot read checkpoint"):
+    with pytest.raises(CheckpointError, match="bad.pt: cannot read checkpoint"):
         load_checkpoint(tmp_path / "bad.pt")
 
 
@@ -309,15 +316,14 @@ def test_channels_flag_overrides_what_the_data_are(tmp_path):
 def test_random_crop_jitter_follows_the_plugin(tmp_path):
     # CycleGAN's resize-and-random-crop rescales what D sees by 286/256 while test images
     # keep their scale; StarGAN's loader (random_crop = False) only resizes to the size.
-    from pyganx.data import demo, to_tensor
-    from pyganx.engine.trainer import build_data
+    from pyganx.data import build_dataset, demo, to_tensor
     stargan = registry.get("stargan")
     assert registry.get("cyclegan").random_crop and not stargan.random_crop
     opts = _options(tmp_path, "x", 1)
     first = demo.load("digits").domains("train")[0][0]
-    plain = build_data(stargan, opts, None)
+    plain = build_dataset(stargan, opts.data_source(), None)
     assert torch.equal(plain.train[0]["image"], to_tensor(first))
-    jittered = build_data(type("Jittered", (stargan,), {"random_crop": True}), opts, None)
+    jittered = build_dataset(type("Jittered", (stargan,), {"random_crop": True}), opts.data_source(), None)
     assert jittered.train[0]["image"].shape == plain.train[0]["image"].shape
     assert not torch.equal(jittered.train[0]["image"], plain.train[0]["image"])
 

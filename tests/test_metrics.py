@@ -14,8 +14,10 @@ from torch import nn
 import pyganx
 from pyganx.cli import main as cli_main
 from pyganx.engine import latest_checkpoint, load_checkpoint
+from pyganx.errors import UsageError
 from pyganx.metrics import cached_classifier, kid, polynomial_mmd2, train_classifier
 from pyganx.metrics import evaluate as ev
+from pyganx.metrics import judges
 
 SMALL = ["--ngf", "8", "--ndf", "8", "--n-blocks", "1", "--no-progress"]
 
@@ -136,7 +138,7 @@ def test_eval_figures_follow_what_the_generators_do(run, monkeypatch):
         assert t["kid"] == pytest.approx(identity["kid_real_domains"], rel=0.2)
     assert json.loads((run / "eval.json").read_text()) == identity
 
-    dom = ev._Domains(ev.load_run(run))
+    dom = judges.RunDomains(ev.load_run(run))
     xa, la, a_by_digit = _by_digit(dom, "A")
     xb, lb, b_by_digit = _by_digit(dom, "B")
     same = Lookup((a, b_by_digit[d][i % len(b_by_digit[d])]) for i, (a, d) in enumerate(zip(xa, la)))
@@ -182,5 +184,5 @@ def test_python_api_trains_and_loads_the_generator(tmp_path):
     assert g_ba(x).shape == x.shape
     with pytest.raises(TypeError, match="unknown options bogus"):
         pyganx.train("cyclegan", demo="digits", out=tmp_path / "r2", steps=1, bogus=1)
-    with pytest.raises(RuntimeError, match="has no generator 'G_XY'"):
+    with pytest.raises(UsageError, match="has no generator 'G_XY'"):
         pyganx.load_generator(tmp_path / "r", "G_XY")

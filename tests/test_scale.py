@@ -184,7 +184,7 @@ def test_checkpoint_activations_is_refused_where_no_network_supports_it(tmp_path
 def test_checkpoint_activations_trains_without_cpu_winograd(checkpoint, device, expect, monkeypatch):
     # --checkpoint-activations asks for memory over speed; on CPU the Winograd path's
     # workspace would put a 512 px step above an eager 256 px one (docs/ops.md).
-    from pyganx.engine.trainer import Trainer, TrainOptions
+    from pyganx.engine import Trainer, TrainOptions
     from pyganx.ops import cpu_winograd_enabled, set_cpu_winograd
     previous = set_cpu_winograd(True)
     try:

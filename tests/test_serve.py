@@ -24,8 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 from starlette.testclient import TestClient  # noqa: E402
 
 from pyganx.cli import main as cli_main  # noqa: E402
-from pyganx.runtime import Translator  # noqa: E402
-from pyganx.serve import ServeConfig, create_app, load_models  # noqa: E402
+from pyganx_runtime import Translator  # noqa: E402
+from pyganx_runtime.serve import ServeConfig, create_app, load_models  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

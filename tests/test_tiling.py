@@ -1,4 +1,4 @@
-"""Tiled translation with whole-image instance-norm statistics (pyganx/runtime/tiling.py):
+"""Tiled translation with whole-image instance-norm statistics (pyganx_runtime/tiling.py):
 the two graph rewrites compose to the untiled model exactly, and tiles of a large image
 match its untiled translation far better than tiles that normalise on their own."""
 from __future__ import annotations
@@ -11,10 +11,10 @@ pytest.importorskip("onnxruntime", reason="the ONNX extra (pip install 'pyganx[c
 onnx = pytest.importorskip("onnx")
 
 from pyganx.cli import main as cli_main  # noqa: E402
-from pyganx.export.exporter import _ImageGenerator, ort_session, to_onnx  # noqa: E402
+from pyganx.export.exporter import ImageGenerator, ort_session, to_onnx  # noqa: E402
 from pyganx.nn import ResnetGenerator, init_weights  # noqa: E402
-from pyganx.runtime import Translator  # noqa: E402
-from pyganx.runtime.tiling import Tiler, stats_model, tile_starts, tiled_model  # noqa: E402
+from pyganx_runtime import Translator  # noqa: E402
+from pyganx_runtime.tiling import Tiler, stats_model, tile_starts, tiled_model  # noqa: E402
 
 #: Measured on the 256 px photo below, 128 px tiles with 32 px overlap, outputs in [-1, 1]:
 #: |tiled - untiled| 0.0105 on average and 0.33 at worst with exact statistics (0.0057 and
@@ -30,7 +30,7 @@ def model():
     with torch.no_grad():                   # norms' affine parameters matter too
         for p in net.parameters():
             p.add_(torch.randn_like(p) * 0.02)
-    proto = to_onnx(_ImageGenerator(net).eval(), torch.rand(2, 3, 32, 32) * 2 - 1, size_multiple=4)
+    proto = to_onnx(ImageGenerator(net).eval(), torch.rand(2, 3, 32, 32) * 2 - 1, size_multiple=4)
     proto.metadata_props.add(key="pyganx.size_multiple", value="4")   # what the Translator pads to
     return net, proto
 

@@ -335,7 +335,7 @@ def test_noise_and_conditional_generators_export_with_z_and_label(dcgan_run, cga
 @onnx_needed
 def test_stargan_exports_with_a_domain_input_and_translates_into_a_chosen_domain(stargan_run, tmp_path, capsys):
     from pyganx.nn import one_hot
-    from pyganx.runtime import Translator
+    from pyganx_runtime import Translator
     path = tmp_path / "stargan.onnx"
     assert cli_main(["export", str(stargan_run), "-o", str(path)]) == 0
     tr = Translator(path, device="cpu")

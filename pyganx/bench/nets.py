@@ -60,7 +60,9 @@ def saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
     return sum(seen.values())
 
 
-def _variants(make: Callable[[bool], torch.nn.Module], device, use_compile: bool):
+def variants(make: Callable[[bool], torch.nn.Module], device, use_compile: bool):
+    """The eager and fused twins of one model (same weights), and their runners (with
+    torch.compile ones when asked)."""
     torch.manual_seed(0)
     eager = make(False).to(device)
     fused = make(True).to(device)
@@ -95,7 +97,7 @@ def _peak_mib(fn: Callable[[], object], device) -> float | None:
 
 def bench_block(shape, device, rounds, use_compile, dtype=torch.float32) -> list[NetRow]:
     C = shape[1]
-    models, runners = _variants(lambda fused: ResidualBlock(C, fused=fused), device, use_compile)
+    models, runners = variants(lambda fused: ResidualBlock(C, fused=fused), device, use_compile)
     for m in models.values():
         m.to(dtype)
     x = torch.randn(shape, device=device, dtype=dtype)
@@ -132,7 +134,7 @@ def train_step(model: Callable, opt: torch.optim.Optimizer, x: torch.Tensor, tar
 
 
 def bench_generator(size, n_blocks, device, rounds, use_compile) -> list[NetRow]:
-    models, runners = _variants(lambda fused: ResnetGenerator(n_blocks=n_blocks, fused=fused),
+    models, runners = variants(lambda fused: ResnetGenerator(n_blocks=n_blocks, fused=fused),
                                 device, use_compile)
     x = torch.randn(1, 3, size, size, device=device)
     target = torch.rand_like(x) * 2 - 1

@@ -31,13 +31,13 @@ def _onnx_sessions(model: torch.nn.Module, size: int, with_int8: bool, cuda: boo
     on a GPU the float32 and float16 graphs on ORT CUDA."""
     import onnxruntime as ort
 
-    from ..export.exporter import _Half, _ImageGenerator, ort_session, to_onnx
+    from ..export.exporter import HalfPrecision, ImageGenerator, ort_session, to_onnx
     from ..export.quantize import quantize
     from ..export.winograd import winograd
 
     example = torch.rand(2, 3, size, size) * 2 - 1
-    blob = to_onnx(_ImageGenerator(model).eval(), example, size_multiple=4).SerializeToString()
-    fast = to_onnx(_ImageGenerator(winograd(model)[0]).eval(), example, size_multiple=4).SerializeToString()
+    blob = to_onnx(ImageGenerator(model).eval(), example, size_multiple=4).SerializeToString()
+    fast = to_onnx(ImageGenerator(winograd(model)[0]).eval(), example, size_multiple=4).SerializeToString()
     out = {"ort-cpu": ort_session(blob), "ort-cpu-winograd": ort_session(fast)}
     if with_int8:
         calib = (np.random.default_rng(0).random((8, 3, size, size), dtype=np.float32) * 2 - 1)
@@ -45,7 +45,7 @@ def _onnx_sessions(model: torch.nn.Module, size: int, with_int8: bool, cuda: boo
     if cuda and "CUDAExecutionProvider" in ort.get_available_providers():
         if hasattr(ort, "preload_dlls"):
             ort.preload_dlls()
-        half = to_onnx(_Half(model).eval(), example, size_multiple=4, norm_in_float32=True).SerializeToString()
+        half = to_onnx(HalfPrecision(model).eval(), example, size_multiple=4, norm_in_float32=True).SerializeToString()
         out["ort-cuda"] = ort_session(blob, ("CUDAExecutionProvider",))
         out["ort-cuda-fp16"] = ort_session(half, ("CUDAExecutionProvider",))
     return out
@@ -54,7 +54,7 @@ def _onnx_sessions(model: torch.nn.Module, size: int, with_int8: bool, cuda: boo
 def _bound_call(sess, x: torch.Tensor):
     """A call of ``sess`` through IO binding on ``x``'s CUDA memory, writing into a
     preallocated torch tensor: what ``Translator.run_tensor`` does, bound once."""
-    from ..runtime.translator import bind_tensors
+    from pyganx_runtime.translator import bind_tensors
     y = torch.empty_like(x)
     binding = bind_tensors(sess, x, y)
 

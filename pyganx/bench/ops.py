@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-from .. import build_info
+from .._extension import build_info
 from ..ops import instance_norm_relu
 from .timing import add_common_args, allocator_for, fmt, report, round_robin
 

@@ -28,7 +28,7 @@ from torch.autograd import DeviceType
 
 from ..nn import ResidualBlock, ResnetGenerator
 from .memory import peak_bytes
-from .nets import _variants, saved_bytes, train_step
+from .nets import variants, saved_bytes, train_step
 from .ops import machine_description
 from .timing import allocator_for, round_robin
 
@@ -100,7 +100,7 @@ def profile_iterations(fn: Callable[[], object], device: torch.device, iters: in
 
 def _pair(make: Callable[[bool], torch.nn.Module], device: torch.device) -> dict[str, torch.nn.Module]:
     """Eager and fused models with the same weights (as `bench nets` builds them)."""
-    return _variants(make, device, use_compile=False)[0]
+    return variants(make, device, use_compile=False)[0]
 
 
 def block_iterations(shape: tuple[int, ...], device: torch.device) -> dict[str, Callable[[], None]]:

@@ -43,12 +43,12 @@ def _free_port() -> int:
 def export_default_model(path: Path, size: int) -> None:
     import torch
 
-    from ..export.exporter import _ImageGenerator, size_multiple, to_onnx
+    from ..export.exporter import ImageGenerator, size_multiple, to_onnx
     from ..nn import ResnetGenerator
     torch.manual_seed(0)
     net = ResnetGenerator(3, 3, 64, 6).eval()
     example = torch.rand(2, 3, size, size) * 2 - 1
-    path.write_bytes(to_onnx(_ImageGenerator(net).eval(), example, size_multiple=size_multiple(net))
+    path.write_bytes(to_onnx(ImageGenerator(net).eval(), example, size_multiple=size_multiple(net))
                      .SerializeToString())
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFont
 
+from ..errors import DependencyError, UsageError
+
 #: style name -> matplotlib font file
 FONTS = {
     "dejavu-sans": "DejaVuSans.ttf",
@@ -75,7 +77,7 @@ def _need(module: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise RuntimeError(f"the bundled demo data needs {module.split('.')[0]}: "
+        raise DependencyError(f"the bundled demo data needs {module.split('.')[0]}: "
                            f"pip install 'pyganx[demo]'") from None
 
 
@@ -83,7 +85,7 @@ def _font_path(filename: str) -> str:
     mpl = _need("matplotlib")
     path = Path(mpl.get_data_path()) / "fonts" / "ttf" / filename
     if not path.is_file():
-        raise RuntimeError(f"matplotlib's font {filename} is missing ({path})")
+        raise DependencyError(f"matplotlib's font {filename} is missing ({path})")
     return str(path)
 
 
@@ -179,7 +181,7 @@ def load(name: str) -> DemoSet:
         return digits()
     if name == "photos":
         return photos()
-    raise ValueError(f"unknown demo data {name!r}; available: {', '.join(NAMES)}")
+    raise UsageError(f"unknown demo data {name!r}; available: {', '.join(NAMES)}")
 
 
 def export(name: str, folder: str | os.PathLike) -> Path:

@@ -42,7 +42,8 @@ def _generator(seed: int, epoch: int, index: int, stream: int) -> torch.Generato
     return g
 
 
-def _load(item: Item, channels: int) -> Image.Image:
+def load_item(item: Item, channels: int) -> Image.Image:
+    """An item of a dataset (a path, or an image in memory) as an RGB or grey image."""
     if isinstance(item, Image.Image):
         return item.convert("RGB" if channels == 3 else "L")
     return load_image(item, channels)
@@ -115,7 +116,7 @@ class Images(_Seeded):
         return len(self.items)
 
     def _item(self, i: int) -> dict[str, torch.Tensor]:
-        return {"image": self.transform(_load(self.items[i], self.channels), self._gen(i, 0))}
+        return {"image": self.transform(load_item(self.items[i], self.channels), self._gen(i, 0))}
 
 
 class UnpairedImages(_Seeded):
@@ -134,8 +135,8 @@ class UnpairedImages(_Seeded):
 
     def _item(self, i: int) -> dict[str, torch.Tensor]:
         j = int(torch.randint(len(self.b), (), generator=self._gen(i, 0)))
-        return {"A": self.transform(_load(self.a[i % len(self.a)], self.channels), self._gen(i, 1)),
-                "B": self.transform(_load(self.b[j], self.channels), self._gen(i, 2))}
+        return {"A": self.transform(load_item(self.a[i % len(self.a)], self.channels), self._gen(i, 1)),
+                "B": self.transform(load_item(self.b[j], self.channels), self._gen(i, 2))}
 
 
 class LabelledImages(_Seeded):
@@ -168,7 +169,7 @@ class LabelledImages(_Seeded):
 
     def _item(self, i: int) -> dict:
         item, label = self.samples[i]
-        return {"image": self.transform(_load(item, self.channels), self._gen(i, 0)),
+        return {"image": self.transform(load_item(item, self.channels), self._gen(i, 0)),
                 "label": label}
 
 
@@ -196,14 +197,14 @@ class PairedImages(_Seeded):
 
     def _item(self, i: int) -> dict[str, torch.Tensor]:
         pa, pb = self.pairs[i]
-        img_a = _load(pa, self.channels)
+        img_a = load_item(pa, self.channels)
         if self.side_by_side:
             w = img_a.width // 2
             if w < 1:
                 raise ImageError(f"{pa}: too narrow to be a side-by-side A|B pair", pa)
             img_a, img_b = img_a.crop((0, 0, w, img_a.height)), img_a.crop((w, 0, 2 * w, img_a.height))
         else:
-            img_b = _load(pb, self.channels)
+            img_b = load_item(pb, self.channels)
         # one generator state for both halves: identical crop and flip
         state = self._gen(i, 0).get_state()
         ga, gb = torch.Generator(), torch.Generator()

@@ -7,52 +7,21 @@ removed by the next save into the folder."""
 from __future__ import annotations
 
 import os
-import random
 import re
-import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
+from pyganx_runtime.files import atomic_write_bytes
+
+from ..errors import CheckpointError
 
 _NAME = re.compile(r"^step-(\d{9})\.pt$")
 _TEMP = re.compile(r"^\.step-\d{9}\.pt\.[A-Za-z0-9_]+\.tmp$")   # atomic_write_bytes's, for a step
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Calls ``write(fileobj)`` on a temporary file beside ``path``, then renames it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
 def save_checkpoint(folder: str | os.PathLike, step: int, state: dict, keep: int = 3) -> Path:
+    """Writes ``state`` as ``folder/step-<step>.pt`` atomically, points latest.txt at it,
+    and keeps the newest ``keep`` checkpoints (0: all)."""
     folder = Path(folder)
     path = folder / f"step-{step:09d}.pt"
     # temporary files left by a killed save: those already there and not written to during
@@ -103,30 +72,4 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - corrupt or foreign file: one clear message
-        raise RuntimeError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from None
-
-
-def rng_state() -> dict:
-    """Every RNG the training uses, as tensors and plain values."""
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
-        "numpy_pos": int(np_state[2]),
-        "numpy_gauss": [int(np_state[3]), float(np_state[4])],
-        "python": torch.tensor(py_state[1], dtype=torch.int64),
-        "python_gauss": py_state[2],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32),
-                         state["numpy_pos"], state["numpy_gauss"][0], state["numpy_gauss"][1]))
-    random.setstate((3, tuple(int(v) for v in state["python"].tolist()), state["python_gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from None

@@ -1,10 +1,12 @@
 """What a plugin's train_step gets as ``ctx``: backward, optimizer steps and autocast,
-so that the engine owns mixed precision (and, later, DDP)."""
+so that the engine owns mixed precision and, through the networks it wraps, DDP."""
 from __future__ import annotations
 
 import contextlib
 
 import torch
+
+from ..errors import UsageError
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -19,7 +21,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
         return torch.bfloat16
     if precision == "fp16":
         return torch.float16
-    raise ValueError(f"--precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+    raise UsageError(f"--precision must be auto, fp32, bf16 or fp16, got {precision!r}")
 
 
 class TrainContext:

@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..errors import UsageError
+
 
 @dataclass(frozen=True)
 class World:
@@ -117,14 +119,14 @@ def wrap_networks(plugin: Any, nets: dict[str, nn.Module], device: torch.device,
             continue
         if sync_bn:
             if device.type != "cuda":
-                raise ValueError("--sync-bn needs GPUs (SyncBatchNorm runs on CUDA only); on CPU each "
+                raise UsageError("--sync-bn needs GPUs (SyncBatchNorm runs on CUDA only); on CPU each "
                                  "process keeps its own batch statistics")
             converted = nn.SyncBatchNorm.convert_sync_batchnorm(net)
             if converted is not net:
-                raise ValueError(f"network {name!r} is a batch norm itself; --sync-bn cannot convert it in place")
+                raise UsageError(f"network {name!r} is a batch norm itself; --sync-bn cannot convert it in place")
         holders = [k for k, v in vars(plugin).items() if v is net]
         if not holders:
-            raise ValueError(f"{type(plugin).__name__} does not keep network {name!r} as an attribute "
+            raise UsageError(f"{type(plugin).__name__} does not keep network {name!r} as an attribute "
                              f"(self.{name} = ...), so distributed training cannot route it through DDP")
         # buffers (batch-norm running statistics) follow rank 0's at every training forward
         ddp = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)

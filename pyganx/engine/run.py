@@ -16,9 +16,14 @@ import torch
 from torch import nn
 
 from .. import registry
-from ..plugin import DataInfo, ExportSpec, GANPlugin
+from ..data import DataInfo, RunData, build_dataset
+from ..errors import CheckpointError, UsageError
+from ..nn.foreign import load_foreign
+from ..plugin import ExportSpec, GANPlugin
 from .checkpoint import latest_checkpoint, load_checkpoint
-from .trainer import RunData, TrainError, TrainOptions, build_data, pick_device
+from .device import pick_device
+from .options import TrainOptions
+from .trainer import build_plugin
 
 
 def spread(items: Sequence, k: int) -> list:
@@ -46,7 +51,7 @@ class LoadedRun:
         """The export spec called ``name`` (or whose network is ``name``); default: the first."""
         specs = self.plugin.export_specs()
         if not specs:
-            raise TrainError(f"plugin {self.name!r} declares no generator (export_specs() is empty)")
+            raise UsageError(f"plugin {self.name!r} declares no generator (export_specs() is empty)")
         if name is None:
             return next(iter(specs.items()))
         if name in specs:
@@ -54,7 +59,7 @@ class LoadedRun:
         for k, s in specs.items():
             if s.network == name:
                 return k, s
-        raise TrainError(f"{self.name} has no generator {name!r}; it has: {', '.join(specs)}")
+        raise UsageError(f"{self.name} has no generator {name!r}; it has: {', '.join(specs)}")
 
     def generator(self, name: str | None = None) -> nn.Module:
         return self.plugin.networks()[self.spec(name)[1].network]
@@ -66,7 +71,7 @@ class LoadedRun:
 
     def data(self) -> RunData:
         """The run's datasets, rebuilt from its options (the data must still be there)."""
-        return build_data(type(self.plugin), self.train_options(), self.config)
+        return build_dataset(type(self.plugin), self.train_options().data_source(), self.config)
 
 
 def config_from_dict(cls: type[GANPlugin], values: dict) -> Any:
@@ -74,7 +79,7 @@ def config_from_dict(cls: type[GANPlugin], values: dict) -> Any:
     known = {f.name for f in dataclasses.fields(cls.Config)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise TrainError(f"the run's config has fields {cls.__name__}.Config does not know: "
+        raise CheckpointError(f"the run's config has fields {cls.__name__}.Config does not know: "
                          f"{', '.join(unknown)} (a run of another plugin version?)")
     return cls.Config(**values)
 
@@ -87,7 +92,7 @@ def _resolve(path: str | Path) -> tuple[Path, Path | None]:
         return run, p
     if p.is_dir():
         return p, None
-    raise TrainError(f"{p}: no such run directory or checkpoint")
+    raise FileNotFoundError(f"{p}: no such run directory or checkpoint")
 
 
 def load_run(path: str | Path, device: str | torch.device | None = "cpu", ema: bool = True) -> LoadedRun:
@@ -97,26 +102,23 @@ def load_run(path: str | Path, device: str | torch.device | None = "cpu", ema: b
     if ckpt is None:
         ckpt = latest_checkpoint(run_dir / "checkpoints")
         if ckpt is None:
-            raise TrainError(f"{run_dir}: no checkpoint (checkpoints/ is empty or missing; "
+            raise CheckpointError(f"{run_dir}: no checkpoint (checkpoints/ is empty or missing; "
                              f"is this a pyganx run directory?)")
     st = load_checkpoint(ckpt)
     cfg_path = run_dir / "config.json"
     cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
     name = st.get("plugin") or cfg.get("plugin")
     if not name:
-        raise TrainError(f"{ckpt}: not a pyganx checkpoint (it names no plugin)")
-    try:
-        cls = registry.get(name)
-    except registry.PluginError as e:
-        raise TrainError(str(e)) from None
+        raise CheckpointError(f"{ckpt}: not a pyganx checkpoint (it names no plugin)")
+    cls = registry.get(name)
     config = config_from_dict(cls, st.get("config", cfg.get("config", {})))
     di = st.get("data_info") or cfg.get("data_info")
     if di is None:
-        raise TrainError(f"{ckpt}: the run records no data description (channels, image size)")
+        raise CheckpointError(f"{ckpt}: the run records no data description (channels, image size)")
     info = DataInfo(di["channels"], di["image_size"], di.get("num_classes", 0),
                     tuple(di.get("domains", ())), di.get("description", ""))
     dev = pick_device(None) if device is None else torch.device(device)
-    plugin = cls(config, info)
+    plugin = build_plugin(name, cls, config, info)
     nets = plugin.networks()
     used_ema = False
     for k, m in nets.items():
@@ -127,7 +129,7 @@ def load_run(path: str | Path, device: str | torch.device | None = "cpu", ema: b
             m.load_state_dict(weights)
         except RuntimeError as e:
             first = str(e).strip().splitlines()
-            raise TrainError(f"{ckpt}: network {k} does not match {name}'s config "
+            raise CheckpointError(f"{ckpt}: network {k} does not match {name}'s config "
                              f"({first[1].strip() if len(first) > 1 else first[0]})") from None
         m.to(dev).eval().requires_grad_(False)
     return LoadedRun(name, plugin, config, info, dict(cfg.get("options", {})), run_dir, ckpt,
@@ -139,9 +141,8 @@ def load_generator(run_dir: str | Path, name: str | None = None,
     """The trained generator ``name`` of a run (default: the plugin's first export spec),
     in eval mode, with EMA weights when the run kept them. Inputs are in [-1, 1].
     With ``from_format`` (e.g. ``"junyanz-cyclegan"``), ``run_dir`` is a generator
-    checkpoint saved by that code base instead (pyganx.export.foreign)."""
+    checkpoint saved by that code base instead (pyganx.nn.foreign)."""
     if from_format:
-        from ..export.foreign import load_foreign
         dev = pick_device(None) if device is None else torch.device(device)
         return load_foreign(run_dir, from_format).net.to(dev).eval().requires_grad_(False)
     return load_run(run_dir, device=device).generator(name)

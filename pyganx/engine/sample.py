@@ -12,10 +12,11 @@ from pathlib import Path
 
 import torch
 
-from ..data.images import to_pil
-from .checkpoint import atomic_write_bytes
+from ..data.images import save_image, to_pil
+from ..errors import PluginError, UsageError
+from .batches import to_device
+from .reporting import save_grid
 from .run import load_run, spread
-from .trainer import TrainError, _batch_to, save_grid
 
 
 def _slug(name: str) -> str:
@@ -28,27 +29,26 @@ def sample_run(path: str | Path, out: str | Path | None = None, n: int = 8,
     ``domain``) go to plugins whose ``sample`` accepts them. Returns the output folder
     and the number of images written per row."""
     if n < 1:
-        raise TrainError(f"--n must be at least 1, got {n}")
+        raise UsageError(f"--n must be at least 1, got {n}")
     run = load_run(path, device=device)
     conditions = {k: v for k, v in conditions.items() if v is not None}
     params = inspect.signature(run.plugin.sample).parameters
     for k in conditions:
         if k not in params:
-            raise TrainError(f"{run.name} samples take no --{k}")
+            raise UsageError(f"{run.name} samples take no --{k}")
     test = run.data().test
     items = [test[i] for i in spread(range(len(test)), n)]
-    batch = _batch_to(torch.utils.data.default_collate(items), run.device)
+    batch = to_device(torch.utils.data.default_collate(items), run.device)
     with torch.no_grad():
         rows = run.plugin.sample(batch, **conditions)
     if not rows:
-        raise TrainError(f"{run.name} returned no sample rows")
+        raise PluginError(f"{run.name} returned no sample rows")
     folder = Path(out) if out else run.run_dir / "generated" / f"step-{run.step:09d}"
     counts = {}
     for name, images in rows.items():
         d = folder / _slug(name)
         for i, t in enumerate(images):
-            img = to_pil(t)
-            atomic_write_bytes(d / f"{i:04d}.png", lambda f, img=img: img.save(f, format="PNG"))
+            save_image(to_pil(t), d / f"{i:04d}.png")
         counts[name] = len(images)
     save_grid(rows, folder / "grid.png")
     return folder, counts

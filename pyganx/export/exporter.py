@@ -24,10 +24,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import __version__
-from ..engine.checkpoint import atomic_write_bytes
+from pyganx_runtime import metadata as keys
+from pyganx_runtime.files import atomic_write_bytes
+from pyganx_runtime.metadata import read_metadata
+
+from .._version import __version__
 from ..engine.run import load_run
-from ..engine.trainer import TrainError
+from ..errors import DependencyError, ExportError, UsageError
+from ..nn import one_hot
+from ..nn.foreign import load_foreign
 from .translations import translation_table
 
 OPSET = 18
@@ -55,7 +60,7 @@ def size_multiple(net: nn.Module) -> int:
     return 2 ** downs
 
 
-class _ImageGenerator(nn.Module):
+class ImageGenerator(nn.Module):
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
@@ -64,7 +69,7 @@ class _ImageGenerator(nn.Module):
         return self.net(image)
 
 
-class _DomainGenerator(nn.Module):
+class DomainGenerator(nn.Module):
     """``(image, domain)`` with the target domain as int64 indices (N,), one-hot inside
     the graph (StarGAN)."""
 
@@ -73,11 +78,10 @@ class _DomainGenerator(nn.Module):
         self.net, self.num_domains = net, num_domains
 
     def forward(self, image: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
-        from ..nn import one_hot
         return self.net(image, one_hot(domain, self.num_domains, image.dtype))
 
 
-class _NoiseGenerator(nn.Module):
+class NoiseGenerator(nn.Module):
     """``(z)`` or ``(z, label)`` with z (N, z_dim) and class indices (N,) (DCGAN, cGAN)."""
 
     def __init__(self, net: nn.Module) -> None:
@@ -88,7 +92,7 @@ class _NoiseGenerator(nn.Module):
         return self.net(z, label)
 
 
-class _Half(nn.Module):
+class HalfPrecision(nn.Module):
     """A half-precision copy of a generator behind float32 inputs and outputs (integer
     inputs pass through)."""
 
@@ -101,7 +105,7 @@ class _Half(nn.Module):
         return self.net(*(t.half() if t.is_floating_point() else t for t in inputs)).float()
 
 
-class _WithPreprocessing(nn.Module):
+class WithPreprocessing(nn.Module):
     """uint8 NHWC in and out, any H and W: scaling to [-1, 1], reflect padding to the size
     multiple, cropping back and the mapping to [0, 255] (rounded half to even, like ONNX
     Round) all inside the graph."""
@@ -149,26 +153,25 @@ def export_generator(source: str | os.PathLike, out: str | os.PathLike, generato
     try:
         import onnx
     except ImportError:
-        raise TrainError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'pyganx[cpu]' (or [gpu])") from None
+        raise DependencyError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'pyganx[cpu]' (or [gpu])") from None
     if int8 and not calibrate:
-        raise TrainError("--int8 needs --calibrate DIR: sample images to calibrate the activations on")
+        raise UsageError("--int8 needs --calibrate DIR: sample images to calibrate the activations on")
     if fp16 and int8:
-        raise TrainError("--fp16 and --int8 are alternatives (half precision for GPUs, int8 for CPUs): "
+        raise UsageError("--fp16 and --int8 are alternatives (half precision for GPUs, int8 for CPUs): "
                          "export one of them")
     if int8 and with_preprocessing:
-        raise TrainError("--int8 with --with-preprocessing is not supported yet: export one or the other")
+        raise UsageError("--int8 with --with-preprocessing is not supported yet: export one or the other")
     if winograd and (fp16 or int8):
-        raise TrainError("--winograd is a float32 graph for onnxruntime's CPU provider: it does not "
+        raise UsageError("--winograd is a float32 graph for onnxruntime's CPU provider: it does not "
                          "combine with --fp16 (GPUs) or --int8 (which quantises convolutions)")
     if foreign_domains and not from_format:
-        raise TrainError("--domains names the labels of a --from yunjey-stargan generator; a pyganx "
+        raise UsageError("--domains names the labels of a --from yunjey-stargan generator; a pyganx "
                          "run knows its own")
     if from_format:
-        from .foreign import load_foreign
         f = load_foreign(source, from_format, image_size, domains=foreign_domains)
         net, c, s = f.net, f.channels, f.image_size
-        meta = {"pyganx.plugin": f.plugin, "pyganx.generator": f.generator,
-                "pyganx.domains": json.dumps(list(f.domains)), "pyganx.source": f.description}
+        meta = {keys.PLUGIN: f.plugin, keys.GENERATOR: f.generator,
+                keys.DOMAINS: json.dumps(list(f.domains)), keys.SOURCE: f.description}
         inputs: tuple[str, ...] = tuple(f.inputs)
         domains: tuple[str, ...] = tuple(f.domains)
     else:
@@ -177,11 +180,11 @@ def export_generator(source: str | os.PathLike, out: str | os.PathLike, generato
         inputs, domains = tuple(spec.inputs), tuple(spec.domains)
         net = run.plugin.networks()[spec.network]
         c, s = run.info.channels, image_size or run.info.image_size
-        meta = {"pyganx.plugin": run.name, "pyganx.generator": key,
-                "pyganx.domains": json.dumps(list(domains)), "pyganx.step": str(run.step),
-                "pyganx.weights": run.weights}
+        meta = {keys.PLUGIN: run.name, keys.GENERATOR: key,
+                keys.DOMAINS: json.dumps(list(domains)), keys.STEP: str(run.step),
+                keys.WEIGHTS: run.weights}
         if spec.z_dim:
-            meta["pyganx.z_dim"] = str(spec.z_dim)
+            meta[keys.Z_DIM] = str(spec.z_dim)
     net = net.float().eval()
     graph = _graph(net, inputs, domains, c, s, static, with_preprocessing, fp16)
     model, checks, mult = graph.model, graph.checks, graph.multiple
@@ -190,22 +193,22 @@ def export_generator(source: str | os.PathLike, out: str | os.PathLike, generato
         from .winograd import winograd as to_winograd
         fast, replaced = to_winograd(net)
         if not replaced:
-            raise TrainError("--winograd: the generator has no 3x3 stride-1 convolution with enough "
+            raise UsageError("--winograd: the generator has no 3x3 stride-1 convolution with enough "
                              "channels to compute as Winograd F(4x4, 3x3)")
         # traced from the rewritten copy, checked against the generator as trained
         exported = _graph(fast, inputs, domains, c, s, static, with_preprocessing, fp16).exported
-        meta["pyganx.winograd"] = f"F(4x4,3x3) on {replaced} convolutions (for onnxruntime's CPU provider)"
+        meta[keys.WINOGRAD] = f"F(4x4,3x3) on {replaced} convolutions (for onnxruntime's CPU provider)"
     proto = to_onnx(exported, graph.example, None if static else graph.dynamic,
                     norm_in_float32=fp16, input_names=graph.names)
     shapes = [tuple(t[0].shape) for t in checks]
     meta = {
-        "pyganx.version": __version__, **meta, "pyganx.image_size": str(s),
-        "pyganx.normalization": ("in the graph: uint8 [0, 255] in and out" if with_preprocessing
-                                 else "[-1, 1]: x / 127.5 - 1 in, (y + 1) * 127.5 out"),
-        "pyganx.io_layout": "NHWC uint8" if with_preprocessing else "NCHW float32",
-        "pyganx.size_multiple": "1" if with_preprocessing else str(mult),
-        "pyganx.channels": str(c),
-        "pyganx.inputs": json.dumps(list(inputs)),
+        keys.VERSION: __version__, **meta, keys.IMAGE_SIZE: str(s),
+        keys.NORMALIZATION: ("in the graph: uint8 [0, 255] in and out" if with_preprocessing
+                              else "[-1, 1]: x / 127.5 - 1 in, (y + 1) * 127.5 out"),
+        keys.IO_LAYOUT: "NHWC uint8" if with_preprocessing else "NCHW float32",
+        keys.SIZE_MULTIPLE: "1" if with_preprocessing else str(mult),
+        keys.CHANNELS: str(c),
+        keys.INPUTS: json.dumps(list(inputs)),
     }
     del proto.metadata_props[:]
     for k, v in meta.items():
@@ -213,9 +216,9 @@ def export_generator(source: str | os.PathLike, out: str | os.PathLike, generato
     onnx.checker.check_model(proto, full_check=True)
     bad = custom_domains(proto)
     if bad:
-        raise TrainError(f"the exported graph uses non-standard domains {bad}: a pyganx op lacks a translation")
+        raise ExportError(f"the exported graph uses non-standard domains {bad}: a pyganx op lacks a translation")
     if fp16:
-        proto.metadata_props.add(key="pyganx.precision",
+        proto.metadata_props.add(key=keys.PRECISION,
                                  value="float16 weights and compute, instance norm in float32, float32 in/out")
     blob = proto.SerializeToString()
     err = verify(model, blob, checks)
@@ -223,16 +226,16 @@ def export_generator(source: str | os.PathLike, out: str | os.PathLike, generato
     if fp16 and with_preprocessing:
         # the float tolerance below in 8-bit levels, plus the one level of rounding
         floats = [(t[0].permute(0, 3, 1, 2).float() / 127.5 - 1,) for t in checks]
-        tol = UINT8_TOLERANCE + math.ceil(127.5 * max(2 * half_error(_ImageGenerator(net).eval(), floats), 1e-3))
+        tol = UINT8_TOLERANCE + math.ceil(127.5 * max(2 * half_error(ImageGenerator(net).eval(), floats), 1e-3))
     elif fp16:
         # twice what PyTorch's own half-precision run of the generator is off, at least 1e-3
         tol = max(2 * half_error(model, checks), 1e-3)
     if err > tol:
-        raise TrainError(f"the ONNX model differs from PyTorch by up to {err:.2e} (> {tol:g}); not written")
+        raise ExportError(f"the ONNX model differs from PyTorch by up to {err:.2e} (> {tol:g}); not written")
     quality: dict[str, float] = {}
     if int8:
         if inputs != ("image",):
-            raise TrainError(f"--int8 is calibrated on images: it takes image-only generators, not "
+            raise UsageError(f"--int8 is calibrated on images: it takes image-only generators, not "
                              f"one with inputs {', '.join(inputs)}")
         blob, quality = _int8(blob, calibrate, c, s)
     atomic_write_bytes(Path(out), lambda f: f.write(blob))
@@ -259,33 +262,33 @@ def _graph(net: nn.Module, inputs: tuple[str, ...], domains: tuple[str, ...], c:
     if inputs and inputs[0] == "z":
         z_dim = getattr(net, "z_dim", None)
         if inputs not in (("z",), ("z", "label")) or not z_dim:
-            raise TrainError(f"cannot export a noise generator with inputs {', '.join(inputs)}")
+            raise ExportError(f"cannot export a noise generator with inputs {', '.join(inputs)}")
         if with_preprocessing:
-            raise TrainError("--with-preprocessing is for image-to-image generators; this one takes noise")
+            raise UsageError("--with-preprocessing is for image-to-image generators; this one takes noise")
         k = max(1, len(domains))
 
         def make(n: int) -> tuple:
             z = torch.randn(n, z_dim, generator=g)
             return (z, torch.randint(k, (n,), generator=g)) if len(inputs) == 2 else (z,)
-        model = _NoiseGenerator(net).eval()
+        model = NoiseGenerator(net).eval()
         names = list(inputs)
         dynamic = {name: {0: batch} for name in names}
         example = make(1 if static else 2)
         checks = [example] if static else [make(1), make(3)]
-        return _Graph(model, _Half(model).eval() if fp16 else model, example, names, dynamic, checks, 1)
+        return _Graph(model, HalfPrecision(model).eval() if fp16 else model, example, names, dynamic, checks, 1)
     if inputs not in (("image",), ("image", "domain")):
-        raise TrainError(f"cannot export a generator with inputs {', '.join(inputs)}")
+        raise ExportError(f"cannot export a generator with inputs {', '.join(inputs)}")
     mult = size_multiple(net)
     if s % mult:
-        raise TrainError(f"image size {s} is not a multiple of the generator's size multiple {mult}")
+        raise UsageError(f"image size {s} is not a multiple of the generator's size multiple {mult}")
     # trace at no less than twice the multiple, the least dynamic H and W allowed
     t = s if static else max(s, 2 * mult)
     n = 1 if static else 2
     if with_preprocessing:
         if len(inputs) > 1:
-            raise TrainError("--with-preprocessing takes image-only generators so far")
-        model = _WithPreprocessing(net, mult).eval()
-        exported = _WithPreprocessing(_Half(net), mult).eval() if fp16 else model
+            raise UsageError("--with-preprocessing takes image-only generators so far")
+        model = WithPreprocessing(net, mult).eval()
+        exported = WithPreprocessing(HalfPrecision(net), mult).eval() if fp16 else model
         example = (torch.randint(0, 256, (n, t, t, c), dtype=torch.uint8, generator=g),)
         dyn = {"image": image_dims(1, 2 * mult, nhwc=True, batch=batch)}
         shapes = [(1, s, s, c)] if static else [(1, s, s, c), (2, s + 3, max(2 * mult, s - 5), c)]
@@ -293,19 +296,19 @@ def _graph(net: nn.Module, inputs: tuple[str, ...], domains: tuple[str, ...], c:
         return _Graph(model, exported, example, ["image"], dyn, checks, mult)
     shapes = [(1, c, s, s)] if static else [(1, c, s, s), (2, c, s + mult, max(2 * mult, s - mult))]
     if inputs == ("image",):
-        model = _ImageGenerator(net).eval()
+        model = ImageGenerator(net).eval()
         extra = lambda n: ()  # noqa: E731
         dynamic = {"image": image_dims(mult, 2 * mult, batch=batch)}
     else:
         k = len(domains)
         if k < 2:
-            raise TrainError(f"a generator with a domain input needs the domain names, got {list(domains)}")
-        model = _DomainGenerator(net, k).eval()
+            raise UsageError(f"a generator with a domain input needs the domain names, got {list(domains)}")
+        model = DomainGenerator(net, k).eval()
         extra = lambda n: (torch.randint(k, (n,), generator=g),)  # noqa: E731
         dynamic = {"image": image_dims(mult, 2 * mult, batch=batch), "domain": {0: batch}}
     example = (torch.rand(n, c, t, t, generator=g) * 2 - 1, *extra(n))
     checks = [(torch.rand(sh, generator=g) * 2 - 1, *extra(sh[0])) for sh in shapes]
-    return _Graph(model, _Half(model).eval() if fp16 else model, example, list(inputs), dynamic, checks, mult)
+    return _Graph(model, HalfPrecision(model).eval() if fp16 else model, example, list(inputs), dynamic, checks, mult)
 
 
 def _int8(fp32: bytes, calibrate, channels: int, size: int) -> tuple[bytes, dict[str, float]]:
@@ -317,10 +320,10 @@ def _int8(fp32: bytes, calibrate, channels: int, size: int) -> tuple[bytes, dict
 
     images = calibration_images(calibrate, channels, size)
     proto = onnx.load_from_string(quantize(fp32, images))
-    proto.metadata_props.add(key="pyganx.precision", value="int8 QDQ (Conv, ConvTranspose), float32 elsewhere")
+    proto.metadata_props.add(key=keys.PRECISION, value="int8 QDQ (Conv, ConvTranspose), float32 elsewhere")
     onnx.checker.check_model(proto, full_check=True)
     if custom_domains(proto):
-        raise TrainError(f"the int8 graph uses non-standard domains {custom_domains(proto)}")
+        raise ExportError(f"the int8 graph uses non-standard domains {custom_domains(proto)}")
     blob = proto.SerializeToString()
     ref, got = (_run_batches(ort_session(m), images) for m in (fp32, blob))
     return blob, {"images": float(len(images)), "psnr_db": psnr(got, ref), "ssim": ssim(got, ref),
@@ -375,7 +378,7 @@ def to_onnx(model: nn.Module, example, dynamic=None, min_size: int = 2,
             program.save(os.path.join(tmp, "m.onnx"))
             return onnx.load(os.path.join(tmp, "m.onnx"))
     except Exception as e:  # noqa: BLE001 - the exporter's errors are long; keep what says why
-        raise TrainError(f"torch.onnx.export failed: {_export_reason(e)}") from None
+        raise ExportError(f"torch.onnx.export failed: {_export_reason(e)}") from None
     finally:
         quiet.setLevel(level)
 
@@ -402,7 +405,7 @@ def _as_inputs(checks, seed: int) -> list[tuple]:
 def half_error(model: nn.Module, checks, seed: int = 0) -> float:
     """Largest |PyTorch float16 - PyTorch float32| of ``model`` over the check inputs
     (tuples of tensors, or image shapes)."""
-    half = _Half(model).eval()
+    half = HalfPrecision(model).eval()
     worst = 0.0
     with torch.no_grad():
         for inputs in _as_inputs(checks, seed):
@@ -421,17 +424,10 @@ def verify(model: nn.Module, blob: bytes, checks: list[tuple]) -> float:
             ref = model(*inputs).numpy().astype(np.float64)
         got = sess.run(None, {n: t.numpy() for n, t in zip(names, inputs)})[0].astype(np.float64)
         if got.shape != ref.shape:
-            raise TrainError(f"the ONNX model gives shape {got.shape} for inputs "
+            raise ExportError(f"the ONNX model gives shape {got.shape} for inputs "
                              f"{[tuple(t.shape) for t in inputs]}, PyTorch {ref.shape}")
         worst = max(worst, float(np.abs(got - ref).max()))
     return worst
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    import onnx
-
-    m = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in m.metadata_props}
 
 
 __all__ = ["ExportResult", "FP32_TOLERANCE", "OPSET", "custom_domains", "export_generator",

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import EvalTransform, ImageError, list_images, load_image
-from ..engine.trainer import TrainError
+from ..errors import DataError
 
 MAX_CALIBRATION_IMAGES = 64
 
@@ -33,18 +33,15 @@ MAX_CALIBRATION_IMAGES = 64
 def calibration_images(folder: str | os.PathLike, channels: int, size: int) -> np.ndarray:
     """Up to 64 images of ``folder`` (evenly spread, sorted by name) as (N, C, S, S)
     float32 in [-1, 1]."""
-    try:
-        paths = list_images(folder)
-    except ImageError as e:
-        raise TrainError(str(e)) from None
+    paths = list_images(folder)
     if not paths:
-        raise TrainError(f"{folder}: no images to calibrate on")
+        raise DataError(f"{folder}: no images to calibrate on")
     step = max(1, len(paths) // MAX_CALIBRATION_IMAGES)
     t = EvalTransform(size)
     try:
         return np.stack([t(load_image(p, channels)).numpy() for p in paths[::step][:MAX_CALIBRATION_IMAGES]])
     except ImageError as e:
-        raise TrainError(f"calibration image {e}") from None
+        raise ImageError(f"calibration image {e}", e.path) from None
 
 
 def quantize(fp32_model: bytes, images: np.ndarray) -> bytes:

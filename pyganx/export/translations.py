@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import DependencyError
+
 
 def _table(norm_in_float32: bool) -> dict:
     from onnxscript import opset18 as op
@@ -65,4 +67,4 @@ def translation_table(norm_in_float32: bool = False) -> dict:
     try:
         return _table(norm_in_float32)
     except ImportError as e:
-        raise RuntimeError(f"ONNX export needs onnx and onnxscript: pip install 'pyganx[cpu]' (or [gpu]) ({e})") from None
+        raise DependencyError(f"ONNX export needs onnx and onnxscript: pip install 'pyganx[cpu]' (or [gpu]) ({e})") from None

@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from pyganx_runtime.files import atomic_write_bytes
 from torch import Tensor, nn
 
 #: Bump when the network or its training changes: old cache entries are then ignored.
@@ -147,8 +148,6 @@ def cached_classifier(name: str, key: str,
     """The classifier ``name`` for data fingerprint ``key``: loaded from the cache, or
     trained on ``data()`` = (train images, train labels, test images, test labels, class
     names), measured on the test images, and cached (written atomically)."""
-    from ..engine.checkpoint import atomic_write_bytes
-
     path = cache_dir() / "classifiers" / f"{name}-{key}.pt"
     if path.is_file():
         try:

@@ -19,131 +19,28 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from ..data import EvalTransform
-from ..data import demo as demo_data
-from ..data.folders import _load
-from ..engine.checkpoint import atomic_write_bytes
-from ..engine.run import LoadedRun, load_run, spread
-from ..engine.trainer import TrainError
-from .classifier import TrainedClassifier, cached_classifier, fingerprint
+from pyganx_runtime.files import atomic_write_bytes, atomic_write_text
+
+from ..engine.checkpoint import list_checkpoints
+from ..engine.run import LoadedRun, load_run
+from ..errors import UsageError
+from .generative import evaluate_multi_domain, evaluate_noise, format_generative
+from .judges import JUDGE_SIZE, RunDomains, digit_classifier, domain_classifier, judge_size, translate
 from .kid import kid
-
-#: Classifiers judge at most this resolution (translations are area-downscaled to it).
-JUDGE_SIZE = 64
-#: At most this many images per domain are used to train a domain classifier / evaluated.
-MAX_TRAIN, MAX_TEST = 3000, 500
-
-
-def _tensors(items: Sequence, channels: int, size: int, out_size: int | None = None) -> Tensor:
-    """Items as the run's test transform sees them (``size``), area-downscaled one by
-    one to ``out_size`` so that large images never sit in memory at full size."""
-    t = EvalTransform(size)
-    return torch.stack([_judge_size(t(_load(it, channels), None)[None], out_size or size)[0]
-                        for it in items])
-
-
-def _judge_size(x: Tensor, size: int) -> Tensor:
-    return x if x.shape[-1] == size and x.shape[-2] == size else F.interpolate(x, (size, size), mode="area")
-
-
-def _identity(item) -> list:
-    """What a cached classifier's fingerprint records of one training item."""
-    if isinstance(item, Path):
-        st = item.stat()
-        return [str(item.resolve()), st.st_size, st.st_mtime_ns]
-    return []
-
-
-class _Domains:
-    """The run's A and B images (train and test items), and digit labels when known."""
-
-    def __init__(self, run: LoadedRun) -> None:
-        opts = run.train_options()
-        self.demo = opts.demo
-        self.channels, self.size = run.info.channels, run.info.image_size
-        self.labels: dict[str, list[int]] = {}
-        if opts.demo:
-            ds = demo_data.load(opts.demo)
-            self.train = {"A": [s.image for s in ds.train_a], "B": [s.image for s in ds.train_b]}
-            self.test = {"A": [s.image for s in ds.test_a], "B": [s.image for s in ds.test_b]}
-            if opts.demo == "digits":
-                self.labels = {"A": [s.label for s in ds.test_a], "B": [s.label for s in ds.test_b]}
-            self.held_out = True
-            self.key: list = ["demo", opts.demo, demo_data.DATA_VERSION]
-            return
-        data = run.data()
-        if hasattr(data.train, "a"):  # unpaired
-            self.train = {"A": data.train.a, "B": data.train.b}
-            self.test = {"A": data.test.a, "B": data.test.b}
-            self.held_out = data.test.a is not data.train.a and list(data.test.a) != list(data.train.a)
-        else:                         # paired: one image of each side per item
-            pairs = [data.test[i] for i in range(len(data.test))]
-            self.train = None
-            self.test_tensors = {"A": torch.stack([p["A"] for p in pairs]), "B": torch.stack([p["B"] for p in pairs])}
-            self.held_out = data.test is not data.train
-        self.key = ["folders", data.description]
-
-    def train_tensors(self, side: str, size: int) -> Tensor:
-        if self.train is None:
-            return _judge_size(self.test_tensors[side], size)
-        return _tensors(spread(self.train[side], MAX_TRAIN), self.channels, self.size, size)
-
-    def test_images(self, side: str) -> tuple[Tensor, list[int] | None]:
-        """Test images of one side at the run's size, and their digit labels if known."""
-        if self.train is None:
-            return torch.stack(spread(list(self.test_tensors[side]), MAX_TEST)), None
-        items = spread(list(range(len(self.test[side]))), MAX_TEST)
-        x = _tensors([self.test[side][i] for i in items], self.channels, self.size)
-        labels = [self.labels[side][i] for i in items] if side in self.labels else None
-        return x, labels
-
-    def fingerprint(self, size: int) -> str:
-        train = [] if self.train is None else [_identity(i) for s in "AB" for i in spread(self.train[s], MAX_TRAIN)]
-        return fingerprint(self.key, self.channels, size, train)
-
-
-def domain_classifier(dom: _Domains, size: int, log=None) -> TrainedClassifier:
-    def data():
-        xa, xb = dom.train_tensors("A", size), dom.train_tensors("B", size)
-        ta, tb = (_judge_size(dom.test_images(s)[0], size) for s in "AB")
-        y = torch.cat([torch.zeros(len(xa), dtype=torch.long), torch.ones(len(xb), dtype=torch.long)])
-        yt = torch.cat([torch.zeros(len(ta), dtype=torch.long), torch.ones(len(tb), dtype=torch.long)])
-        return torch.cat([xa, xb]), y, torch.cat([ta, tb]), yt, ["A", "B"]
-    return cached_classifier("domain", dom.fingerprint(size), data, log=log)
-
-
-def digit_classifier(size: int = 32, log=None) -> TrainedClassifier:
-    """Reads digits of either style of the bundled digits set (0-9)."""
-    def data():
-        ds = demo_data.load("digits")
-        tr, te = ds.labelled("train"), ds.labelled("test")
-        x = _tensors([im for im, _ in tr], 1, size)
-        xt = _tensors([im for im, _ in te], 1, size)
-        return (x, torch.tensor([c for _, c in tr]), xt, torch.tensor([c for _, c in te]),
-                [str(d) for d in range(10)])
-    return cached_classifier("digits", fingerprint("digits", demo_data.DATA_VERSION, size), data, log=log)
-
-
-@torch.no_grad()
-def translate(gen: torch.nn.Module, images: Tensor, device: torch.device, batch_size: int = 32) -> Tensor:
-    return torch.cat([gen(images[i:i + batch_size].to(device)).float().clamp(-1, 1).cpu()
-                      for i in range(0, len(images), batch_size)])
-
 
 class _OnnxGenerator:
     """An exported model (pyganx.runtime.Translator) called like the PyTorch generator."""
 
     def __init__(self, path: str | Path) -> None:
-        from ..runtime import Translator
+        from pyganx_runtime import Translator
         self.translator = Translator(path, device="cpu")
         if self.translator.preprocessed:
-            raise TrainError(f"{path}: eval takes float models, not --with-preprocessing ones")
+            raise UsageError(f"{path}: eval takes float models, not --with-preprocessing ones")
         self.key = self.translator.metadata.get("pyganx.generator")
 
     def __call__(self, x: Tensor) -> Tensor:
@@ -167,8 +64,7 @@ def evaluate_run(path: str | Path, device: str | None = None,
     result["seconds"] = round(time.time() - t0, 1)
     if model:
         result["model"] = str(model)
-    atomic_write_bytes(eval_file(run.run_dir, model),
-                       lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
+    atomic_write_text(eval_file(run.run_dir, model), json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -179,9 +75,8 @@ def _evaluate_loaded(run: LoadedRun, log, model) -> dict:
     specs = {k: s for k, s in all_specs.items()
              if tuple(s.inputs) == ("image",) and len(s.domains) == 2 and set(s.domains) <= {"A", "B"}}
     if not specs and all_specs:
-        from .generative import evaluate_multi_domain, evaluate_noise
         if model:
-            raise TrainError("eval --model judges exported A/B translators; evaluate this run's "
+            raise UsageError("eval --model judges exported A/B translators; evaluate this run's "
                              "PyTorch generators with `pyganx eval RUN_DIR`")
         key, spec = next(iter(all_specs.items()))
         if spec.inputs and spec.inputs[0] == "z":
@@ -191,17 +86,17 @@ def _evaluate_loaded(run: LoadedRun, log, model) -> dict:
     onnx_gen = _OnnxGenerator(model) if model else None
     if onnx_gen is not None:
         if onnx_gen.key not in specs:
-            raise TrainError(f"{model} holds generator {onnx_gen.key!r}, not one of this run's: {', '.join(specs)}")
+            raise UsageError(f"{model} holds generator {onnx_gen.key!r}, not one of this run's: {', '.join(specs)}")
         specs = {onnx_gen.key: specs[onnx_gen.key]}
     if not specs:
-        raise TrainError(f"pyganx eval judges A/B image translation; {run.name} "
+        raise UsageError(f"pyganx eval judges A/B image translation; {run.name} "
                          f"({type(run.plugin).data_kind} data) has no A->B or B->A generator")
-    dom = _Domains(run)
+    dom = RunDomains(run)
     size = min(run.info.image_size, JUDGE_SIZE)
     judge = domain_classifier(dom, size, log)
     digits = digit_classifier(size, log) if dom.labels else None
     test = {s: dom.test_images(s) for s in "AB"}
-    real = {s: _judge_size(test[s][0], size) for s in "AB"}
+    real = {s: judge_size(test[s][0], size) for s in "AB"}
     feats = {s: judge.features(real[s]) for s in "AB"}
     result = {
         **head,
@@ -214,7 +109,7 @@ def _evaluate_loaded(run: LoadedRun, log, model) -> dict:
     for key, spec in specs.items():
         src, dst = spec.domains
         gen = onnx_gen if onnx_gen is not None else run.plugin.networks()[spec.network]
-        fake = _judge_size(translate(gen, test[src][0], run.device), size)
+        fake = judge_size(translate(gen, test[src][0], run.device), size)
         target = 0 if dst == "A" else 1
         row = {"from": src, "to": dst, "n": len(fake),
                "target_domain": float((judge.predict(fake) == target).double().mean())}
@@ -231,7 +126,6 @@ def format_result(r: dict) -> str:
     lines = [f"{r['plugin']} at step {r['step']} ({r['weights']} weights"
              + (f", as the ONNX model {r['model']}" if "model" in r else "") + f"), judged at {r['judge_size']} px"]
     if "generators" in r:
-        from .generative import format_generative
         return "\n".join(lines + format_generative(r))
     c = r["classifiers"]
     lines.append(f"  domain classifier on real test images: {100 * c['domain']['test_accuracy']:.1f} %"
@@ -265,12 +159,10 @@ def evaluate_checkpoints(run_dir: str | Path, device: str | None = None,
                          log: Callable[[str], None] | None = None) -> dict:
     """Every kept checkpoint of a run evaluated in step order (the figures over
     training); writes RUN_DIR/eval-checkpoints.json and a plot, eval-checkpoints.png."""
-    from ..engine.checkpoint import list_checkpoints
-
     run_dir = Path(run_dir)
     ckpts = list_checkpoints(run_dir / "checkpoints")
     if not ckpts:
-        raise TrainError(f"{run_dir}: no checkpoints to evaluate")
+        raise UsageError(f"{run_dir}: no checkpoints to evaluate")
     rows = []
     for ck in ckpts:
         r = _evaluate_loaded(load_run(ck, device=device), log, None)
@@ -278,8 +170,7 @@ def evaluate_checkpoints(run_dir: str | Path, device: str | None = None,
         if log:
             log(f"step {r['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in rows[-1].items() if k != "step"))
     result = {"run": str(run_dir), "checkpoints": rows}
-    atomic_write_bytes(run_dir / "eval-checkpoints.json",
-                       lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
+    atomic_write_text(run_dir / "eval-checkpoints.json", json.dumps(result, indent=2) + "\n")
     _plot_curve(rows, run_dir / "eval-checkpoints.png")
     return result
 

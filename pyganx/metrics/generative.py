@@ -19,15 +19,18 @@ Figures:
 """
 from __future__ import annotations
 
-from typing import Sequence
 
 import torch
 from torch import Tensor
 
+from ..data import EvalTransform, ImageError, LabelledImages, RunData
 from ..data import demo as demo_data
 from ..engine.run import LoadedRun, spread
-from ..engine.trainer import RunData, TrainError
-from .classifier import TrainedClassifier, cached_classifier, fingerprint
+from ..errors import DataError
+from ..nn import one_hot
+from .classifier import TrainedClassifier
+from .judges import (MAX_TEST, RunDomains, digit_classifier, domain_classifier, judge_size, labelled_classifier,
+                     stack_items, translate)
 from .kid import kid
 
 #: Images generated per evaluation (noise models), per class (conditional ones), and test
@@ -35,35 +38,6 @@ from .kid import kid
 N_GENERATED, N_PER_CLASS, N_TRANSLATED = 1000, 100, 2000
 #: Seed of the evaluation noise (distinct from the sample grids').
 EVAL_SEED = 1234
-
-
-def _stack(dataset, indices: Sequence[int]) -> tuple[Tensor, Tensor | None]:
-    """Images (and labels, when the items have them) of a run dataset's eval view."""
-    items = [dataset[i] for i in indices]
-    x = torch.stack([it["image"] for it in items])
-    y = torch.tensor([int(it["label"]) for it in items]) if "label" in items[0] else None
-    return x, y
-
-
-def labelled_classifier(name: str, train, test, key: list, channels: int, size: int,
-                        log=None) -> TrainedClassifier:
-    """A judge of the classes of two LabelledImages sets (train, test), trained on the
-    training set's images under the test set's transform (no random crops or flips),
-    cached under ``key``."""
-    from .evaluate import MAX_TEST, MAX_TRAIN, _identity, _judge_size
-
-    train_idx = spread(range(len(train)), MAX_TRAIN * 2)
-    test_idx = spread(range(len(test)), MAX_TEST * 2)
-    classes = list(train.classes)
-    ident = [_identity(train.samples[i][0]) for i in train_idx]
-
-    def make():
-        plain = type(test)(samples=[train.samples[i] for i in train_idx], transform=test.transform,
-                           channels=train.channels, classes=classes)
-        x, y = _stack(plain, range(len(plain)))
-        xt, yt = _stack(test, test_idx)
-        return _judge_size(x, size), y, _judge_size(xt, size), yt, classes
-    return cached_classifier(f"{name}-{len(classes)}", fingerprint(key, ident, channels, size), make, log=log)
 
 
 def class_classifier(run: LoadedRun, data: RunData, size: int, log=None) -> TrainedClassifier:
@@ -77,9 +51,7 @@ def class_classifier(run: LoadedRun, data: RunData, size: int, log=None) -> Trai
 
 
 def _real_test(data: RunData, size: int) -> Tensor:
-    from .evaluate import MAX_TEST, _judge_size
-
-    return _judge_size(_stack(data.test, spread(range(len(data.test)), 2 * MAX_TEST))[0], size)
+    return judge_size(stack_items(data.test, spread(range(len(data.test)), 2 * MAX_TEST))[0], size)
 
 
 def _noise(n: int, z_dim: int, seed: int = EVAL_SEED) -> Tensor:
@@ -88,34 +60,29 @@ def _noise(n: int, z_dim: int, seed: int = EVAL_SEED) -> Tensor:
 
 @torch.no_grad()
 def _generate(net, z: Tensor, labels: Tensor | None, device, size: int, batch: int = 100) -> Tensor:
-    from .evaluate import _judge_size
-
     out = []
     for i in range(0, len(z), batch):
         zz = z[i:i + batch].to(device)
         y = None if labels is None else labels[i:i + batch].to(device)
         img = net(zz) if y is None else net(zz, y)
-        out.append(_judge_size(img.float().clamp(-1, 1).cpu(), size))
+        out.append(judge_size(img.float().clamp(-1, 1).cpu(), size))
     return torch.cat(out)
 
 
 def _noise_judge(run: LoadedRun, size: int, log) -> TrainedClassifier:
     """The feature network for an unconditional run: the digit judge, the photos' A/B
     judge, or a judge of the run folder's class sub-folders."""
-    from ..data import EvalTransform, ImageError, LabelledImages
-    from .evaluate import _Domains, digit_classifier, domain_classifier
-
     opts = run.train_options()
     if opts.demo == "digits":
         return digit_classifier(size, log)
     if opts.demo:
-        return domain_classifier(_Domains(run), size, log)
+        return domain_classifier(RunDomains(run), size, log)
     try:
         sets = LabelledImages(opts.data, EvalTransform(run.info.image_size), channels=run.info.channels)
         if len(sets.classes) < 2:
             raise ImageError("fewer than two class folders")
     except ImageError:
-        raise TrainError(f"KID needs a feature network, and pyganx trains its own on labelled images "
+        raise DataError(f"KID needs a feature network, and pyganx trains its own on labelled images "
                          f"(it downloads none): {opts.data} has no two or more class sub-folders "
                          f"to train one on") from None
     return labelled_classifier("class", sets, sets, ["folders", str(opts.data)], run.info.channels, size, log)
@@ -123,8 +90,6 @@ def _noise_judge(run: LoadedRun, size: int, log) -> TrainedClassifier:
 
 def evaluate_noise(run: LoadedRun, key: str, spec, size: int, log=None) -> dict:
     """Figures of a ``z`` or ``(z, label)`` generator (see module doc)."""
-    from .evaluate import digit_classifier
-
     net = run.plugin.networks()[spec.network]
     conditional = "label" in spec.inputs
     data = run.data()
@@ -159,38 +124,35 @@ class _Into(torch.nn.Module):
         self.net, self.k, self.n = net, k, n
 
     def forward(self, images: Tensor) -> Tensor:
-        from ..nn import one_hot
         labels = torch.full((images.shape[0],), self.k, device=images.device)
         return self.net(images, one_hot(labels, self.n, images.dtype))
 
 
 def evaluate_multi_domain(run: LoadedRun, key: str, spec, size: int, log=None) -> dict:
     """Figures of an ``(image, domain)`` generator (see module doc)."""
-    from .evaluate import _judge_size, digit_classifier, translate
-
     net = run.plugin.networks()[spec.network]
     domains = list(spec.domains)
     data = run.data()
     judge = class_classifier(run, data, size, log)
     if judge.classes != domains:
-        raise TrainError(f"the run's domains {domains} differ from its data's {judge.classes}")
+        raise DataError(f"the run's domains {domains} differ from its data's {judge.classes}")
     opts = run.train_options()
     idx = spread(range(len(data.test)), N_TRANSLATED)
-    x, dom = _stack(data.test, idx)
+    x, dom = stack_items(data.test, idx)
     digits = None
     if opts.demo == "digits":
         ds = demo_data.load("digits")
         digit_of = [s.label for s in ds.test_a + ds.test_b]    # the order of ds.domains("test")
         digits = torch.tensor([digit_of[i] for i in idx])
         digit_judge = digit_classifier(size, log)
-    real = _judge_size(x, size)
+    real = judge_size(x, size)
     feats = {d: judge.features(real[dom == k]) for k, d in enumerate(domains)}
     rows = {}
     for k, d in enumerate(domains):
         src = dom != k
         if int(src.sum()) < 2 or len(feats[d]) < 2:
             continue
-        fake = _judge_size(translate(_Into(net, k, len(domains)), x[src], run.device), size)
+        fake = judge_size(translate(_Into(net, k, len(domains)), x[src], run.device), size)
         row = {"n": len(fake), "target_domain": float((judge.predict(fake) == k).double().mean())}
         if digits is not None:
             row["digit_kept"] = float((digit_judge.predict(fake) == digits[src]).double().mean())

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..ops import _reference, instance_norm_relu
+from ..ops import instance_norm_relu, reference
 
 
 class InstanceNormReLU(nn.Module):
@@ -36,7 +36,7 @@ class InstanceNormReLU(nn.Module):
         if x.dim() in (3, 4) and x.shape[-3] != self.num_features:
             raise ValueError(f"InstanceNormReLU: expected {self.num_features} channels, got "
                              f"input of shape {list(x.shape)}")
-        fn = instance_norm_relu if self.fused else _reference.instance_norm_relu
+        fn = instance_norm_relu if self.fused else reference.instance_norm_relu
         return fn(x, self.weight, self.bias, self.eps, self.relu)
 
     def extra_repr(self) -> str:

@@ -26,7 +26,8 @@ def instance_norm_relu(x: Tensor, weight: Tensor | None = None, bias: Tensor | N
     return torch.ops.pyganx.instance_norm_relu(x, weight, bias, eps, relu)
 
 
-def _empty_output(x: Tensor) -> Tensor:
+def empty_output(x: Tensor) -> Tensor:
+    """An uninitialised output of x's shape, dtype and device, in the layout the kernels write."""
     # The kernels' rule: channels_last output for channels_last (non-NCHW) 4-D input.
     channels_last = (x.dim() == 4 and not x.is_contiguous()
                      and x.is_contiguous(memory_format=torch.channels_last))
@@ -55,19 +56,19 @@ def _register() -> None:
     @torch.library.register_fake(lib + "instance_norm_relu")
     def _(x, weight, bias, eps, relu):
         _check_input(x, weight, bias)
-        return _empty_output(x)
+        return empty_output(x)
 
     @torch.library.register_fake(lib + "_instance_norm_relu_forward")
     def _(x, weight, bias, eps, relu):
         _check_input(x, weight, bias)
         acc = _reference.acc_dtype(x.dtype)
         mean = x.new_empty(_stats_shape(x), dtype=acc)
-        return _empty_output(x), mean, torch.empty_like(mean)
+        return empty_output(x), mean, torch.empty_like(mean)
 
     @torch.library.register_fake(lib + "_instance_norm_relu_backward")
     def _(grad_out, x, mean, rstd, weight, bias, relu, output_mask):
         _check_input(x, weight, bias)
-        dx = _empty_output(x) if output_mask[0] else None
+        dx = empty_output(x) if output_mask[0] else None
         dw = torch.empty_like(weight) if output_mask[1] and weight is not None else None
         db = torch.empty_like(bias) if output_mask[2] and bias is not None else None
         return dx, dw, db

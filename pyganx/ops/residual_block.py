@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .. import _extension
 from . import _reference
-from .instance_norm_relu import _empty_output
+from .instance_norm_relu import empty_output
 
 
 def residual_block(x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None,
@@ -101,15 +101,15 @@ def _register() -> None:
     @torch.library.register_fake(lib + "residual_block")
     def _(x, w1, b1, w2, b2, g1, be1, g2, be2, padding, eps):
         _check(x, w1, w2, padding)
-        return _empty_output(x)
+        return empty_output(x)
 
     @torch.library.register_fake(lib + "_residual_block_forward")
     def _(x, w1, b1, w2, b2, g1, be1, g2, be2, padding, eps):
         _check(x, w1, w2, padding)
         acc = _reference.acc_dtype(x.dtype)
         stats = [x.new_empty((x.shape[0], x.shape[1]), dtype=acc) for _ in range(4)]
-        h2 = _empty_output(x) if _keeps_h2(x, g2, be2) else x.new_empty((0,))
-        return (_empty_output(x), _empty_output(x), h2, *stats)
+        h2 = empty_output(x) if _keeps_h2(x, g2, be2) else x.new_empty((0,))
+        return (empty_output(x), empty_output(x), h2, *stats)
 
     @torch.library.register_fake(lib + "_residual_block_backward")
     def _(gy, x, y, w1, b1, w2, b2, g1, be1, g2, be2, h1, h2, m1, r1, m2, r2, padding, eps,
@@ -121,7 +121,7 @@ def _register() -> None:
             if not mask[i] or t is None:
                 out.append(None)
             elif i == 0:
-                out.append(_empty_output(x))
+                out.append(empty_output(x))
             else:
                 out.append(torch.empty_like(t, memory_format=torch.contiguous_format))
         return tuple(out)

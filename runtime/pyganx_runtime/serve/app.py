@@ -30,8 +30,9 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..data.images import convert_image
-from ..runtime.translator import NoiseModelError, Translator
+from ..errors import UsageError
+from ..images import convert_image
+from ..translator import NoiseModelError, Translator
 from .batcher import Batcher, QueueFull
 
 log = logging.getLogger("pyganx.serve")
@@ -114,11 +115,11 @@ def load_models(paths: Sequence[str | Path], config: ServeConfig) -> dict[str, M
     for p in paths:
         m = Model(p, config)
         if m.name in models:
-            raise ValueError(f"two models are named {m.name!r} ({models[m.name].path} and {m.path}); "
+            raise UsageError(f"two models are named {m.name!r} ({models[m.name].path} and {m.path}); "
                              f"rename one: a model's URL is /v1/translate/<file name without .onnx>")
         models[m.name] = m
     if not models:
-        raise ValueError("no models to serve")
+        raise UsageError("no models to serve")
     return models
 
 

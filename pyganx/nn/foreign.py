@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..engine.trainer import TrainError
-from ..nn import ResnetGenerator, StarGANGenerator
+from ..errors import CheckpointError, UsageError
+from .networks import ResnetGenerator, StarGANGenerator
 
 FORMATS = ("junyanz-cyclegan", "yunjey-stargan")
 
@@ -58,11 +58,11 @@ def _load_state(path: Path) -> dict:
     try:
         st = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - one clear line for a foreign or broken file
-        raise TrainError(f"{path}: cannot read a state dict ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path}: cannot read a state dict ({type(e).__name__}: {e})") from None
     if isinstance(st, dict) and "state_dict" in st and isinstance(st["state_dict"], dict):
         st = st["state_dict"]
     if not isinstance(st, dict) or not all(isinstance(v, torch.Tensor) for v in st.values()):
-        raise TrainError(f"{path}: expected a state dict of tensors")
+        raise CheckpointError(f"{path}: expected a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in st.items()}
 
 
@@ -80,7 +80,7 @@ def _layers(path: Path, outer_key: re.Pattern, block_key: re.Pattern, what: str)
         elif m := block_key.match(k):
             blocks.setdefault(int(m[1]), {}).setdefault(int(m[2]), {})[m[3]] = v
         else:
-            raise TrainError(f"{path}: unexpected key {k!r} for {what}")
+            raise CheckpointError(f"{path}: unexpected key {k!r} for {what}")
     return outer, blocks
 
 
@@ -91,11 +91,11 @@ def junyanz_cyclegan(path: str | os.PathLike, image_size: int = 256) -> ForeignG
                                                    "and other layouts are not supported)")
     if any(v["weight"].ndim == 1 for v in outer.values()) or \
             any(c["weight"].ndim == 1 for b in blocks.values() for c in b.values()):
-        raise TrainError(f"{path}: the generator has affine norm layers (--norm batch?); pyganx's "
+        raise CheckpointError(f"{path}: the generator has affine norm layers (--norm batch?); pyganx's "
                          f"CycleGAN generator uses instance norm without affine (--norm instance)")
     convs = [outer[i] for i in sorted(outer)]
     if len(convs) != 6 or not blocks:
-        raise TrainError(f"{path}: expected 6 outer convolutions and residual blocks, found "
+        raise CheckpointError(f"{path}: expected 6 outer convolutions and residual blocks, found "
                          f"{len(convs)} and {len(blocks)} blocks: not a ResnetGenerator")
     in_ch, ngf = convs[0]["weight"].shape[1], convs[0]["weight"].shape[0]
     out_ch = convs[-1]["weight"].shape[0]
@@ -120,12 +120,12 @@ def _load_in_order(net: nn.Module, theirs: list[torch.Tensor], path: Path, what:
     """Loads ``theirs``, tensors in ``net``'s state-dict order, checking count and shapes."""
     ours = list(net.state_dict().items())
     if len(theirs) != len(ours):
-        raise TrainError(f"{path}: {len(theirs)} tensors where pyganx's {what} has {len(ours)} "
+        raise CheckpointError(f"{path}: {len(theirs)} tensors where pyganx's {what} has {len(ours)} "
                          f"(dropout layers or a different layout?)")
     mapped = {}
     for (k, p), t in zip(ours, theirs):
         if t.shape != p.shape:
-            raise TrainError(f"{path}: shape {tuple(t.shape)} where pyganx's {k} is {tuple(p.shape)}")
+            raise CheckpointError(f"{path}: shape {tuple(t.shape)} where pyganx's {k} is {tuple(p.shape)}")
         mapped[k] = t
     net.load_state_dict(mapped)
 
@@ -143,17 +143,17 @@ def yunjey_stargan(path: str | os.PathLike, image_size: int = 128,
     layers = [outer[i] for i in sorted(outer)]
     convs = [c for c in layers if c["weight"].ndim == 4]
     if len(convs) != 6 or not blocks:
-        raise TrainError(f"{path}: expected 6 outer convolutions and residual blocks, found "
+        raise CheckpointError(f"{path}: expected 6 outer convolutions and residual blocks, found "
                          f"{len(convs)} and {len(blocks)} blocks: not a StarGAN Generator")
     first = convs[0]["weight"]
     conv_dim, out_ch = first.shape[0], convs[-1]["weight"].shape[0]
     c_dim = first.shape[1] - out_ch
     if c_dim < 1:
-        raise TrainError(f"{path}: the first convolution takes {first.shape[1]} channels for "
+        raise CheckpointError(f"{path}: the first convolution takes {first.shape[1]} channels for "
                          f"{out_ch}-channel images: no label channels")
     names = tuple(domains) if domains else tuple(f"label{i}" for i in range(c_dim))
     if len(names) != c_dim:
-        raise TrainError(f"{path}: the generator takes {c_dim} labels, {len(names)} names were given")
+        raise UsageError(f"{path}: the generator takes {c_dim} labels, {len(names)} names were given")
     net = StarGANGenerator(out_ch, c_dim, conv_dim, len(blocks))
     theirs: list[torch.Tensor] = []
     order = sorted(list(outer) + list(blocks))
@@ -174,4 +174,4 @@ def load_foreign(path: str | os.PathLike, fmt: str, image_size: int | None = Non
         return junyanz_cyclegan(path, image_size or 256)
     if fmt == "yunjey-stargan":
         return yunjey_stargan(path, image_size or 128, domains)
-    raise TrainError(f"unknown --from format {fmt!r}; known: {', '.join(FORMATS)}")
+    raise UsageError(f"unknown --from format {fmt!r}; known: {', '.join(FORMATS)}")

@@ -1,79 +1,114 @@
-"""Running exported generators with onnxruntime: ``Translator`` and ``pyganx translate``.
+"""Running exported generators with onnxruntime: ``Translator`` and ``translate``.
 
-The session uses the CUDA provider when onnxruntime has it and a GPU answers (torch's
-CUDA libraries are preloaded with ``onnxruntime.preload_dlls()`` where that exists), and
-the CPU provider otherwise, without asking for CUDA on machines that have none. Inputs
+The session uses the CUDA provider when onnxruntime has it and a GPU answers, and the
+CPU provider otherwise, without asking for CUDA on machines that have none. With
+onnxruntime-gpu, the CUDA and cuDNN libraries come from the nvidia pip packages (the
+``gpu`` extra) through ``onnxruntime.preload_dlls()``; torch is never imported. Inputs
 of any size are reflect-padded to the model's size multiple and cropped back.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import sys
+import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
 
-from ..data.images import ImageError, list_images, load_image
+from . import metadata as meta_keys
+from .errors import DependencyError, ImageError, ModelError, NoiseModelError, UsageError
+from .images import list_images, load_image, save_image
 
 
-class NoiseModelError(RuntimeError):
-    """The model draws images from noise (inputs ``z``, and ``label``): it translates
-    nothing. ``inputs`` and ``metadata`` say what it is."""
-
-    def __init__(self, message: str, inputs: list[str], metadata: dict[str, str]) -> None:
-        super().__init__(message)
-        self.inputs = inputs
-        self.metadata = metadata
+class ForeignModelWarning(UserWarning):
+    """An ONNX model that ``pyganx export`` did not write is run on assumptions."""
 
 
-def _gpu_usable() -> bool:
+def import_onnxruntime():
+    """The onnxruntime module, or a DependencyError saying how to install it."""
     try:
-        import torch
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
+        import onnxruntime
+    except ImportError as e:
+        raise DependencyError(f"needs onnxruntime: pip install 'pyganx-runtime[cpu]' (or [gpu]) ({e})") from None
+    return onnxruntime
+
+
+def _cuda_devices() -> int:
+    """How many GPUs the CUDA driver sees (0 without a driver), asked of the driver
+    library itself so that no framework needs to be loaded."""
+    names = ("nvcuda.dll",) if os.name == "nt" else ("libcuda.so.1", "libcuda.so")
+    for name in names:
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        try:
+            if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
+                return 0
+        except AttributeError:
+            return 0
+        return count.value
+    return 0
 
 
 def pick_providers(device: str = "auto") -> list[str]:
-    import onnxruntime as ort
-
+    """onnxruntime's providers for ``device``: ``auto`` takes CUDA where onnxruntime has
+    the provider and a GPU is present, ``cuda`` insists on it, ``cpu`` never asks."""
+    ort = import_onnxruntime()
     available = ort.get_available_providers()
     if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
-    want_cuda = device == "cuda" or (device == "auto" and _gpu_usable())
+        raise UsageError(f"device must be auto, cpu or cuda, got {device!r}")
+    want_cuda = device == "cuda" or (device == "auto" and "CUDAExecutionProvider" in available
+                                     and _cuda_devices() > 0)
     if want_cuda:
         if "CUDAExecutionProvider" not in available:
-            if device == "cuda":
-                raise RuntimeError("this onnxruntime has no CUDA provider: pip install 'pyganx[gpu]'")
-        else:
-            if hasattr(ort, "preload_dlls"):
-                try:
-                    ort.preload_dlls()
-                except Exception:  # noqa: BLE001 - the session below reports what is missing
-                    pass
-            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            raise UsageError("this onnxruntime has no CUDA provider: pip install 'pyganx-runtime[gpu]'")
+        if hasattr(ort, "preload_dlls"):
+            try:
+                ort.preload_dlls()
+            except Exception:  # noqa: BLE001 - the session below reports what is missing
+                pass
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
 
-def bind_tensors(session, image, out, extra: dict[str, np.ndarray] | None = None):
-    """An IO binding of ``session`` that reads the torch tensor ``image`` (input "image")
-    and writes its first output into the torch tensor ``out``, both contiguous on the
-    same device, in place; ``extra`` numpy inputs (the domain) are copied in. Run it
-    with ``session.run_with_iobinding`` as often as the tensors' contents change."""
-    import torch
+#: numpy element types of the tensors ``bind_tensors`` binds, by torch dtype name
+_ELEMENT = {"torch.float32": np.float32, "torch.uint8": np.uint8}
 
+
+def bind_tensors(session, image, out, extra: dict[str, np.ndarray] | None = None):
+    """An IO binding of ``session`` that reads the torch tensor ``image`` (its first
+    input) and writes its first output into the torch tensor ``out``, both contiguous
+    on the same device, in place; ``extra`` numpy inputs (the domain) are copied in. Run
+    it with ``session.run_with_iobinding`` as often as the tensors' contents change."""
     device = image.device
     index = 0 if device.index is None else device.index
-    element = {torch.float32: np.float32, torch.uint8: np.uint8}
     binding = session.io_binding()
-    binding.bind_input("image", device.type, index, element[image.dtype], list(image.shape), image.data_ptr())
+    binding.bind_input(session.get_inputs()[0].name, device.type, index, _ELEMENT[str(image.dtype)],
+                       list(image.shape), image.data_ptr())
     for name, value in (extra or {}).items():
         binding.bind_cpu_input(name, value)
-    binding.bind_output(session.get_outputs()[0].name, device.type, index, element[out.dtype],
+    binding.bind_output(session.get_outputs()[0].name, device.type, index, _ELEMENT[str(out.dtype)],
                         list(out.shape), out.data_ptr())
     return binding
+
+
+def _image_like(arg) -> bool:
+    """Whether an ONNX input or output can hold a batch of images: 4-D, float32 NCHW
+    with 1 or 3 channels, or uint8 NHWC."""
+    shape = arg.shape
+    if len(shape) != 4:
+        return False
+    if arg.type == "tensor(float)":
+        return not isinstance(shape[1], int) or shape[1] in (1, 3)
+    if arg.type == "tensor(uint8)":
+        return not isinstance(shape[3], int) or shape[3] in (1, 3)
+    return False
 
 
 class Translator:
@@ -85,7 +120,7 @@ class Translator:
                  io_binding: bool | None = None) -> None:
         """``io_binding``: run through onnxruntime's IO binding (inputs copied to the device
         once, the output allocated there); None: on the CUDA provider only."""
-        import onnxruntime as ort
+        ort = import_onnxruntime()
 
         self.path = Path(path)
         if not self.path.is_file():
@@ -95,32 +130,40 @@ class Translator:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = threads
+        providers = pick_providers(device)
         try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=pick_providers(device))
+            self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
         except Exception as e:  # noqa: BLE001 - not an ONNX model, or a broken one
-            raise RuntimeError(f"{self.path}: cannot load model ({str(e).strip().splitlines()[0]})") from None
+            raise ModelError(f"{self.path}: cannot load model ({str(e).strip().splitlines()[0]})") from None
         self.providers = self.session.get_providers()
         #: where the session computes: "cuda" (CUDA provider) or "cpu"
         self.device_type = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         self._output = self.session.get_outputs()[0].name
         self.io_binding = self.device_type == "cuda" if io_binding is None else bool(io_binding)
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        meta_keys.check(self.metadata, self.path.name)
         inputs = [i.name for i in self.session.get_inputs()]
-        if "z" in inputs:
+        #: whether ``pyganx export`` wrote the model (else it runs on stated assumptions)
+        self.foreign = not meta_keys.is_pyganx_export(self.metadata)
+        if self.foreign:
+            self._accept_foreign()
+        elif "z" in inputs:
             raise NoiseModelError(f"{self.path} is a noise model (inputs {inputs}): "
                                   f"use `pyganx sample RUN_DIR` to draw images from it", inputs, self.metadata)
+        elif inputs not in (["image"], ["image", "domain"]):
+            raise ModelError(f"{self.path}: expected the inputs 'image' (and 'domain'), found {inputs}")
         #: the model's input names, as exported
         self.inputs = inputs
-        if inputs not in (["image"], ["image", "domain"]):
-            raise RuntimeError(f"{self.path}: expected the inputs 'image' (and 'domain'), found {inputs}")
         #: whether the model takes a target domain (StarGAN) besides the image
         self.takes_domain = "domain" in inputs
         inp = self.session.get_inputs()[0]
+        self._image_input = inp.name
         #: uint8 NHWC in and out, normalisation and padding in the graph (--with-preprocessing)
         self.preprocessed = inp.type == "tensor(uint8)"
-        self.multiple = int(self.metadata.get("pyganx.size_multiple", "1"))
-        self.channels = int(self.metadata.get("pyganx.channels", inp.shape[3 if self.preprocessed else 1]))
-        self.domains = json.loads(self.metadata.get("pyganx.domains", "[]"))
+        self.multiple = int(self.metadata.get(meta_keys.SIZE_MULTIPLE, "1"))
+        dim = inp.shape[3 if self.preprocessed else 1]
+        self.channels = int(self.metadata.get(meta_keys.CHANNELS, dim if isinstance(dim, int) else 3))
+        self.domains = json.loads(self.metadata.get(meta_keys.DOMAINS, "[]"))
         self.static_shape = tuple(inp.shape) if all(isinstance(d, int) for d in inp.shape) else None
         self._opts = opts
         #: translates images larger than ``tile`` tile by tile (tiling.py), or None
@@ -128,20 +171,33 @@ class Translator:
         if tile:
             self.enable_tiling(tile, overlap, tile_stats)
 
+    def _accept_foreign(self) -> None:
+        """A model ``pyganx export`` did not write is run only if it maps one image batch
+        to one image batch; it is then taken to use pyganx's conventions."""
+        ins, outs = self.session.get_inputs(), self.session.get_outputs()
+        if len(ins) != 1 or len(outs) != 1 or not _image_like(ins[0]) or not _image_like(outs[0]):
+            shown = ", ".join(f"{a.name} {a.type} {a.shape}" for a in ins)
+            raise ModelError(f"{self.path} is not a pyganx export, and it does not take one batch of images "
+                             f"and give one (inputs: {shown}): pyganx runs only such models")
+        layout = ("uint8 NHWC images in [0, 255]" if ins[0].type == "tensor(uint8)"
+                  else "float32 NCHW images in [-1, 1]")
+        warnings.warn(f"{self.path.name} is not a pyganx export: running it on {layout}, in and out, "
+                      f"at any size", ForeignModelWarning, stacklevel=3)
+
     @property
     def can_tile(self) -> bool:
         """Whether the tiled path exists for this model: float, with dynamic H and W."""
-        return not (self.preprocessed or self.static_shape)
+        return not (self.preprocessed or self.static_shape or self.foreign)
 
     def enable_tiling(self, tile: int, overlap: int = 32, tile_stats: str = "exact") -> None:
         """Translates images larger than ``tile`` tile by tile, with whole-image norm statistics."""
         if not self.can_tile:
-            raise ValueError(f"{self.path.name}: --tile needs a float model with dynamic H and W "
+            raise UsageError(f"{self.path.name}: --tile needs a float pyganx export with dynamic H and W "
                              f"(not --with-preprocessing or --static)")
         import onnx
-        import onnxruntime as ort
 
         from .tiling import Tiler
+        ort = import_onnxruntime()
         opts, providers = self._opts, self.providers
 
         def session(blob: bytes):
@@ -153,21 +209,21 @@ class Translator:
         takes none and one is given, or takes one and none is given."""
         if not self.takes_domain:
             if domain is not None:
-                raise ValueError(f"{self.path.name} translates into one fixed domain; it takes no --domain")
+                raise UsageError(f"{self.path.name} translates into one fixed domain; it takes no --domain")
             return None
         if domain is None:
-            raise ValueError(f"{self.path.name} needs a target domain (--domain): one of {', '.join(self.domains)}")
+            raise UsageError(f"{self.path.name} needs a target domain (--domain): one of {', '.join(self.domains)}")
         if str(domain) in self.domains:
             return self.domains.index(str(domain))
         if isinstance(domain, int) and 0 <= domain < len(self.domains):
             return domain
-        raise ValueError(f"unknown domain {domain!r}; {self.path.name} knows {', '.join(self.domains)}")
+        raise UsageError(f"unknown domain {domain!r}; {self.path.name} knows {', '.join(self.domains)}")
 
     def _domain_feed(self, domain, n: int) -> dict[str, np.ndarray]:
         """The ``domain`` input for ``n`` images (empty for models that take none)."""
         many = isinstance(domain, (list, tuple))
         if many and len(domain) != n:
-            raise ValueError(f"{len(domain)} target domains for {n} images")
+            raise UsageError(f"{len(domain)} target domains for {n} images")
         ks = [self.domain_index(d) for d in (domain if many else [domain] * n)]
         return {"domain": np.array(ks, dtype=np.int64)} if ks and ks[0] is not None else {}
 
@@ -176,7 +232,7 @@ class Translator:
         if self.tiler is not None and max(x.shape[2:]) > self.tiler.tile:
             return np.concatenate([self.tiler.run(x[i:i + 1], {n: v[i:i + 1] for n, v in extra.items()})
                                    for i in range(x.shape[0])])
-        feeds = {"image": x, **extra}
+        feeds = {self._image_input: x, **extra}
         if self.io_binding:
             return self._run_bound(feeds)
         return self.session.run(None, feeds)[0]
@@ -198,24 +254,25 @@ class Translator:
         provider, a CPU tensor otherwise). onnxruntime reads the tensor's memory and writes
         into a torch tensor through IO binding: no copies through numpy. ``domain`` as for
         ``__call__``."""
-        import torch
-
+        torch = sys.modules.get("torch")    # a torch tensor means torch is loaded; never import it here
+        if torch is None or not isinstance(images, torch.Tensor):
+            raise UsageError("run_tensor takes a torch tensor; call the translator with a numpy array instead")
         dtype = torch.uint8 if self.preprocessed else torch.float32
-        if not isinstance(images, torch.Tensor) or images.dtype != dtype or images.dim() != 4:
-            raise ValueError(f"run_tensor takes a 4-D torch.{str(dtype).split('.')[-1]} tensor")
+        if images.dtype != dtype or images.dim() != 4:
+            raise UsageError(f"run_tensor takes a 4-D torch.{str(dtype).split('.')[-1]} tensor")
         if images.device.type != self.device_type:
-            raise ValueError(f"{self.path.name} runs on {self.device_type}; the images are on {images.device}")
+            raise UsageError(f"{self.path.name} runs on {self.device_type}; the images are on {images.device}")
         x = images.contiguous()
         c = x.shape[3] if self.preprocessed else x.shape[1]
         if c != self.channels:
-            raise ValueError(f"expected {self.channels} channels, got shape {tuple(x.shape)}")
+            raise UsageError(f"expected {self.channels} channels, got shape {tuple(x.shape)}")
         hw = x.shape[1:3] if self.preprocessed else x.shape[2:]
         if any(d % self.multiple for d in hw):
-            raise ValueError(f"H and W must be multiples of {self.multiple} for run_tensor, got {tuple(hw)}")
+            raise UsageError(f"H and W must be multiples of {self.multiple} for run_tensor, got {tuple(hw)}")
         self._check_static(x)
         out_channels = self.session.get_outputs()[0].shape[3 if self.preprocessed else 1]
         shape = (*x.shape[:3], out_channels) if self.preprocessed else (x.shape[0], out_channels, *hw)
-        y = torch.empty(shape, dtype=dtype, device=x.device)
+        y = x.new_empty(shape)
         self.session.run_with_iobinding(bind_tensors(self.session, x, y, self._domain_feed(domain, x.shape[0])))
         return y
 
@@ -226,12 +283,12 @@ class Translator:
         if self.preprocessed:
             x = np.ascontiguousarray(images, dtype=np.uint8)
             if x.ndim != 4 or x.shape[3] != self.channels:
-                raise ValueError(f"expected (N, H, W, {self.channels}) uint8 images, got shape {x.shape}")
+                raise UsageError(f"expected (N, H, W, {self.channels}) uint8 images, got shape {x.shape}")
             self._check_static(x)
             return self._run(x, domain)
         x = np.ascontiguousarray(images, dtype=np.float32)
         if x.ndim != 4 or x.shape[1] != self.channels:
-            raise ValueError(f"expected (N, {self.channels}, H, W) images, got shape {x.shape}")
+            raise UsageError(f"expected (N, {self.channels}, H, W) images, got shape {x.shape}")
         self._check_static(x)
         h, w = x.shape[2:]
         ph, pw = (-h) % self.multiple, (-w) % self.multiple
@@ -243,7 +300,7 @@ class Translator:
 
     def _check_static(self, x: np.ndarray) -> None:
         if self.static_shape is not None and x.shape != self.static_shape:
-            raise ValueError(f"{self.path.name} was exported with --static and takes exactly "
+            raise UsageError(f"{self.path.name} was exported with --static and takes exactly "
                              f"{self.static_shape}, got {x.shape}; export without --static for other sizes")
 
     def translate(self, img: Image.Image, domain: str | int | None = None) -> Image.Image:
@@ -260,7 +317,7 @@ class Translator:
         else:
             out = self(pixels.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1, domain)
             pix = np.clip(np.rint((out + 1) * 127.5), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
-        return [Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p, mode) for p in pix]
+        return [Image.fromarray(p[..., 0], "L") if p.shape[-1] == 1 else Image.fromarray(p, "RGB") for p in pix]
 
 
 def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[tuple[Path, Path]]:
@@ -283,8 +340,6 @@ def translate_files(translator: Translator, inputs: Iterable[str | os.PathLike],
     """Translates every image (into ``domain``, for models that take one); outputs keep
     their names under ``out_dir``. Returns the number written and one message per input
     that could not be read (skipped)."""
-    from ..engine.checkpoint import atomic_write_bytes
-
     translator.domain_index(domain)   # a wrong or missing --domain fails before any work
     files = collect_inputs(inputs)
     out = Path(out_dir)
@@ -301,9 +356,7 @@ def translate_files(translator: Translator, inputs: Iterable[str | os.PathLike],
         if not pending:
             return
         for img, rel in zip(translator.translate_batch([p[0] for p in pending], domain), [p[1] for p in pending]):
-            target = out / rel
-            fmt = Image.registered_extensions().get(target.suffix.lower(), "PNG")
-            atomic_write_bytes(target, lambda f, img=img, fmt=fmt: img.save(f, format=fmt))
+            save_image(img, out / rel)
             done += 1
         if bar is not None:
             bar.update(len(pending))

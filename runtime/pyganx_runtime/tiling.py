@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import UsageError
+
 NORM = "InstanceNormalization"
 
 
@@ -204,11 +206,11 @@ class Tiler:
     def __init__(self, proto, tile: int, overlap: int, multiple: int, session_factory,
                  stats: str = "exact") -> None:
         if tile % multiple:
-            raise ValueError(f"--tile {tile} must be a multiple of the model's size multiple {multiple}")
+            raise UsageError(f"--tile {tile} must be a multiple of the model's size multiple {multiple}")
         if not 0 <= overlap < tile:
-            raise ValueError(f"--overlap must be at least 0 and less than --tile, got {overlap}")
+            raise UsageError(f"--overlap must be at least 0 and less than --tile, got {overlap}")
         if stats not in ("exact", "fast"):
-            raise ValueError(f"tile statistics must be exact or fast, got {stats!r}")
+            raise UsageError(f"tile statistics must be exact or fast, got {stats!r}")
         self.tile, self.overlap, self.multiple, self.mode = tile, overlap, multiple, stats
         self.norms = len(_norm_nodes(proto.graph))
         self._factory = session_factory
@@ -233,7 +235,7 @@ class Tiler:
                 or h % factor or w % factor:
             factor += 1
             if factor > max(h, w):
-                raise ValueError(f"no downscale of {h}x{w} fits a {self.tile}-pixel tile in multiples "
+                raise UsageError(f"no downscale of {h}x{w} fits a {self.tile}-pixel tile in multiples "
                                  f"of {self.multiple}; pick another --tile")
         small = downscale(x, factor).astype(np.float32)
         out = self.stats.run(None, {"image": small, **extra})

@@ -1,0 +1,83 @@
+"""The options of a training run, one typed dataclass: ``pyganx train``'s flags are
+generated from its fields (pyganx.flags), as each plugin's are from its Config, and
+``pyganx.train(...)`` takes them as keyword arguments."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+
+from ..data import DataSource
+from ..errors import UsageError
+from ..flags import add_dataclass_arguments, dataclass_from_arguments
+
+
+def _opt(default, help: str, **meta):
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass
+class TrainOptions:
+    out: str = field(metadata={"help": "run directory", "flags": ("-o",), "required": True})
+    data: str | None = _opt(None, "data folder (trainA/ trainB/ [testA/ testB/], class folders, ...)",
+                            exclusive="source")
+    demo: str | None = _opt(None, "a bundled offline data set", choices=["digits", "photos"], exclusive="source")
+    data_a: str | None = _opt(None, "domain A folder (unpaired data)")
+    data_b: str | None = _opt(None, "domain B folder (unpaired data)")
+    steps: int | None = _opt(None, "training iterations", exclusive="length")
+    epochs: int | None = _opt(None, "passes over the training set", exclusive="length")
+    resume: str | None = _opt(None, "continue from CKPT, or from the run's latest checkpoint",
+                              optional_value="", metavar="CKPT")   # "": the run's latest checkpoint
+    image_size: int | None = _opt(None, "training size (default: the data set's, or the plugin's)")
+    batch_size: int = _opt(1, "per process")
+    channels: int | None = _opt(None, "1 grey or 3 RGB (default: RGB unless every image is grey)",
+                                choices=[1, 3])
+    precision: str = _opt("auto", "autocast dtype (fp16 with a GradScaler); auto: bf16 or fp16 on a GPU, "
+                                  "fp32 elsewhere", choices=["auto", "fp32", "bf16", "fp16"])
+    channels_last: bool = _opt(False, "networks and batches in channels_last memory format "
+                                      "(fast on tensor-core GPUs)")
+    checkpoint_activations: bool = _opt(False, "keep only segment inputs of the generators for backward "
+                                               "and recompute the rest (less memory, about one more "
+                                               "forward of time)")
+    sync_bn: bool = _opt(False, "under torchrun on GPUs: batch-norm statistics over all processes "
+                                "(SyncBatchNorm)")
+    seed: int = _opt(0, "seed of weights, noise, data order and augmentation")
+    deterministic: bool = _opt(False, "deterministic algorithms")
+    workers: int = _opt(0, "data-loader worker processes")
+    ema: float | None = _opt(None, "keep an EMA of the generators with this decay")
+    sample_every: int = _opt(200, "steps between sample grids")
+    checkpoint_every: int = _opt(500, "steps between checkpoints")
+    keep: int = _opt(3, "checkpoints kept (0: all)")
+    device: str | None = _opt(None, "cuda, mps or cpu (default: the first available)")
+    progress: bool = _opt(True, "a progress bar")
+    skip_bad_images: bool = _opt(False, "warn about unreadable images and train on the others, "
+                                        "instead of stopping")
+
+    def check(self) -> None:
+        """A UsageError for options that cannot make a run."""
+        if (self.steps is None) == (self.epochs is None):
+            raise UsageError("give exactly one of --steps N and --epochs N")
+        for flag, value, least in (("steps", self.steps, 1), ("epochs", self.epochs, 1),
+                                   ("batch-size", self.batch_size, 1),
+                                   ("sample-every", self.sample_every, 1),
+                                   ("checkpoint-every", self.checkpoint_every, 1),
+                                   ("keep", self.keep, 0), ("workers", self.workers, 0)):
+            if value is not None and value < least:
+                raise UsageError(f"--{flag} must be at least {least}, got {value}")
+
+    def data_source(self) -> DataSource:
+        """Where the run's images come from (pyganx.data.build_dataset)."""
+        return DataSource(data=self.data, data_a=self.data_a, data_b=self.data_b, demo=self.demo,
+                          image_size=self.image_size, channels=self.channels, seed=self.seed,
+                          skip_bad_images=self.skip_bad_images)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """``pyganx train``'s engine flags, one per TrainOptions field."""
+    add_dataclass_arguments(parser, TrainOptions, "training options")
+
+
+def options_from_arguments(args: argparse.Namespace) -> TrainOptions:
+    return dataclass_from_arguments(TrainOptions, args)
+
+
+__all__ = ["TrainOptions", "add_train_arguments", "options_from_arguments"]

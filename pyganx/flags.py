@@ -1,0 +1,93 @@
+"""Command-line flags from dataclass fields: one ``--kebab-case`` flag per field, so that
+a configuration is written once, as a typed dataclass with its defaults, and the
+command line follows it (plugin configs and the training options alike).
+
+A field's ``metadata`` may refine its flag:
+
+- ``help``: the help text;
+- ``flags``: extra option strings, e.g. ``("-o",)``;
+- ``choices``, ``metavar``, ``required``: as for ``argparse``;
+- ``optional_value``: the flag may be given without a value, which then means this
+  value (``--resume`` alone resumes from the latest checkpoint);
+- ``exclusive``: fields naming the same group are mutually exclusive;
+- ``cli``: False keeps the field off the command line.
+
+Field types are bool (``--flag`` / ``--no-flag``), int, float and str, each optionally
+``| None``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from typing import Any
+
+_SCALARS = (int, float, str)
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def _scalar_type(kind: Any) -> Any:
+    """``int`` for ``int`` and ``int | None`` (likewise float, str and bool); None otherwise."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        kind = args[0] if len(args) == 1 else None
+    return kind if kind is bool or kind in _SCALARS else None
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type,
+                            title: str | None = None) -> argparse._ArgumentGroup:
+    """Adds one flag per field of the dataclass ``cls`` (see the module doc) to a new
+    argument group of ``parser``, and returns the group. A field of another type is a
+    TypeError naming it."""
+    group = parser.add_argument_group(title or f"{cls.__name__} options")
+    exclusive: dict[str, argparse._MutuallyExclusiveGroup] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if meta.get("cli", True) is False:
+            continue
+        kind = _scalar_type(hints.get(f.name, f.type))
+        if kind is None:
+            raise TypeError(f"{cls.__name__}.{f.name}: config fields must be bool, int, float or str "
+                            f"(or one of them | None) to become CLI flags, got {hints.get(f.name, f.type)!r}")
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        where = group
+        if "exclusive" in meta:
+            name = meta["exclusive"]
+            if name not in exclusive:
+                exclusive[name] = group.add_mutually_exclusive_group()
+            where = exclusive[name]
+        names = [*meta.get("flags", ()), flag_name(f.name)]
+        kw: dict[str, Any] = {"dest": f.name, "default": default}
+        help_text = meta.get("help", "")
+        if kind is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = kind
+            for key in ("choices", "metavar"):
+                if key in meta:
+                    kw[key] = meta[key]
+            if "optional_value" in meta:
+                kw.update(nargs="?", const=meta["optional_value"])
+        if meta.get("required"):
+            kw["required"] = True
+        elif default is not None:
+            help_text = f"{help_text} (default: %(default)s)".strip()
+        where.add_argument(*names, help=help_text, **kw)
+    return group
+
+
+def dataclass_from_arguments(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
+    """``cls`` built from parsed arguments: the fields given on the command line (not
+    None), the defaults for the rest, and ``fixed`` values over both."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+              if getattr(args, f.name, None) is not None}
+    return cls(**{**values, **fixed})
+
+
+__all__ = ["add_dataclass_arguments", "dataclass_from_arguments", "flag_name"]

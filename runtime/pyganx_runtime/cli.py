@@ -1,0 +1,177 @@
+"""The ``pyganx-runtime`` command (``translate`` and ``serve``), and the parts of it that
+``pyganx``'s own command line shares: the ``translate``/``serve`` arguments and
+handlers, one-line usage errors, and the rule for reporting errors.
+
+Errors: a :class:`~pyganx_runtime.errors.PyganxError` or an ``OSError`` is one line on
+stderr (exit status 1). Anything else is a bug or an environment problem: one line
+with its exception type, whether it is an out-of-memory error, and a pointer to
+``--debug``, which shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from typing import Callable
+
+from ._version import __version__
+from .errors import DependencyError, PyganxError, UsageError
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr (exit status 2);
+    ``--help`` still shows the full usage."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` says memory ran out (Python's MemoryError, torch's and
+    onnxruntime's out-of-memory errors)."""
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return True
+    text = str(e).lower()
+    return "out of memory" in text or "failed to allocate memory" in text
+
+
+def describe_failure(e: BaseException) -> str:
+    """The one line for an error: its message for a PyganxError or an OSError, else its
+    type and first line, flagged as out of memory where it is one, with a pointer to
+    ``--debug``."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    if isinstance(e, (PyganxError, OSError)):
+        return first or type(e).__name__
+    what = f"{type(e).__name__}: {first}" if first else type(e).__name__
+    if is_out_of_memory(e):
+        return (f"out of memory ({what}); try a smaller batch or image size "
+                f"(--debug shows the traceback)")
+    return f"unexpected {what} (a bug or a broken installation; --debug shows the traceback)"
+
+
+def run_command(prog: str, handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """``handler(args)``, with errors reported as the module doc says; ``args.debug``
+    lets every error through with its traceback."""
+    if getattr(args, "debug", False):
+        return handler(args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        shown = warnings.showwarning
+        warnings.showwarning = lambda message, *rest, **kw: print(f"{prog}: warning: {message}",
+                                                                  file=sys.stderr)
+        try:
+            return handler(args)
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return 130
+        except Exception as e:  # noqa: BLE001 - every error becomes one line (see describe_failure)
+            print(f"{prog}: {describe_failure(e)}", file=sys.stderr)
+            return 1
+        finally:
+            warnings.showwarning = shown
+
+
+# --- translate --------------------------------------------------------------------
+
+def add_translate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a model written by `pyganx export`")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (recursive)")
+    p.add_argument("-o", "--out", required=True, help="output folder; names are kept")
+    p.add_argument("--batch-size", type=int, default=1, help="images of one size per run")
+    p.add_argument("--domain", help="target domain name, for models that take one (StarGAN)")
+    p.add_argument("--tile", type=int, metavar="PX",
+                   help="translate images larger than PX tile by tile, with whole-image norm statistics")
+    p.add_argument("--overlap", type=int, default=32, help="pixels shared by neighbouring tiles (with --tile)")
+    p.add_argument("--tile-stats", choices=["exact", "fast"], default="exact",
+                   help="norm statistics for tiles: gathered over all tiles, one sweep per norm layer "
+                        "(exact), or from the image downscaled to one tile (fast, approximate)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def translate_command(args: argparse.Namespace, prog: str = "pyganx translate") -> int:
+    """Runs ``translate`` as parsed by :func:`add_translate_arguments`; exit status 1
+    when some inputs could not be read (they are listed and skipped)."""
+    from .translator import Translator, translate_files
+
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    tr = Translator(args.model, device=args.device, tile=args.tile, overlap=args.overlap,
+                    tile_stats=args.tile_stats)
+    done, errors = translate_files(tr, args.inputs, args.out, args.batch_size,
+                                   progress=not args.no_progress, domain=args.domain)
+    for msg in errors:
+        print(f"{prog}: skipped {msg}", file=sys.stderr)
+    print(f"translated {done} image(s) into {args.out} with {tr.providers[0]}"
+          + (f"; {len(errors)} unreadable input(s) skipped" if errors else ""))
+    return 1 if errors else 0
+
+
+# --- serve ------------------------------------------------------------------------
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("models", nargs="+", metavar="MODEL.onnx",
+                   help="models written by `pyganx export`; each is served as its file name without .onnx")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to listen on; anything but loopback exposes the service to the network")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on /v1/ and /metrics "
+                                   "(or set PYGANX_SERVE_TOKEN, which `ps` does not show)")
+    p.add_argument("--max-batch", type=int, default=8, help="images of one model and size run together")
+    p.add_argument("--max-wait-ms", type=float, default=10.0,
+                   help="how long the oldest waiting request waits for others to batch with")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="requests waiting per model; more are answered 503 with Retry-After")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload (413 above)")
+    p.add_argument("--max-pixels", type=int, default=4096 * 4096,
+                   help="largest image in pixels, checked before decoding (413 above)")
+    p.add_argument("--tile", type=int, default=1024, metavar="PX",
+                   help="images larger than PX are translated tile by tile (0: never)")
+    p.add_argument("--overlap", type=int, default=32, help="pixels shared by neighbouring tiles")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, help="onnxruntime threads per model (default: all cores)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="uvicorn's log level (info logs every request)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """Runs ``serve`` as parsed by :func:`add_serve_arguments`, until interrupted."""
+    for name in ("max_batch", "max_queue", "max_upload_mb", "max_pixels"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    try:
+        from .serve import ServeConfig, serve
+    except ImportError as e:
+        raise DependencyError(f"needs the serve extra: pip install 'pyganx-runtime[serve,cpu]' ({e})") from None
+    config = ServeConfig(max_batch=args.max_batch, max_wait_ms=max(0.0, args.max_wait_ms),
+                         max_queue=args.max_queue, token=args.token or os.environ.get("PYGANX_SERVE_TOKEN") or None,
+                         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels,
+                         tile=args.tile or None, overlap=args.overlap, device=args.device, threads=args.threads)
+    serve(args.models, args.host, args.port, config, log_level=args.log_level)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = Parser(prog="pyganx-runtime",
+                    description="Run image translators exported by `pyganx export` with onnxruntime, without torch.")
+    parser.add_argument("--version", action="version", version=f"pyganx-runtime {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    trn = sub.add_parser("translate", help="run an exported model on image files or folders",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_translate_arguments(trn)
+    srv = sub.add_parser("serve", help="exported models behind an HTTP API and a web page",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_serve_arguments(srv)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "translate":
+        return run_command("pyganx-runtime translate",
+                           lambda a: translate_command(a, "pyganx-runtime translate"), args)
+    return run_command("pyganx-runtime serve", serve_command, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
