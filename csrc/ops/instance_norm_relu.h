@@ -72,7 +72,8 @@ instance_norm_relu_backward_with(BackwardLauncher launch, const at::Tensor& grad
 }  // namespace pyganx::ops
 
 namespace pyganx::cpu {
-// The ring term of the residual block's reflection padding on CPU (cpu/reflect_ring.cpp).
+// The ring term of the residual block's reflection padding on CPU
+// (cpu/reflect_ring_kernel.cpp).
 ops::ReflectRing ring_launchers();
 }  // namespace pyganx::cpu
 
