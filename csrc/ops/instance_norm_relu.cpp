@@ -1,4 +1,8 @@
-// pyganx::instance_norm_relu: schemas, argument checks, and the CPU registration.
+// pyganx::instance_norm_relu: the schemas, and the device-independent glue that the CPU
+// and CUDA registrations share (argument checks, output allocation, gradient
+// reductions; see instance_norm_relu.h). The CPU kernels are in cpu/ (registered in
+// cpu/instance_norm_relu_launch_kernel.cpp), the CUDA ones and their registration in
+// cuda/instance_norm_relu_kernel.cu, autograd in autograd/instance_norm_relu_kernel.cpp.
 //
 //   instance_norm_relu(x, weight?, bias?, eps, relu) -> out
 //   _instance_norm_relu_forward(...)  -> (out, mean, rstd)   statistics [N, C]
@@ -10,8 +14,6 @@
 // ReLU. The output is channels_last when the input is, contiguous otherwise.
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include "instance_norm_relu.h"
-
-#include "cpu/instance_norm_relu_kernel.h"
 
 #include <ATen/ops/empty.h>
 #include <ATen/ops/sum.h>
@@ -163,87 +165,11 @@ instance_norm_relu_backward_with(BackwardLauncher launch, const at::Tensor& grad
   return {gx, gw, gb};
 }
 
-namespace {
-
-const void* data_or_null(const at::Tensor& t) { return t.defined() ? t.const_data_ptr() : nullptr; }
-
-void launch_forward_cpu(const InstanceNormInput& in, const at::Tensor& residual, bool pad_out,
-                        double eps, bool relu, at::Tensor& out, at::Tensor& mean,
-                        at::Tensor& rstd) {
-  cpu::InstanceNormForwardParams p;
-  p.x = in.x.const_data_ptr();
-  p.residual = data_or_null(residual);
-  p.pad_out = pad_out;
-  p.H = in.H;
-  p.W = in.W;
-  p.out = out.mutable_data_ptr();
-  p.mean = mean.mutable_data_ptr();
-  p.rstd = rstd.mutable_data_ptr();
-  p.weight = data_or_null(in.weight);
-  p.bias = data_or_null(in.bias);
-  p.N = in.N;
-  p.C = in.C;
-  p.HW = in.HW;
-  p.eps = eps;
-  p.relu = relu;
-  p.channels_last = in.channels_last;
-  p.dtype = in.x.scalar_type();
-  cpu::instance_norm_relu_forward(p);
-}
-
-void launch_backward_cpu(const InstanceNormInput& in, const at::Tensor& grad_out,
-                         const at::Tensor& mean, const at::Tensor& rstd, bool relu,
-                         at::Tensor& grad_x, at::Tensor& sum_dy, at::Tensor& sum_dy_xhat) {
-  cpu::InstanceNormBackwardParams p;
-  p.grad_out = grad_out.const_data_ptr();
-  p.x = in.x.const_data_ptr();
-  p.mean = mean.const_data_ptr();
-  p.rstd = rstd.const_data_ptr();
-  p.weight = data_or_null(in.weight);
-  p.bias = data_or_null(in.bias);
-  p.grad_x = grad_x.defined() ? grad_x.mutable_data_ptr() : nullptr;
-  p.sum_dy = sum_dy.mutable_data_ptr();
-  p.sum_dy_xhat = sum_dy_xhat.mutable_data_ptr();
-  p.N = in.N;
-  p.C = in.C;
-  p.HW = in.HW;
-  p.relu = relu;
-  p.channels_last = in.channels_last;
-  p.dtype = in.x.scalar_type();
-  cpu::instance_norm_relu_backward(p);
-}
-
-at::Tensor instance_norm_relu_cpu(const at::Tensor& x, const std::optional<at::Tensor>& weight,
-                                  const std::optional<at::Tensor>& bias, double eps, bool relu) {
-  return std::get<0>(instance_norm_relu_forward_with(launch_forward_cpu, x, weight, bias, eps, relu));
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_relu_forward_cpu(
-    const at::Tensor& x, const std::optional<at::Tensor>& weight,
-    const std::optional<at::Tensor>& bias, double eps, bool relu) {
-  return instance_norm_relu_forward_with(launch_forward_cpu, x, weight, bias, eps, relu);
-}
-
-std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<at::Tensor>>
-instance_norm_relu_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
-                                const at::Tensor& mean, const at::Tensor& rstd,
-                                const std::optional<at::Tensor>& weight,
-                                const std::optional<at::Tensor>& bias, bool relu,
-                                std::array<bool, 3> output_mask) {
-  return instance_norm_relu_backward_with(launch_backward_cpu, grad_out, x, mean, rstd, weight,
-                                          bias, relu, output_mask);
-}
-
-}  // namespace
-
-InstanceNormLaunchers cpu_launchers() {
-  return {launch_forward_cpu, launch_backward_cpu, cpu::ring_launchers()};
-}
-
 }  // namespace pyganx::ops
 
 TORCH_LIBRARY_FRAGMENT(pyganx, m) {
-  // Fake (meta) kernels and autograd live in the Python package pyganx.ops.
+  // Fake (meta) kernels live in the Python package (pyganx/ops/instance_norm_relu.py);
+  // autograd is C++, autograd/instance_norm_relu_kernel.cpp.
   m.set_python_module("pyganx.ops.instance_norm_relu");
   const std::vector<at::Tag> tags = {at::Tag::pt2_compliant_tag};
   m.def(
@@ -258,10 +184,4 @@ TORCH_LIBRARY_FRAGMENT(pyganx, m) {
       " Tensor? weight, Tensor? bias, bool relu, bool[3] output_mask)"
       " -> (Tensor?, Tensor?, Tensor?)",
       tags);
-}
-
-TORCH_LIBRARY_IMPL(pyganx, CPU, m) {
-  m.impl("instance_norm_relu", &pyganx::ops::instance_norm_relu_cpu);
-  m.impl("_instance_norm_relu_forward", &pyganx::ops::instance_norm_relu_forward_cpu);
-  m.impl("_instance_norm_relu_backward", &pyganx::ops::instance_norm_relu_backward_cpu);
 }

@@ -55,7 +55,6 @@ struct InstanceNormLaunchers {
   BackwardLauncher backward = nullptr;
   ReflectRing ring{};
 };
-InstanceNormLaunchers cpu_launchers();
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_relu_forward_with(
     ForwardLauncher launch, const at::Tensor& x, const std::optional<at::Tensor>& weight,
@@ -72,7 +71,10 @@ instance_norm_relu_backward_with(BackwardLauncher launch, const at::Tensor& grad
 }  // namespace pyganx::ops
 
 namespace pyganx::cpu {
-// The ring term of the residual block's reflection padding on CPU (cpu/reflect_ring.cpp).
+// The CPU launchers (cpu/instance_norm_relu_launch_kernel.cpp).
+ops::InstanceNormLaunchers launchers();
+// The ring term of the residual block's reflection padding on CPU
+// (cpu/reflect_ring_kernel.cpp).
 ops::ReflectRing ring_launchers();
 }  // namespace pyganx::cpu
 

@@ -1,6 +1,6 @@
 // Index arithmetic of the reflection ring term as matrix products, shared by the CPU
-// (cpu/reflect_ring.cpp) and CUDA (cuda/reflect_ring_kernel.cu) implementations, so the
-// CPU tests check the same mapping the GPU runs.
+// (cpu/reflect_ring_kernel.cpp) and CUDA (cuda/reflect_ring_kernel.cu) implementations,
+// so the CPU tests check the same mapping the GPU runs.
 //
 // conv3x3(reflect_pad(x)) = conv3x3 with zero padding + R. The taps of R (those that land
 // outside the image) split into four disjoint groups g:

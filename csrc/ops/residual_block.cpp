@@ -1,5 +1,6 @@
-// pyganx::residual_block: schemas, argument checks, the implementation shared by the
-// backends, and the CPU registration.
+// pyganx::residual_block: schemas, argument checks and the implementation shared by the
+// backends. The CPU and CUDA registrations are in cpu/residual_block_kernel.cpp and
+// cuda/residual_block_kernel.cpp, autograd in autograd/residual_block_kernel.cpp.
 //
 //   residual_block(x, w1, b1?, w2, b2?, gamma1?, beta1?, gamma2?, beta2?, padding, eps) -> y
 //   _residual_block_forward(...same...) -> (y, h1, h2, mean1, rstd1, mean2, rstd2)
@@ -468,5 +469,3 @@ TORCH_LIBRARY_FRAGMENT(pyganx, m) {
       " -> (Tensor?, Tensor?, Tensor?, Tensor?, Tensor?, Tensor?, Tensor?, Tensor?, Tensor?)",
       tags);
 }
-
-PYGANX_REGISTER_RESIDUAL_BLOCK(CPU, pyganx::ops::cpu_launchers())

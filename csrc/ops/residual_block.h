@@ -2,7 +2,8 @@
 //   y = x + IN2(conv3x3(pad(ReLU(IN1(conv3x3(pad(x)))))))
 // The convolutions go through ATen (oneDNN / cuDNN); the instance norms through a
 // backend's launchers (instance_norm_relu.h). Each backend registers these functions
-// with its launchers: the CPU one in residual_block.cpp, the CUDA one in cuda/.
+// with its launchers (PYGANX_REGISTER_RESIDUAL_BLOCK below): the CPU in
+// cpu/residual_block_kernel.cpp, CUDA in cuda/residual_block_kernel.cpp.
 #pragma once
 
 #include "instance_norm_relu.h"
