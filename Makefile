@@ -2,8 +2,10 @@
 #
 #   make demo     set up (.venv, torch, build), then train CycleGAN on the bundled digits
 #   make demo-dcgan | demo-cgan | demo-stargan   the README's figures of the other variants
-#   make test     set up, then: CUDA + C++ build (pip), CMake/LibTorch build + ctest, pytest
-#                 (installs chromium + chromium-driver with apt when missing: the browser test)
+#   make test     set up, then: CUDA + C++ build (pip), CMake/LibTorch build + ctest, pytest, and
+#                 the runtime's tests in a second, torch-free venv (.venv-runtime) holding only
+#                 pyganx-runtime (installs chromium + chromium-driver with apt when missing:
+#                 the browser test)
 #   make bench    the benchmark suites (results go to benchmarks/RESULTS.md by hand)
 #
 # Options: USE_SYSTEM_TORCH=1 builds into the interpreter's own environment and uses
@@ -26,6 +28,10 @@ else
 endif
 STAMPS := .stamps
 CMAKE_BUILD := build/cmake
+# The torch-free environment of pyganx-runtime alone (runtime/), where its tests run.
+RUNTIME_VENV ?= .venv-runtime
+RPY := $(RUNTIME_VENV)/bin/python
+RUNTIME_TEST_DEPS := pytest httpx selenium
 
 # nvcc where the usual toolkit lives, so the CUDA kernels are always compiled there.
 ifeq ($(origin CUDA_HOME),undefined)
@@ -35,14 +41,14 @@ ifeq ($(origin CUDA_HOME),undefined)
 endif
 export MAX_JOBS ?= 2
 
-SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
+SOURCES := $(shell find csrc -type f) setup.py pyproject.toml runtime/pyproject.toml
 # Python packages the tests and the harness need besides torch. ONNX export and inference
 # use onnx + onnxscript + plain onnxruntime here (the `cpu` extra; never both onnxruntime
 # and onnxruntime-gpu in one environment).
 DEPS := numpy ninja setuptools wheel pillow tqdm pytest pytest-benchmark scikit-learn matplotlib \
   onnx onnxscript onnxruntime starlette uvicorn python-multipart prometheus-client httpx selenium
 
-.PHONY: help setup build test pytest cmake-test browser demo demo-dcgan demo-cgan demo-stargan bench clean
+.PHONY: help setup build test pytest runtime-test cmake-test browser demo demo-dcgan demo-cgan demo-stargan bench clean
 
 help:
 	@sed -n '/^#/!q;p' Makefile
@@ -66,7 +72,9 @@ $(STAMPS)/venv-$(USE_SYSTEM_TORCH): Makefile
 $(STAMPS)/build: $(STAMPS)/venv-$(USE_SYSTEM_TORCH) $(SOURCES)
 	@mkdir -p build
 	@echo "building pyganx (CUDA_HOME=$${CUDA_HOME:-none}, MAX_JOBS=$(MAX_JOBS)); log: build/pip-build.log"
-	$(PY) -m pip install --no-build-isolation --no-deps -e . > build/pip-build.log 2>&1 \
+	$(PY) -m pip install --no-build-isolation --no-deps -e runtime > build/pip-build.log 2>&1 \
+	  || { tail -n 80 build/pip-build.log; exit 1; }
+	$(PY) -m pip install --no-build-isolation --no-deps -e . >> build/pip-build.log 2>&1 \
 	  || { tail -n 80 build/pip-build.log; exit 1; }
 	$(PY) -c 'import json, pyganx; i = pyganx.build_info(); assert i["extension"], i["reason"]; print(json.dumps(i))' > $@.tmp
 	@mv $@.tmp $@
@@ -92,7 +100,23 @@ cmake-test: $(STAMPS)/venv-$(USE_SYSTEM_TORCH)
 pytest: $(STAMPS)/build
 	$(PY) -m pytest tests -q -p no:cacheprovider
 
-test: $(STAMPS)/build cmake-test browser pytest
+# pyganx-runtime alone, as a deployment installs it: no torch, no pyganx.
+$(STAMPS)/venv-runtime: runtime/pyproject.toml Makefile
+	@mkdir -p $(STAMPS)
+	rm -rf $(RUNTIME_VENV)
+	$(PYTHON) -m venv $(RUNTIME_VENV)
+	$(RPY) -m pip install -q -e './runtime[cpu,serve]' $(RUNTIME_TEST_DEPS)
+	$(RPY) -c 'import importlib.util as u; assert u.find_spec("torch") is None, "torch got into $(RUNTIME_VENV)"'
+	@touch $@
+
+# The runtime's tests in the torch-free venv, on models pyganx exports first (tests/runtime_models.py).
+runtime-test: $(STAMPS)/build $(STAMPS)/venv-runtime browser
+	rm -rf build/runtime-models
+	$(PY) tests/runtime_models.py build/runtime-models > build/runtime-models.log 2>&1 \
+	  || { tail -n 40 build/runtime-models.log; exit 1; }
+	PYGANX_TEST_MODELS=build/runtime-models PYGANX_TORCH_FREE=1 $(RPY) -m pytest runtime/tests -q -p no:cacheprovider
+
+test: $(STAMPS)/build cmake-test browser pytest runtime-test
 
 # The web page of `pyganx serve` is tested in headless Chromium: Debian's chromium and
 # chromium-driver, installed with apt when missing (CI runs as root; elsewhere sudo).

@@ -14,9 +14,11 @@
 // - Padding is never materialised as a copy. With reflection, IN1 + ReLU writes conv2's
 //   input straight into a padded buffer (ring included) and conv2 runs with padding 0;
 //   conv1 runs with ATen's implicit zero padding and the difference a reflection makes
-//   (it only reaches the outermost output rows and columns) is added by thin grouped
-//   strip convolutions (CPU) or the ring kernels of the backend (an exact
-//   reformulation, 4/H of a convolution's FLOPs).
+//   (it only reaches the outermost output rows and columns) is added as a ring term (an
+//   exact reformulation, 4/H of a convolution's FLOPs): by the backend's ring kernels
+//   (cpu/reflect_ring_kernel.cpp, cuda/reflect_ring_kernel.cu), except CUDA's forward,
+//   which adds it with thin grouped strip convolutions (ATen) unless
+//   PYGANX_RING_FORWARD_KERNEL=1 selects its kernel.
 // - IN1 + ReLU is one pass; IN2 + the residual add is one pass.
 // - Lean backward: besides x and y (kept anyway as block boundaries) only h1 (the first
 //   conv's output) and the per-plane statistics are kept. The ReLU'd activation is

@@ -1,13 +1,19 @@
-"""`pyganx bench serve`: a bounded load test of `pyganx serve` on 127.0.0.1, with
-micro-batching on and off.
+"""`pyganx bench serve`: a bounded load test of the HTTP service on 127.0.0.1, with
+micro-batching on and off, and the cold start of `translate`.
 
-For each configuration a fresh `pyganx serve` process serves one model (by default a
+For each configuration a fresh ``serve`` process serves one model (by default a
 CycleGAN ResnetGenerator, 64 filters and 6 blocks, random weights, exported here; or
 ``--model``); a client in this process sends ``--requests`` PNG uploads (default 500) with
 ``--concurrency`` requests in flight (default 16), stopping early at ``--time-cap``
 seconds. Reported: throughput, p50/p95/p99 latency, errors, the mean batch size the
-service ran (from its /metrics) and the server's resident memory after a warm-up and
-after the run. Client and server share the machine's cores.
+service ran (from its /metrics) and the server's resident memory when idle after
+start-up, after a warm-up and after the run. Client and server share the machine's
+cores. The server is ``pyganx-runtime serve`` (``--server pyganx`` for ``pyganx
+serve``), run by ``--python`` (e.g. a torch-free environment's interpreter).
+
+Then ``translate`` of one image from a cold start, as a new process: wall time (best
+and median of ``--translate-runs``) and peak resident memory, for ``pyganx-runtime
+translate`` under ``--python`` and ``pyganx translate`` under this interpreter.
 """
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ import argparse
 import asyncio
 import io
 import json
-import socket
+import os
 import subprocess
 import sys
 import tempfile
@@ -24,20 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-LOOPBACK = "127.0.0.1"
-
-
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
+#: --server: the module each command runs as
+SERVERS = {"pyganx-runtime": "pyganx_runtime", "pyganx": "pyganx"}
 
 
 def export_default_model(path: Path, size: int) -> None:
@@ -97,69 +91,68 @@ async def _load(url: str, uploads: list[bytes], requests: int, concurrency: int,
             "capped": len(latencies) < requests}
 
 
-def start_server(models: list, *flags: str, timeout: float = 120) -> tuple[subprocess.Popen, str]:
-    """``pyganx serve MODELS --port <free> FLAGS`` in a subprocess (stdout and stderr in
-    one pipe), once /healthz answers 200: (the process, its URL). Raises RuntimeError,
-    with what the server printed, when it exits or does not answer in ``timeout`` s."""
-    import httpx
-
-    port = _free_port()
-    url = f"http://{LOOPBACK}:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "pyganx", "serve", *map(str, models), "--host", LOOPBACK,
-                             "--port", str(port), *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"pyganx serve did not start: {proc.stdout.read()}")
-        time.sleep(0.2)
-
-
-def stop_server(proc: subprocess.Popen) -> str:
-    """Stops it (SIGTERM, then SIGKILL after 20 s); what it printed."""
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    return proc.stdout.read()
-
-
 def run_config(model: Path, max_batch: int, max_wait_ms: float, args, uploads: list[bytes]) -> dict:
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
+    from pyganx_runtime.serve.process import rss_mib, start_server, stop_server
 
     proc, url = start_server([model], "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms),
-                             "--device", args.device, "--log-level", "warning")
+                             "--device", args.device, "--log-level", "warning", python=args.python,
+                             module=SERVERS[args.server])
     try:
+        time.sleep(1)
+        rss_idle = rss_mib(proc.pid)
         asyncio.run(_load(url, uploads, 2 * args.concurrency, args.concurrency, args.time_cap))   # warm-up
-        rss_before = _rss_mib(proc.pid)
+        rss_before = rss_mib(proc.pid)
         result = asyncio.run(_load(url, uploads, args.requests, args.concurrency, args.time_cap))
-        rss_after = _rss_mib(proc.pid)
+        rss_after = rss_mib(proc.pid)
         fams = {f.name: f for f in text_string_to_metric_families(httpx.get(url + "/metrics").text)}
         s = {x.name.rsplit("_", 1)[1]: x.value for x in fams["pyganx_batch_size"].samples
              if x.name.endswith(("_sum", "_count"))}
-        result.update(max_batch=max_batch, max_wait_ms=max_wait_ms,
-                      mean_batch=round(s["sum"] / max(s["count"], 1), 2),
+        result.update(server=args.server, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                      mean_batch=round(s["sum"] / max(s["count"], 1), 2), rss_idle_mib=round(rss_idle, 1),
                       rss_before_mib=round(rss_before, 1), rss_after_mib=round(rss_after, 1))
         return result
     finally:
         stop_server(proc)
 
 
+def cold_translate(python: str, module: str, model: Path, image: Path, out: Path, runs: int) -> dict:
+    """``python -m MODULE translate MODEL IMAGE`` as a new process, ``runs`` times: the
+    wall times (best, median) and the largest peak resident memory."""
+    times, peaks = [], []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([python, "-m", module, "translate", str(model), str(image), "-o", str(out),
+                                 "--no-progress", "--device", "cpu"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)
+        times.append(time.perf_counter() - t0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            raise RuntimeError(f"{module} translate failed: {proc.stderr.read().decode()}")
+        proc.stderr.close()
+        peaks.append(usage.ru_maxrss / 1024)       # KiB on Linux
+    return {"command": f"{module.replace('_', '-')} translate", "python": python,
+            "best_s": round(min(times), 3), "median_s": round(float(np.median(times)), 3),
+            "peak_rss_mib": round(max(peaks), 1)}
+
+
 def format_table(rows: list[dict]) -> str:
-    out = ["| micro-batching | requests | req/s | p50 ms | p95 ms | p99 ms | errors | mean batch "
-           "| RSS before → after (MiB) |", "|---|---|---|---|---|---|---|---|---|"]
+    out = ["| server | micro-batching | requests | req/s | p50 ms | p95 ms | p99 ms | errors | mean batch "
+           "| RSS idle / after warm-up / after (MiB) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         mode = f"on (max {r['max_batch']}, {r['max_wait_ms']:g} ms)" if r["max_batch"] > 1 else "off (max 1)"
-        out.append(f"| {mode} | {r['requests']}{' (capped)' if r['capped'] else ''} | {r['throughput_rps']} "
-                   f"| {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['errors']} | {r['mean_batch']} "
-                   f"| {r['rss_before_mib']} → {r['rss_after_mib']} |")
+        out.append(f"| {r['server']} | {mode} | {r['requests']}{' (capped)' if r['capped'] else ''} "
+                   f"| {r['throughput_rps']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['errors']} "
+                   f"| {r['mean_batch']} | {r['rss_idle_mib']} / {r['rss_before_mib']} / {r['rss_after_mib']} |")
+    return "\n".join(out)
+
+
+def format_translate(rows: list[dict]) -> str:
+    out = ["| one image, cold start | best s | median s | peak RSS (MiB) |", "|---|---|---|---|"]
+    out += [f"| {r['command']} ({r['python']}) | {r['best_s']} | {r['median_s']} | {r['peak_rss_mib']} |"
+            for r in rows]
     return "\n".join(out)
 
 
@@ -173,6 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-batch", type=int, default=8, help="the micro-batching configuration")
     ap.add_argument("--max-wait-ms", type=float, default=10)
     ap.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--server", default="pyganx-runtime", choices=sorted(SERVERS),
+                    help="which command serves: pyganx-runtime serve or pyganx serve")
+    ap.add_argument("--python", default=sys.executable,
+                    help="the interpreter that runs the server and pyganx-runtime translate (e.g. a "
+                         "torch-free environment's)")
+    ap.add_argument("--translate-runs", type=int, default=5, help="cold starts of translate per command")
     ap.add_argument("--json", help="also write the rows to this file")
     args = ap.parse_args(argv)
     try:
@@ -189,12 +188,18 @@ def main(argv: list[str] | None = None) -> int:
             export_default_model(model, args.size)
         rows = [run_config(model, args.max_batch, args.max_wait_ms, args, uploads),
                 run_config(model, 1, 0, args, uploads)]
+        image = Path(tmp) / "one.png"
+        image.write_bytes(uploads[0])
+        cold = [cold_translate(args.python, "pyganx_runtime", model, image, Path(tmp) / "out", args.translate_runs),
+                cold_translate(sys.executable, "pyganx", model, image, Path(tmp) / "out", args.translate_runs)]
     from .ops import machine_description
     import torch
     what = args.model or "CycleGAN generator (64 filters, 6 blocks, random weights)"
-    print(f"pyganx serve load test: {what}, {args.size}x{args.size} PNG uploads, {args.requests} requests at "
-          f"concurrency {args.concurrency}, client and server on {machine_description(torch.device('cpu'))}")
+    print(f"serve load test: {what}, {args.size}x{args.size} PNG uploads, {args.requests} requests at "
+          f"concurrency {args.concurrency}, client and server on {machine_description(torch.device('cpu'))}; "
+          f"server run by {args.python}")
     print(format_table(rows))
+    print(format_translate(cold))
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        Path(args.json).write_text(json.dumps({"serve": rows, "translate": cold}, indent=2))
     return 0

@@ -138,7 +138,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
-def serve_command(args: argparse.Namespace) -> int:
+def serve_command(args: argparse.Namespace, prog: str = "pyganx serve") -> int:
     """Runs ``serve`` as parsed by :func:`add_serve_arguments`, until interrupted."""
     for name in ("max_batch", "max_queue", "max_upload_mb", "max_pixels"):
         if getattr(args, name) < 1:
@@ -151,7 +151,7 @@ def serve_command(args: argparse.Namespace) -> int:
                          max_queue=args.max_queue, token=args.token or os.environ.get("PYGANX_SERVE_TOKEN") or None,
                          max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels,
                          tile=args.tile or None, overlap=args.overlap, device=args.device, threads=args.threads)
-    serve(args.models, args.host, args.port, config, log_level=args.log_level)
+    serve(args.models, args.host, args.port, config, log_level=args.log_level, prog=prog)
     return 0
 
 
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "translate":
         return run_command("pyganx-runtime translate",
                            lambda a: translate_command(a, "pyganx-runtime translate"), args)
-    return run_command("pyganx-runtime serve", serve_command, args)
+    return run_command("pyganx-runtime serve", lambda a: serve_command(a, "pyganx-runtime serve"), args)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""`pyganx serve`: every endpoint, every bad input, the token, micro-batching and the
-bounded queue, through an in-process client; then the real thing (uvicorn in a
-subprocess) driven by headless Chromium. The reference for every translated image is the
-onnxruntime ``Translator`` on the same model, one image at a time."""
+"""`pyganx-runtime serve` (= `pyganx serve`): every endpoint, every bad input, the token,
+micro-batching and the bounded queue, through an in-process client; then the real thing
+(uvicorn in a subprocess) driven by headless Chromium. The reference for every translated
+image is the onnxruntime ``Translator`` on the same model, one image at a time. Runs
+without torch (the models come from conftest.py)."""
 from __future__ import annotations
 
 import io
@@ -15,47 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+from pyganx_runtime import Translator
+from pyganx_runtime.cli import main as cli_main
+from pyganx_runtime.serve import ServeConfig, create_app, load_models
+from pyganx_runtime.serve.process import start_server, stop_server
+from starlette.testclient import TestClient
 
-pytest.importorskip("onnxruntime", reason="the ONNX extra (pip install 'pyganx[cpu]') is not installed")
-pytest.importorskip("starlette", reason="the serve extra (pip install 'pyganx[serve]') is not installed")
-from PIL import Image  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-from starlette.testclient import TestClient  # noqa: E402
-
-from pyganx.cli import main as cli_main  # noqa: E402
-from pyganx_runtime import Translator  # noqa: E402
-from pyganx_runtime.serve import ServeConfig, create_app, load_models  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 # --- models ---------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """A grey CycleGAN translator trained on the digits, a colour StarGAN with three
-    domains (StarGAN's own code base's layout), and a DCGAN noise model."""
-    tmp = tmp_path_factory.mktemp("serve")
-    run = tmp / "cg"
-    assert cli_main(["train", "cyclegan", "--demo", "digits", "--steps", "2", "-o", str(run), "--ngf", "8",
-                     "--ndf", "8", "--n-blocks", "2", "--no-progress"]) == 0
-    assert cli_main(["export", str(run), "-o", str(tmp / "digits.onnx")]) == 0
-    from foreign.yunjey_stargan import Generator
-    torch.manual_seed(0)
-    theirs = Generator(conv_dim=8, c_dim=3, repeat_num=2)
-    with torch.no_grad():               # away from the init, so that the domains differ visibly
-        for p in theirs.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    torch.save(theirs.state_dict(), tmp / "G.ckpt")
-    assert cli_main(["export", str(tmp / "G.ckpt"), "--from", "yunjey-stargan", "--image-size", "32",
-                     "--domains", "happy,sad,angry", "-o", str(tmp / "faces.onnx")]) == 0
-    dc = tmp / "dc"
-    assert cli_main(["train", "dcgan", "--demo", "digits", "--steps", "1", "-o", str(dc), "--ngf", "8",
-                     "--ndf", "8", "--z-dim", "8", "--batch-size", "4", "--no-progress"]) == 0
-    assert cli_main(["export", str(dc), "-o", str(tmp / "noise.onnx")]) == 0
-    return {n: tmp / f"{n}.onnx" for n in ("digits", "faces", "noise")}
-
 
 def _client(models, **config) -> TestClient:
     cfg = ServeConfig(device="cpu", **config)
@@ -342,8 +313,7 @@ def test_serve_cli_errors_are_one_line(models, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def server(models):
-    """``pyganx serve`` as a user starts it, on a free loopback port."""
-    from pyganx.bench.serve import start_server, stop_server
+    """``pyganx-runtime serve`` as a user starts it, on a free loopback port."""
     try:
         proc, url = start_server([models["digits"], models["faces"], models["noise"]], "--device", "cpu",
                                  "--log-level", "warning", timeout=60)
