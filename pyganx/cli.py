@@ -15,8 +15,7 @@ import sys
 from pathlib import Path
 
 from pyganx_runtime import metadata as keys
-from pyganx_runtime.cli import (Parser, add_serve_arguments, add_translate_arguments, run_command, serve_command,
-                                translate_command)
+from pyganx_runtime.cli import Parser, add_runtime_commands, run_command, runtime_command
 
 from .errors import UsageError
 
@@ -239,12 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                      help="the size the model is checked at and records (default: the run's; "
                           "with --from 256 for CycleGAN, 128 for StarGAN)")
     onx.add_argument("--debug", action="store_true", help="show tracebacks")
-    trn = sub.add_parser("translate", help="run an exported model on image files or folders",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_translate_arguments(trn)
-    srv = sub.add_parser("serve", help="exported models behind an HTTP API and a web page (docs/serve.md)",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_serve_arguments(srv)
+    add_runtime_commands(sub)
     sub.add_parser("bench", help="benchmarks: `pyganx bench ops [--quick] [--device D]`", add_help=False)
     sub.add_parser("train", help="train a GAN variant: `pyganx train VARIANT --help`", add_help=False)
     if argv and argv[0] == "train":
@@ -253,9 +247,11 @@ def main(argv: list[str] | None = None) -> int:
         from .bench.cli import main as bench_main
         return bench_main(argv[1:])
     args = parser.parse_args(argv)
-    handlers = {"info": _info, "plugins": _plugins, "data": _data, "sample": _sample, "eval": _eval,
-                "export": _export, "translate": translate_command, "serve": serve_command}
     name = f"pyganx {args.command}" + (f" {args.data_command}" if args.command == "data" else "")
+    if args.command in ("translate", "serve"):
+        return runtime_command(args, name)
+    handlers = {"info": _info, "plugins": _plugins, "data": _data, "sample": _sample, "eval": _eval,
+                "export": _export}
     return run_command(name, handlers[args.command], args)
 
 

@@ -92,7 +92,7 @@ def add_translate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
-def translate_command(args: argparse.Namespace, prog: str = "pyganx translate") -> int:
+def translate_command(args: argparse.Namespace, prog: str) -> int:
     """Runs ``translate`` as parsed by :func:`add_translate_arguments`; exit status 1
     when some inputs could not be read (they are listed and skipped)."""
     from .translator import Translator, translate_files
@@ -138,7 +138,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
-def serve_command(args: argparse.Namespace, prog: str = "pyganx serve") -> int:
+def serve_command(args: argparse.Namespace, prog: str) -> int:
     """Runs ``serve`` as parsed by :func:`add_serve_arguments`, until interrupted."""
     for name in ("max_batch", "max_queue", "max_upload_mb", "max_pixels"):
         if getattr(args, name) < 1:
@@ -155,22 +155,28 @@ def serve_command(args: argparse.Namespace, prog: str = "pyganx serve") -> int:
     return 0
 
 
+def add_runtime_commands(sub) -> None:
+    """``translate`` and ``serve`` on a subparsers object (pyganx-runtime's and pyganx's)."""
+    add_translate_arguments(sub.add_parser("translate", help="run an exported model on image files or folders",
+                                           formatter_class=argparse.ArgumentDefaultsHelpFormatter))
+    add_serve_arguments(sub.add_parser("serve", help="exported models behind an HTTP API and a web page",
+                                       formatter_class=argparse.ArgumentDefaultsHelpFormatter))
+
+
+def runtime_command(args: argparse.Namespace, prog: str) -> int:
+    """Runs ``translate`` or ``serve`` (``args.command``) with the error report of
+    :func:`run_command`; ``prog`` names the command in messages."""
+    handler = translate_command if args.command == "translate" else serve_command
+    return run_command(prog, lambda a: handler(a, prog), args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="pyganx-runtime",
                     description="Run image translators exported by `pyganx export` with onnxruntime, without torch.")
     parser.add_argument("--version", action="version", version=f"pyganx-runtime {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    trn = sub.add_parser("translate", help="run an exported model on image files or folders",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_translate_arguments(trn)
-    srv = sub.add_parser("serve", help="exported models behind an HTTP API and a web page",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_serve_arguments(srv)
+    add_runtime_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    if args.command == "translate":
-        return run_command("pyganx-runtime translate",
-                           lambda a: translate_command(a, "pyganx-runtime translate"), args)
-    return run_command("pyganx-runtime serve", lambda a: serve_command(a, "pyganx-runtime serve"), args)
+    return runtime_command(args, f"pyganx-runtime {args.command}")
 
 
 if __name__ == "__main__":
