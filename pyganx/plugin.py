@@ -13,12 +13,14 @@ plugin owns its networks, losses and one training step.
 from __future__ import annotations
 
 import argparse
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from torch import Tensor, nn, optim
 
 from .data.build import KINDS, DataInfo
+from .errors import UsageError
 from .flags import add_dataclass_arguments, dataclass_from_arguments
 
 #: The version of this API. A plugin sets ``api_version`` to the version it was
@@ -124,6 +126,19 @@ def linear_decay_schedulers(optimizers: dict[str, optim.Optimizer], total_steps:
     return {k: optim.lr_scheduler.LambdaLR(o, f) for k, o in optimizers.items()}
 
 
+@contextlib.contextmanager
+def values_refused_by(name: str):
+    """Within the block, a ValueError the plugin ``name`` raises (a config value its
+    constructor refuses, an unknown ``--label`` for ``sample``) is a UsageError that
+    names the plugin: a one-line message for the user, not a bug report."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except ValueError as e:
+        raise UsageError(f"{name}: {e}") from None
+
+
 # --- configuration <-> command line -------------------------------------------------
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
@@ -138,4 +153,5 @@ def config_from_arguments(config_cls: type, args: argparse.Namespace) -> Any:
 
 
 __all__ = ["API_VERSION", "DATA_KINDS", "DataInfo", "ExportSpec", "GANPlugin",
-           "add_config_arguments", "config_from_arguments", "field", "linear_decay", "linear_decay_schedulers"]
+           "add_config_arguments", "config_from_arguments", "field", "linear_decay", "linear_decay_schedulers",
+           "values_refused_by"]

@@ -101,8 +101,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch(cyclegan_2p, tm
     assert ((step1[0] - step1[1]).abs() > 1e-5).double().mean() < 0.01
     assert ((step1[2] - step1[1]).abs() > 1e-5).double().mean() > 0.1
     # Later steps compound such flips by an amount that depends on the CPU's kernels
-    # (after step 3: 0.3 % of the weights more than 1e-5 apart on a Zen 4 CPU, 1.8 % on a
-    # Sapphire Rapids one). So the distance is measured against the wrong batch's: two
+    # (after step 3: 0.3 % of the weights more than 1e-5 apart on a Zen 4 CPU, 1.8 % on an
+    # Intel Xeon with AMX). So the distance is measured against the wrong batch's: two
     # processes land 4 % as far from the global batch's weights as half the batch does,
     # which is the 3.5 % that one process on 2 threads instead of 1 lands (measured).
     assert d.norm() < 0.1 * d_half.norm(), (d.norm(), d_half.norm())
@@ -115,7 +115,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(cyclegan_2p, tm
             return [{k: float(v) for k, v in row.items() if k not in ("seconds", "epoch")} for row in csv.DictReader(f)]
     # rank-averaged losses = the global batch's: to float rounding while the weights are
     # still within it (steps 1 and 2: 1e-7 measured); at step 3 the flips above show in
-    # D's verdict (G_gan 1.5e-4 apart on the Sapphire Rapids CPU, against 0.1 for half the batch)
+    # D's verdict (G_gan 1.5e-4 apart on the Xeon, against 0.1 for half the batch)
     for i, (ours, theirs) in enumerate(zip(rows(run), rows(one))):
         assert ours == pytest.approx(theirs, rel=1e-5 if i < 2 else 1e-3, abs=1e-6)
     # only rank 0 wrote: one CSV row per step, one set of checkpoints

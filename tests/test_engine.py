@@ -341,3 +341,31 @@ def test_counts_below_their_minimum_are_refused_before_training(tmp_path, capsys
     err = capsys.readouterr().err
     assert f"{flag} must be at least" in err and "Traceback" not in err
     assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_cli_errors_user_errors_apart_from_bugs_and_out_of_memory(tmp_path, monkeypatch, capsys):
+    """A PyganxError is the user's one line; anything else is one line naming its type
+    and pointing to --debug, and an out-of-memory error says so."""
+    from pyganx.engine import trainer
+    from pyganx.errors import PyganxError, TrainError
+
+    args = ["train", "cyclegan", "--demo", "digits", "--steps", "1", "--ngf", "4", "--ndf", "4", "--n-blocks", "1",
+            "--no-progress", "-o", str(tmp_path / "r")]
+    for exc, want in ((torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+                       "pyganx train: out of memory (OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB)"),
+                      (ZeroDivisionError("division by zero"),
+                       "pyganx train: unexpected ZeroDivisionError: division by zero (a bug or a broken installation; "
+                       "--debug shows the traceback)")):
+        def fit(self, exc=exc):
+            raise exc
+        monkeypatch.setattr(trainer.Trainer, "fit", fit)
+        assert cli_main(args) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(want) and err.count("\n") == 1, err
+    with pytest.raises(ZeroDivisionError):
+        cli_main([*args, "--debug"])
+    monkeypatch.undo()
+    # TrainError, the one class of earlier releases, still catches every user error
+    assert TrainError is PyganxError
+    with pytest.raises(TrainError, match="cannot read checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pyganx.errors import UsageError
 from pyganx.plugin import ExportSpec
 from pyganx_plugins.dcgan import DCGAN, DCGANConfig
 
@@ -30,7 +31,7 @@ class CGAN(DCGAN):
     def num_classes(self) -> int:
         n = self.data_info.num_classes
         if n < 2:
-            raise ValueError(f"the conditional GAN needs labelled data with at least 2 classes, got {n}")
+            raise UsageError(f"the conditional GAN needs labelled data with at least 2 classes, got {n}")
         return n
 
     @property
@@ -51,7 +52,7 @@ class CGAN(DCGAN):
             k = -1
         if 0 <= k < len(names):
             return k
-        raise ValueError(f"unknown class {label!r}; the classes are {', '.join(names)}")
+        raise UsageError(f"unknown class {label!r}; the classes are {', '.join(names)}")
 
     def sample(self, batch, label=None):
         n = batch["image"].shape[0]

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pyganx.errors import UsageError
 from pyganx.losses import gan_loss, gradient_penalty
 from pyganx.nn import DCGANDiscriminator, DCGANGenerator, init_weights
 from pyganx.plugin import DataInfo, ExportSpec, GANPlugin, field
@@ -62,14 +63,14 @@ class DCGAN(GANPlugin):
     def __init__(self, config: DCGANConfig, data_info: DataInfo) -> None:
         super().__init__(config, data_info)
         if config.loss not in LOSSES:
-            raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, got {config.loss!r}")
+            raise UsageError(f"--loss must be one of {', '.join(LOSSES)}, got {config.loss!r}")
         if config.n_critic < 1:
-            raise ValueError(f"--n-critic must be at least 1, got {config.n_critic}")
+            raise UsageError(f"--n-critic must be at least 1, got {config.n_critic}")
         norm = config.d_norm
         if norm == "auto":
             norm = "none" if config.loss == "wgan-gp" else "batch"
         if norm == "batch" and config.loss == "wgan-gp":
-            raise ValueError("--d-norm batch with --loss wgan-gp: the gradient penalty is per sample; "
+            raise UsageError("--d-norm batch with --loss wgan-gp: the gradient penalty is per sample; "
                              "use --d-norm none or layer")
         n = self.num_classes
         self.G = init_weights(DCGANGenerator(config.z_dim, config.ngf, data_info.channels,

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from pyganx.errors import UsageError
 from pyganx.losses import gradient_penalty
 from pyganx.nn import StarGANDiscriminator, StarGANGenerator, init_weights, one_hot
 from pyganx.plugin import DataInfo, ExportSpec, GANPlugin, field, linear_decay_schedulers
@@ -77,7 +78,7 @@ def shift(x: torch.Tensor, fraction: float) -> torch.Tensor:
 def d_layers_for(image_size: int) -> int:
     """6 at 128 px and above (a 2x2 patch map at 128 px), one fewer per halving below."""
     if image_size < 8 or image_size & (image_size - 1):
-        raise ValueError(f"StarGAN needs a power-of-two image size of at least 8, got {image_size}")
+        raise UsageError(f"StarGAN needs a power-of-two image size of at least 8, got {image_size}")
     return min(6, int(math.log2(image_size)) - 1)
 
 
@@ -94,9 +95,9 @@ class StarGAN(GANPlugin):
         super().__init__(config, data_info)
         self.domains = tuple(data_info.domains)
         if len(self.domains) < 2:
-            raise ValueError(f"StarGAN needs at least two domains, got {len(self.domains)}")
+            raise UsageError(f"StarGAN needs at least two domains, got {len(self.domains)}")
         if config.n_critic < 1:
-            raise ValueError(f"--n-critic must be at least 1, got {config.n_critic}")
+            raise UsageError(f"--n-critic must be at least 1, got {config.n_critic}")
         c, k, size = data_info.channels, len(self.domains), data_info.image_size
         layers = config.d_layers or d_layers_for(size)
         self.G = init_weights(StarGANGenerator(c, k, config.g_conv_dim, config.g_blocks, fused=config.fused))
@@ -191,7 +192,7 @@ class StarGAN(GANPlugin):
     def domain_index(self, domain) -> int:
         if str(domain) in self.domains:
             return self.domains.index(str(domain))
-        raise ValueError(f"unknown domain {domain!r}; the domains are {', '.join(self.domains)}")
+        raise UsageError(f"unknown domain {domain!r}; the domains are {', '.join(self.domains)}")
 
     def translate(self, x: torch.Tensor, domain) -> torch.Tensor:
         """Images into one domain (by name or index), in eval mode."""

@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import io
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -57,7 +56,9 @@ def _uploads(size: int, n: int = 16) -> list[bytes]:
     return out
 
 
-async def _load(url: str, uploads: list[bytes], requests: int, concurrency: int, time_cap: float) -> dict:
+async def _load(url: str, model: str, uploads: list[bytes], requests: int, concurrency: int,
+                time_cap: float) -> dict:
+    """Sends the uploads to the service at ``url``, for its model ``model``."""
     import httpx
 
     latencies: list[float] = []
@@ -73,7 +74,7 @@ async def _load(url: str, uploads: list[bytes], requests: int, concurrency: int,
                 next_index += 1
                 t0 = time.perf_counter()
                 try:
-                    r = await client.post("/v1/translate/model",
+                    r = await client.post(f"/v1/translate/{model}",
                                           files={"image": ("x.png", uploads[i % len(uploads)], "image/png")})
                     code = r.status_code
                 except httpx.HTTPError:
@@ -102,9 +103,9 @@ def run_config(model: Path, max_batch: int, max_wait_ms: float, args, uploads: l
     try:
         time.sleep(1)
         rss_idle = rss_mib(proc.pid)
-        asyncio.run(_load(url, uploads, 2 * args.concurrency, args.concurrency, args.time_cap))   # warm-up
+        asyncio.run(_load(url, model.stem, uploads, 2 * args.concurrency, args.concurrency, args.time_cap))  # warm-up
         rss_before = rss_mib(proc.pid)
-        result = asyncio.run(_load(url, uploads, args.requests, args.concurrency, args.time_cap))
+        result = asyncio.run(_load(url, model.stem, uploads, args.requests, args.concurrency, args.time_cap))
         rss_after = rss_mib(proc.pid)
         fams = {f.name: f for f in text_string_to_metric_families(httpx.get(url + "/metrics").text)}
         s = {x.name.rsplit("_", 1)[1]: x.value for x in fams["pyganx_batch_size"].samples
@@ -117,22 +118,37 @@ def run_config(model: Path, max_batch: int, max_wait_ms: float, args, uploads: l
         stop_server(proc)
 
 
+#: runs argv[1:] as a forked child (stdout discarded), prints its wall seconds and peak RSS
+#: (KiB), exits with its status
+_LAUNCHER = """
+import os, sys, time
+t0 = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.execv(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+print(time.perf_counter() - t0, usage.ru_maxrss)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def cold_translate(python: str, module: str, model: Path, image: Path, out: Path, runs: int) -> dict:
     """``python -m MODULE translate MODEL IMAGE`` as a new process, ``runs`` times: the
     wall times (best, median) and the largest peak resident memory."""
     times, peaks = [], []
+    argv = [python, "-m", module, "translate", str(model), str(image), "-o", str(out), "--no-progress",
+            "--device", "cpu"]
     for _ in range(runs):
-        t0 = time.perf_counter()
-        proc = subprocess.Popen([python, "-m", module, "translate", str(model), str(image), "-o", str(out),
-                                 "--no-progress", "--device", "cpu"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(proc.pid, 0)
-        times.append(time.perf_counter() - t0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode:
-            raise RuntimeError(f"{module} translate failed: {proc.stderr.read().decode()}")
-        proc.stderr.close()
-        peaks.append(usage.ru_maxrss / 1024)       # KiB on Linux
+        # Through a small launcher that forks and execs the command: a child forked from
+        # this process would report a peak RSS of at least this process's (torch and all)
+        r = subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, *argv], capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError(f"{module} translate failed: {r.stderr}")
+        seconds, peak_kib = r.stdout.split()
+        times.append(float(seconds))
+        peaks.append(int(peak_kib) / 1024)
     return {"command": f"{module.replace('_', '-')} translate", "python": python,
             "best_s": round(min(times), 3), "median_s": round(float(np.median(times)), 3),
             "peak_rss_mib": round(max(peaks), 1)}

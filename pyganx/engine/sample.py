@@ -14,6 +14,7 @@ import torch
 
 from ..data.images import save_image, to_pil
 from ..errors import PluginError, UsageError
+from ..plugin import values_refused_by
 from .batches import to_device
 from .reporting import save_grid
 from .run import load_run, spread
@@ -39,7 +40,7 @@ def sample_run(path: str | Path, out: str | Path | None = None, n: int = 8,
     test = run.data().test
     items = [test[i] for i in spread(range(len(test)), n)]
     batch = to_device(torch.utils.data.default_collate(items), run.device)
-    with torch.no_grad():
+    with torch.no_grad(), values_refused_by(run.name):
         rows = run.plugin.sample(batch, **conditions)
     if not rows:
         raise PluginError(f"{run.name} returned no sample rows")

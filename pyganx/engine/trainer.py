@@ -23,7 +23,7 @@ from .._version import __version__
 from ..data import build_dataset
 from ..errors import CheckpointError, TrainingError, UsageError
 from ..ops.residual_block import training_convolutions
-from ..plugin import GANPlugin
+from ..plugin import GANPlugin, values_refused_by
 from .batches import make_loader, to_device
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .context import TrainContext, resolve_precision
@@ -40,12 +40,8 @@ from .stop import StopRequest
 def build_plugin(name: str, plugin_cls: type[GANPlugin], config: Any, info) -> GANPlugin:
     """The plugin instance; a ValueError from its constructor (a config value it
     refuses) is a UsageError naming the plugin."""
-    try:
+    with values_refused_by(name):
         return plugin_cls(config, info)
-    except UsageError:
-        raise
-    except ValueError as e:
-        raise UsageError(f"{name}: {e}") from None
 
 
 class Trainer:

@@ -12,6 +12,8 @@ measured in tests/test_tiling.py and written down in docs/export.md.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from .errors import UsageError
@@ -201,7 +203,12 @@ class Tiler:
     tile accounts for (every pixel once, split in the middle of the overlaps). Up to the
     context a tile's edge lacks, these are the untiled model's statistics; the sweeps
     cost about (number of norms) / 2 untiled runs. ``stats="fast"``: the statistics of
-    the image area-downscaled to fit one tile, one run at that size; an approximation."""
+    the image area-downscaled to fit one tile, one run at that size; an approximation.
+
+    ``proto`` is the model, or a function that loads it: then the rewritten graphs and
+    their sessions are built when the first image needs tiles, so that a service that
+    never sees one larger than a tile does not hold them (about 65 MiB for the demo's
+    32 px CycleGAN generator)."""
 
     def __init__(self, proto, tile: int, overlap: int, multiple: int, session_factory,
                  stats: str = "exact") -> None:
@@ -212,18 +219,46 @@ class Tiler:
         if stats not in ("exact", "fast"):
             raise UsageError(f"tile statistics must be exact or fast, got {stats!r}")
         self.tile, self.overlap, self.multiple, self.mode = tile, overlap, multiple, stats
-        self.norms = len(_norm_nodes(proto.graph))
         self._factory = session_factory
-        self.stats = session_factory(stats_model(proto).SerializeToString())
-        self.tiled = session_factory(tiled_model(proto).SerializeToString())
-        self._sums_model = tiled_model(proto, sums=True) if stats == "exact" else None
+        self._proto = proto
+        self._built: dict | None = None
+        self._lock = threading.Lock()
         self._sweeps: dict[int, object] = {}
+
+    def _graphs(self) -> dict:
+        """The rewritten graphs' sessions, built on first use."""
+        with self._lock:
+            if self._built is None:
+                proto = self._proto() if callable(self._proto) else self._proto
+                self._built = {
+                    "norms": len(_norm_nodes(proto.graph)),
+                    "stats": self._factory(stats_model(proto).SerializeToString()),
+                    "tiled": self._factory(tiled_model(proto).SerializeToString()),
+                    "sums": tiled_model(proto, sums=True) if self.mode == "exact" else None,
+                }
+                self._proto = None
+            return self._built
+
+    @property
+    def norms(self) -> int:
+        """How many instance norms the model has."""
+        return self._graphs()["norms"]
+
+    @property
+    def stats(self):
+        """The session that also outputs every norm's statistics (``stats_model``)."""
+        return self._graphs()["stats"]
+
+    @property
+    def tiled(self):
+        """The session that normalises with given statistics (``tiled_model``)."""
+        return self._graphs()["tiled"]
 
     def _sweep(self, k: int):
         """The session computing norm k's masked sums (built on first use)."""
         if k not in self._sweeps:
             outs = [f"norm{k}_sum", f"norm{k}_sumsq", f"norm{k}_count"]
-            self._sweeps[k] = self._factory(pruned(self._sums_model, outs).SerializeToString())
+            self._sweeps[k] = self._factory(pruned(self._graphs()["sums"], outs).SerializeToString())
         return self._sweeps[k]
 
     def downscaled_statistics(self, x: np.ndarray, extra: dict) -> dict[str, np.ndarray]:

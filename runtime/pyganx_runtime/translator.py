@@ -190,19 +190,22 @@ class Translator:
         return not (self.preprocessed or self.static_shape or self.foreign)
 
     def enable_tiling(self, tile: int, overlap: int = 32, tile_stats: str = "exact") -> None:
-        """Translates images larger than ``tile`` tile by tile, with whole-image norm statistics."""
+        """Translates images larger than ``tile`` tile by tile, with whole-image norm
+        statistics; the graphs for it are built when the first such image comes."""
         if not self.can_tile:
             raise UsageError(f"{self.path.name}: --tile needs a float pyganx export with dynamic H and W "
                              f"(not --with-preprocessing or --static)")
-        import onnx
-
         from .tiling import Tiler
         ort = import_onnxruntime()
-        opts, providers = self._opts, self.providers
+        opts, providers, path = self._opts, self.providers, self.path
 
         def session(blob: bytes):
             return ort.InferenceSession(blob, opts, providers=providers)
-        self.tiler = Tiler(onnx.load(str(self.path)), tile, overlap, self.multiple, session, tile_stats)
+
+        def load():
+            import onnx
+            return onnx.load(str(path))
+        self.tiler = Tiler(load, tile, overlap, self.multiple, session, tile_stats)
 
     def domain_index(self, domain: str | int | None) -> int | None:
         """The index of a target domain given by name (or index); an error if the model

@@ -170,3 +170,29 @@ def test_read_metadata_gives_every_key_and_refuses_a_non_model(models):
     assert json.loads(meta["pyganx.domains"]) == ["happy", "sad", "angry"] and meta[VERSION]
     with pytest.raises(ModelError, match="cannot read the model"):
         read_metadata(Path(__file__))
+
+
+def test_every_error_is_one_line_and_only_a_pyganx_error_or_oserror_reads_as_the_users(capsys):
+    import argparse
+
+    from pyganx_runtime.cli import run_command
+    from pyganx_runtime.errors import UsageError
+
+    oom = type("OutOfMemoryError", (RuntimeError,), {})     # torch's CUDA OOM has this name
+    cases = [
+        (UsageError("--tile must be a multiple of 4"), "prog: --tile must be a multiple of 4"),
+        (FileNotFoundError("g.onnx: no such model"), "prog: g.onnx: no such model"),
+        (RuntimeError("boom\nsecond line"),
+         "prog: unexpected RuntimeError: boom (a bug or a broken installation; --debug shows the traceback)"),
+        (MemoryError(), "prog: out of memory (MemoryError); try a smaller batch or image size"),
+        (oom("CUDA out of memory. Tried to allocate 2.00 GiB"),
+         "prog: out of memory (OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB)"),
+    ]
+    for exc, want in cases:
+        def handler(_args, exc=exc):
+            raise exc
+        assert run_command("prog", handler, argparse.Namespace(debug=False)) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(want) and err.count("\n") == 1, (want, err)
+    with pytest.raises(RuntimeError, match="boom"):              # --debug: the traceback
+        run_command("prog", lambda a: (_ for _ in ()).throw(RuntimeError("boom")), argparse.Namespace(debug=True))

@@ -157,10 +157,13 @@ def test_images_larger_than_the_tile_go_through_the_tiled_path(models):
     tiled = Translator(models["digits"], device="cpu", tile=48, overlap=16)
     plain = Translator(models["digits"], device="cpu")
     img = _image(130, 70, seed=4, mode="L")
+    tiled.translate(_image(48, 40, seed=4, mode="L"))
+    assert tiled.tiler._built is None       # the tiled graphs wait for the first image larger than a tile
     with _client(models, tile=48, overlap=16) as c:
         assert {m["name"]: m["tile"] for m in c.get("/v1/models").json()["models"]}["digits"] == 48
         r = _post(c, "digits", _bytes(img))
     _assert_same(r.content, tiled.translate(img), tol=0)
+    assert tiled.tiler._built is not None
     assert Image.open(io.BytesIO(r.content)).size == (130, 70)
     # tiling was used: the result is the tiled one, not the whole-image run (close to it)
     whole = np.asarray(plain.translate(img), dtype=np.int16)
