@@ -68,6 +68,28 @@ instance_norm_relu_backward_with(BackwardLauncher launch, const at::Tensor& grad
                                  const std::optional<at::Tensor>& bias, bool relu,
                                  std::array<bool, 3> output_mask);
 
+// The three ops over one backend's launchers, for its TORCH_LIBRARY_IMPL block
+// (cpu/instance_norm_relu_launch_kernel.cpp, cuda/instance_norm_relu_kernel.cu).
+template <ForwardLauncher Forward, BackwardLauncher Backward>
+struct InstanceNormOps {
+  static at::Tensor op(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                       const std::optional<at::Tensor>& bias, double eps, bool relu) {
+    return std::get<0>(instance_norm_relu_forward_with(Forward, x, weight, bias, eps, relu));
+  }
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(
+      const at::Tensor& x, const std::optional<at::Tensor>& weight,
+      const std::optional<at::Tensor>& bias, double eps, bool relu) {
+    return instance_norm_relu_forward_with(Forward, x, weight, bias, eps, relu);
+  }
+  static std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<at::Tensor>>
+  backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& mean,
+           const at::Tensor& rstd, const std::optional<at::Tensor>& weight,
+           const std::optional<at::Tensor>& bias, bool relu, std::array<bool, 3> output_mask) {
+    return instance_norm_relu_backward_with(Backward, grad_out, x, mean, rstd, weight, bias, relu,
+                                            output_mask);
+  }
+};
+
 }  // namespace pyganx::ops
 
 namespace pyganx::cpu {

@@ -63,38 +63,18 @@ void launch_backward_cpu(const ops::InstanceNormInput& in, const at::Tensor& gra
   cpu::instance_norm_relu_backward(p);
 }
 
-at::Tensor instance_norm_relu_cpu(const at::Tensor& x, const std::optional<at::Tensor>& weight,
-                                  const std::optional<at::Tensor>& bias, double eps, bool relu) {
-  return std::get<0>(
-      ops::instance_norm_relu_forward_with(launch_forward_cpu, x, weight, bias, eps, relu));
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_relu_forward_cpu(
-    const at::Tensor& x, const std::optional<at::Tensor>& weight,
-    const std::optional<at::Tensor>& bias, double eps, bool relu) {
-  return ops::instance_norm_relu_forward_with(launch_forward_cpu, x, weight, bias, eps, relu);
-}
-
-std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<at::Tensor>>
-instance_norm_relu_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
-                                const at::Tensor& mean, const at::Tensor& rstd,
-                                const std::optional<at::Tensor>& weight,
-                                const std::optional<at::Tensor>& bias, bool relu,
-                                std::array<bool, 3> output_mask) {
-  return ops::instance_norm_relu_backward_with(launch_backward_cpu, grad_out, x, mean, rstd,
-                                               weight, bias, relu, output_mask);
-}
-
 }  // namespace
 
 ops::InstanceNormLaunchers launchers() {
   return {launch_forward_cpu, launch_backward_cpu, ring_launchers()};
 }
 
+using Ops = ops::InstanceNormOps<launch_forward_cpu, launch_backward_cpu>;
+
 }  // namespace pyganx::cpu
 
 TORCH_LIBRARY_IMPL(pyganx, CPU, m) {
-  m.impl("instance_norm_relu", &pyganx::cpu::instance_norm_relu_cpu);
-  m.impl("_instance_norm_relu_forward", &pyganx::cpu::instance_norm_relu_forward_cpu);
-  m.impl("_instance_norm_relu_backward", &pyganx::cpu::instance_norm_relu_backward_cpu);
+  m.impl("instance_norm_relu", &pyganx::cpu::Ops::op);
+  m.impl("_instance_norm_relu_forward", &pyganx::cpu::Ops::forward);
+  m.impl("_instance_norm_relu_backward", &pyganx::cpu::Ops::backward);
 }

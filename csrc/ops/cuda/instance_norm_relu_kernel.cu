@@ -721,38 +721,18 @@ void launch_backward_cuda(const InstanceNormInput& in, const at::Tensor& grad_ou
   });
 }
 
-at::Tensor instance_norm_relu_cuda(const at::Tensor& x, const std::optional<at::Tensor>& weight,
-                                   const std::optional<at::Tensor>& bias, double eps, bool relu) {
-  return std::get<0>(
-      ops::instance_norm_relu_forward_with(launch_forward_cuda, x, weight, bias, eps, relu));
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_relu_forward_cuda(
-    const at::Tensor& x, const std::optional<at::Tensor>& weight,
-    const std::optional<at::Tensor>& bias, double eps, bool relu) {
-  return ops::instance_norm_relu_forward_with(launch_forward_cuda, x, weight, bias, eps, relu);
-}
-
-std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<at::Tensor>>
-instance_norm_relu_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x,
-                                 const at::Tensor& mean, const at::Tensor& rstd,
-                                 const std::optional<at::Tensor>& weight,
-                                 const std::optional<at::Tensor>& bias, bool relu,
-                                 std::array<bool, 3> output_mask) {
-  return ops::instance_norm_relu_backward_with(launch_backward_cuda, grad_out, x, mean, rstd,
-                                               weight, bias, relu, output_mask);
-}
-
 }  // namespace
 
 ops::InstanceNormLaunchers launchers() {
   return {launch_forward_cuda, launch_backward_cuda, ring_launchers()};
 }
 
+using Ops = ops::InstanceNormOps<launch_forward_cuda, launch_backward_cuda>;
+
 }  // namespace pyganx::cuda
 
 TORCH_LIBRARY_IMPL(pyganx, CUDA, m) {
-  m.impl("instance_norm_relu", &pyganx::cuda::instance_norm_relu_cuda);
-  m.impl("_instance_norm_relu_forward", &pyganx::cuda::instance_norm_relu_forward_cuda);
-  m.impl("_instance_norm_relu_backward", &pyganx::cuda::instance_norm_relu_backward_cuda);
+  m.impl("instance_norm_relu", &pyganx::cuda::Ops::op);
+  m.impl("_instance_norm_relu_forward", &pyganx::cuda::Ops::forward);
+  m.impl("_instance_norm_relu_backward", &pyganx::cuda::Ops::backward);
 }
