@@ -44,9 +44,11 @@ export MAX_JOBS ?= 2
 SOURCES := $(shell find csrc -type f) setup.py pyproject.toml runtime/pyproject.toml
 # Python packages the tests and the harness need besides torch. ONNX export and inference
 # use onnx + onnxscript + plain onnxruntime here (the `cpu` extra; never both onnxruntime
-# and onnxruntime-gpu in one environment).
+# and onnxruntime-gpu in one environment). pytorch-fid, torch-fidelity and clean-fid (with
+# the torchvision that matches torch) are the references tests/test_fid.py compares with.
 DEPS := numpy ninja setuptools wheel pillow tqdm pytest pytest-benchmark scikit-learn matplotlib \
-  onnx onnxscript onnxruntime starlette uvicorn python-multipart prometheus-client httpx selenium
+  onnx onnxscript onnxruntime starlette uvicorn python-multipart prometheus-client httpx selenium \
+  torchvision==0.29.1 scipy pytorch-fid torch-fidelity clean-fid
 
 .PHONY: help setup build test pytest runtime-test cmake-test browser demo demo-dcgan demo-cgan demo-stargan bench clean
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from pyganx_runtime import metadata as keys
+from pyganx_runtime.files import atomic_write_text
 from pyganx_runtime.cli import Parser, add_runtime_commands, run_command, runtime_command
 
 from .errors import UsageError
@@ -84,17 +85,37 @@ def _sample(args) -> int:
 
 def _eval(args) -> int:
     from .metrics.evaluate import eval_file, evaluate_checkpoints, evaluate_run, format_result
+    from .metrics.fid import InceptionScorer, evaluate_folders, format_inception, format_setup
+    from .metrics.inception import WEIGHTS_ENV
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr)
 
+    folders = args.real or args.fake
+    if folders and (args.run or not (args.real and args.fake)):
+        raise UsageError("give RUN_DIR, or --real DIR and --fake DIR (two image folders), not both")
+    if not folders and not args.run:
+        raise UsageError("give RUN_DIR, or --real DIR --fake DIR")
+    wants_inception = bool(folders or args.inception_weights or os.environ.get(WEIGHTS_ENV))
+    if args.out and not folders:
+        raise UsageError("--out names the JSON file of --real/--fake; a run's figures go to RUN_DIR/eval.json")
+    inception = (InceptionScorer.load(args.inception_weights, args.device, resize=args.inception_resize,
+                                      batch_size=args.batch_size, kid_subsets=args.kid_subsets,
+                                      kid_subset_size=args.kid_subset_size) if wants_inception else None)
+    if folders:
+        result = evaluate_folders(args.real, args.fake, inception, args.skip_bad_images)
+        print(f"{args.fake} against {args.real}: {format_inception(result)}\n  {format_setup(result['inception'])}")
+        if args.out:
+            atomic_write_text(Path(args.out), json.dumps(result, indent=2) + "\n")
+            print(f"figures written to {args.out}")
+        return 0
     if args.all_checkpoints:
         if args.model:
             raise UsageError("--all-checkpoints evaluates the run's checkpoints, not a --model")
-        evaluate_checkpoints(args.run, device=args.device, log=log)
+        evaluate_checkpoints(args.run, device=args.device, log=log, inception=inception)
         print(f"figures written to {Path(args.run) / 'eval-checkpoints.json'} and eval-checkpoints.png")
         return 0
-    result = evaluate_run(args.run, device=args.device, log=log, model=args.model)
+    result = evaluate_run(args.run, device=args.device, log=log, model=args.model, inception=inception)
     print(format_result(result))
     print(f"figures written to {eval_file(result['run'], args.model)}")
     return 0
@@ -205,9 +226,22 @@ def main(argv: list[str] | None = None) -> int:
     smp.add_argument("--domain", help="target domain name, for multi-domain variants")
     smp.add_argument("--device", help="cuda, mps or cpu (default: the first available)")
     smp.add_argument("--debug", action="store_true", help="show tracebacks")
-    ev = sub.add_parser("eval", help="quality figures of a trained run (writes RUN_DIR/eval.json)",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ev.add_argument("run", metavar="RUN_DIR", help="run directory (or one checkpoint in it)")
+    ev = sub.add_parser("eval", help="quality figures of a trained run (writes RUN_DIR/eval.json), or FID/KID "
+                                     "of two image folders", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ev.add_argument("run", metavar="RUN_DIR", nargs="?", help="run directory (or one checkpoint in it)")
+    ev.add_argument("--real", metavar="DIR", help="with --fake: FID and KID of the images of two folders")
+    ev.add_argument("--fake", metavar="DIR", help="the generated images, against --real")
+    ev.add_argument("--inception-weights", metavar="PATH",
+                    help="pt_inception-2015-12-05-6726825d.pth (pytorch-fid's FID Inception weights; default: "
+                         "$PYGANX_INCEPTION_WEIGHTS): adds FID and KID on its features")
+    ev.add_argument("--inception-resize", choices=["pytorch-fid", "clean"], default="pytorch-fid",
+                    help="how images reach 299x299: bilinear as pytorch-fid, or PIL bicubic as Clean-FID")
+    ev.add_argument("--kid-subsets", type=int, default=100, help="KID on Inception features: random subsets")
+    ev.add_argument("--kid-subset-size", type=int, default=1000, help="KID: images per subset")
+    ev.add_argument("--batch-size", type=int, default=50, help="images per Inception run")
+    ev.add_argument("--skip-bad-images", action="store_true",
+                    help="--real/--fake: warn about unreadable images and leave them out")
+    ev.add_argument("-o", "--out", metavar="FILE.json", help="--real/--fake: also write the figures here")
     ev.add_argument("--model", metavar="MODEL.onnx",
                     help="judge this model exported from the run instead of its PyTorch generator")
     ev.add_argument("--all-checkpoints", action="store_true",

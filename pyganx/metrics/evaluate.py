@@ -29,6 +29,7 @@ from pyganx_runtime.files import atomic_write_bytes, atomic_write_text
 from ..engine.checkpoint import list_checkpoints
 from ..engine.run import LoadedRun, load_run
 from ..errors import UsageError
+from .fid import InceptionScorer, format_inception, format_setup
 from .generative import evaluate_multi_domain, evaluate_noise, format_generative
 from .judges import JUDGE_SIZE, RunDomains, digit_classifier, domain_classifier, judge_size, translate
 from .kid import kid
@@ -53,14 +54,17 @@ def eval_file(run_dir: str | Path, model: str | Path | None = None) -> Path:
 
 
 def evaluate_run(path: str | Path, device: str | None = None,
-                 log: Callable[[str], None] | None = None, model: str | Path | None = None) -> dict:
+                 log: Callable[[str], None] | None = None, model: str | Path | None = None,
+                 inception: InceptionScorer | None = None) -> dict:
     """Evaluates a run's A/B generators; writes and returns the figures (see module doc).
     With ``model`` (an ONNX file exported from this run), that model is judged in place
     of the PyTorch generator it was exported from, and the figures go to
-    ``RUN_DIR/eval-<model name>.json``."""
+    ``RUN_DIR/eval-<model name>.json``. With ``inception`` (fid.InceptionScorer), every
+    generator also gets FID and KID on the FID Inception network's features, under
+    ``"inception"``."""
     t0 = time.time()
     run = load_run(path, device=device)
-    result = _evaluate_loaded(run, log, model)
+    result = _evaluate_loaded(run, log, model, inception)
     result["seconds"] = round(time.time() - t0, 1)
     if model:
         result["model"] = str(model)
@@ -68,7 +72,7 @@ def evaluate_run(path: str | Path, device: str | None = None,
     return result
 
 
-def _evaluate_loaded(run: LoadedRun, log, model) -> dict:
+def _evaluate_loaded(run: LoadedRun, log, model, inception: InceptionScorer | None = None) -> dict:
     head = {"run": str(run.run_dir), "plugin": run.name, "checkpoint": run.checkpoint.name, "step": run.step,
             "weights": run.weights, "judge_size": min(run.info.image_size, JUDGE_SIZE)}
     all_specs = run.plugin.export_specs()
@@ -79,10 +83,12 @@ def _evaluate_loaded(run: LoadedRun, log, model) -> dict:
             raise UsageError("eval --model judges exported A/B translators; evaluate this run's "
                              "PyTorch generators with `pyganx eval RUN_DIR`")
         key, spec = next(iter(all_specs.items()))
+        if inception is not None:
+            head["inception"] = inception.describe()
         if spec.inputs and spec.inputs[0] == "z":
-            return {**head, **evaluate_noise(run, key, spec, head["judge_size"], log)}
+            return {**head, **evaluate_noise(run, key, spec, head["judge_size"], log, inception)}
         if tuple(spec.inputs) == ("image", "domain"):
-            return {**head, **evaluate_multi_domain(run, key, spec, head["judge_size"], log)}
+            return {**head, **evaluate_multi_domain(run, key, spec, head["judge_size"], log, inception)}
     onnx_gen = _OnnxGenerator(model) if model else None
     if onnx_gen is not None:
         if onnx_gen.key not in specs:
@@ -106,10 +112,17 @@ def _evaluate_loaded(run: LoadedRun, log, model) -> dict:
     }
     if digits is not None:
         result["classifiers"]["digit"] = {"test_accuracy": digits.test_accuracy}
+    real_inception = {}
+    if inception is not None:
+        result["inception"] = inception.describe()
+        for dst in {s.domains[1] for s in specs.values()}:
+            inception.check_count(len(test[dst][0]), f"the run's {dst} test split")
+            real_inception[dst] = inception.image_features(test[dst][0], f"real {dst}")
     for key, spec in specs.items():
         src, dst = spec.domains
         gen = onnx_gen if onnx_gen is not None else run.plugin.networks()[spec.network]
-        fake = judge_size(translate(gen, test[src][0], run.device), size)
+        translated = translate(gen, test[src][0], run.device)
+        fake = judge_size(translated, size)
         target = 0 if dst == "A" else 1
         row = {"from": src, "to": dst, "n": len(fake),
                "target_domain": float((judge.predict(fake) == target).double().mean())}
@@ -117,6 +130,8 @@ def _evaluate_loaded(run: LoadedRun, log, model) -> dict:
             row["digit_kept"] = float((digits.predict(fake) == torch.tensor(test[src][1])).double().mean())
         mean, std = kid(judge.features(fake), feats[dst])
         row["kid"], row["kid_std"] = mean, std
+        if inception is not None:
+            row["inception"] = inception.compare(inception.image_features(translated, key), real_inception[dst])
         result["translations"][key] = row
     return result
 
@@ -125,6 +140,8 @@ def format_result(r: dict) -> str:
     """A few lines for the terminal."""
     lines = [f"{r['plugin']} at step {r['step']} ({r['weights']} weights"
              + (f", as the ONNX model {r['model']}" if "model" in r else "") + f"), judged at {r['judge_size']} px"]
+    if "inception" in r:
+        lines.append(f"  {format_setup(r['inception'])}")
     if "generators" in r:
         return "\n".join(lines + format_generative(r))
     c = r["classifiers"]
@@ -139,6 +156,8 @@ def format_result(r: dict) -> str:
             s += f", digit kept {100 * t['digit_kept']:.1f} %"
         s += f", KID {t['kid']:.4f} +- {t['kid_std']:.4f}"
         lines.append(s)
+        if "inception" in t:
+            lines.append(f"    {format_inception(t['inception'])}")
     return "\n".join(lines)
 
 
@@ -149,23 +168,27 @@ def headline(r: dict) -> dict[str, float]:
     for k, g in r.get("generators", {}).items():
         rows[k] = g.get("mean", g)
     for k, row in rows.items():
-        for m in ("kid", "target_domain", "digit_kept", "class_accuracy"):
+        for m in ("kid", "target_domain", "digit_kept", "class_accuracy", "fid"):
             if m in row:
                 out[f"{k} {m}"] = float(row[m])
+        if "inception" in row:
+            out[f"{k} fid"] = float(row["inception"]["fid"])
     return out
 
 
 def evaluate_checkpoints(run_dir: str | Path, device: str | None = None,
-                         log: Callable[[str], None] | None = None) -> dict:
+                         log: Callable[[str], None] | None = None,
+                         inception: InceptionScorer | None = None) -> dict:
     """Every kept checkpoint of a run evaluated in step order (the figures over
-    training); writes RUN_DIR/eval-checkpoints.json and a plot, eval-checkpoints.png."""
+    training, FID too with ``inception``); writes RUN_DIR/eval-checkpoints.json and a
+    plot, eval-checkpoints.png."""
     run_dir = Path(run_dir)
     ckpts = list_checkpoints(run_dir / "checkpoints")
     if not ckpts:
         raise UsageError(f"{run_dir}: no checkpoints to evaluate")
     rows = []
     for ck in ckpts:
-        r = _evaluate_loaded(load_run(ck, device=device), log, None)
+        r = _evaluate_loaded(load_run(ck, device=device), log, None, inception)
         rows.append({"step": r["step"], **headline(r)})
         if log:
             log(f"step {r['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in rows[-1].items() if k != "step"))
@@ -176,6 +199,7 @@ def evaluate_checkpoints(run_dir: str | Path, device: str | None = None,
 
 
 def _plot_curve(rows: list[dict], path: Path) -> None:
+    """KID (judges'), FID (Inception, when measured) and the shares in %, over the steps."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -183,21 +207,18 @@ def _plot_curve(rows: list[dict], path: Path) -> None:
     except ImportError:
         return
     keys = [k for k in rows[0] if k != "step"]
-    kids = [k for k in keys if k.endswith(" kid")]
-    others = [k for k in keys if k not in kids]
-    fig, axes = plt.subplots(1, 2 if others else 1, figsize=(9 if others else 5, 3.5), squeeze=False)
+    panels = [(name, ylabel, scale, group) for name, ylabel, scale, group in (
+        ("kid", "KID (lower is better)", 1, [k for k in keys if k.endswith(" kid")]),
+        ("fid", "FID, Inception (lower is better)", 1, [k for k in keys if k.endswith(" fid")]),
+        ("share", "%", 100, [k for k in keys if not k.endswith((" kid", " fid"))])) if group]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
     steps = [r["step"] for r in rows]
-    for k in kids:
-        axes[0][0].plot(steps, [r[k] for r in rows], marker="o", label=k)
-    axes[0][0].set_xlabel("step")
-    axes[0][0].set_ylabel("KID (lower is better)")
-    axes[0][0].legend(fontsize=7)
-    if others:
-        for k in others:
-            axes[0][1].plot(steps, [100 * r[k] for r in rows], marker="o", label=k)
-        axes[0][1].set_xlabel("step")
-        axes[0][1].set_ylabel("%")
-        axes[0][1].legend(fontsize=7)
+    for ax, (_, ylabel, scale, group) in zip(axes[0], panels):
+        for k in group:
+            ax.plot(steps, [scale * r[k] for r in rows], marker="o", label=k)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)

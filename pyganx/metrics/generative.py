@@ -29,6 +29,7 @@ from ..engine.run import LoadedRun, spread
 from ..errors import DataError
 from ..nn import one_hot
 from .classifier import TrainedClassifier
+from .fid import InceptionScorer, format_inception
 from .judges import (MAX_TEST, RunDomains, digit_classifier, domain_classifier, judge_size, labelled_classifier,
                      stack_items, translate)
 from .kid import kid
@@ -50,23 +51,24 @@ def class_classifier(run: LoadedRun, data: RunData, size: int, log=None) -> Trai
                                run.info.channels, size, log)
 
 
-def _real_test(data: RunData, size: int) -> Tensor:
-    return judge_size(stack_items(data.test, spread(range(len(data.test)), 2 * MAX_TEST))[0], size)
-
-
 def _noise(n: int, z_dim: int, seed: int = EVAL_SEED) -> Tensor:
     return torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))
 
 
 @torch.no_grad()
-def _generate(net, z: Tensor, labels: Tensor | None, device, size: int, batch: int = 100) -> Tensor:
-    out = []
+def _generate(net, z: Tensor, labels: Tensor | None, device, size: int, batch: int = 100,
+              inception: InceptionScorer | None = None) -> tuple[Tensor, Tensor | None]:
+    """The generated images at the judges' ``size``, and with ``inception`` their
+    Inception features (taken batch by batch at the generator's own size)."""
+    out, feats = [], []
     for i in range(0, len(z), batch):
         zz = z[i:i + batch].to(device)
         y = None if labels is None else labels[i:i + batch].to(device)
-        img = net(zz) if y is None else net(zz, y)
-        out.append(judge_size(img.float().clamp(-1, 1).cpu(), size))
-    return torch.cat(out)
+        img = (net(zz) if y is None else net(zz, y)).float().clamp(-1, 1).cpu()
+        out.append(judge_size(img, size))
+        if inception is not None:
+            feats.append(inception.image_features(img, progress=False))
+    return torch.cat(out), (torch.cat(feats) if inception is not None else None)
 
 
 def _noise_judge(run: LoadedRun, size: int, log) -> TrainedClassifier:
@@ -88,30 +90,39 @@ def _noise_judge(run: LoadedRun, size: int, log) -> TrainedClassifier:
     return labelled_classifier("class", sets, sets, ["folders", str(opts.data)], run.info.channels, size, log)
 
 
-def evaluate_noise(run: LoadedRun, key: str, spec, size: int, log=None) -> dict:
-    """Figures of a ``z`` or ``(z, label)`` generator (see module doc)."""
+def evaluate_noise(run: LoadedRun, key: str, spec, size: int, log=None,
+                   inception: InceptionScorer | None = None) -> dict:
+    """Figures of a ``z`` or ``(z, label)`` generator (see module doc); with
+    ``inception``, also FID and KID against the real test images on Inception features."""
     net = run.plugin.networks()[spec.network]
     conditional = "label" in spec.inputs
     data = run.data()
-    real = _real_test(data, size)
+    real_images = stack_items(data.test, spread(range(len(data.test)), 2 * MAX_TEST))[0]
+    real = judge_size(real_images, size)
+    if inception is not None:
+        inception.check_count(len(real_images), "the run's test split")
     if conditional:
         opts = run.train_options()
         judge = digit_classifier(size, log) if opts.demo == "digits" else class_classifier(run, data, size, log)
         k = len(spec.domains)
         labels = torch.arange(k).repeat_interleave(N_PER_CLASS)
-        fake = _generate(net, _noise(len(labels), spec.z_dim), labels, run.device, size)
+        fake, fake_inception = _generate(net, _noise(len(labels), spec.z_dim), labels, run.device, size,
+                                         inception=inception)
         pred = judge.predict(fake)
         per_class = {spec.domains[c]: float((pred[labels == c] == c).double().mean()) for c in range(k)}
         row = {"n": len(fake), "class_accuracy": float((pred == labels).double().mean()),
                "class_accuracy_per_class": per_class}
     else:
         judge = _noise_judge(run, size, log)
-        fake = _generate(net, _noise(N_GENERATED, spec.z_dim), None, run.device, size)
+        fake, fake_inception = _generate(net, _noise(N_GENERATED, spec.z_dim), None, run.device, size,
+                                         inception=inception)
         row = {"n": len(fake)}
     feats_real = judge.features(real)
     row["kid"], row["kid_std"] = kid(judge.features(fake), feats_real)
     half = len(feats_real) // 2
     row["kid_real_halves"] = kid(feats_real[:half], feats_real[half:])[0]
+    if inception is not None:
+        row["inception"] = inception.compare(fake_inception, inception.image_features(real_images, "real"))
     return {"classifiers": {"judge": {"classes": judge.classes, "test_accuracy": judge.test_accuracy}},
             "generators": {key: row}}
 
@@ -128,8 +139,10 @@ class _Into(torch.nn.Module):
         return self.net(images, one_hot(labels, self.n, images.dtype))
 
 
-def evaluate_multi_domain(run: LoadedRun, key: str, spec, size: int, log=None) -> dict:
-    """Figures of an ``(image, domain)`` generator (see module doc)."""
+def evaluate_multi_domain(run: LoadedRun, key: str, spec, size: int, log=None,
+                          inception: InceptionScorer | None = None) -> dict:
+    """Figures of an ``(image, domain)`` generator (see module doc); with ``inception``,
+    also FID and KID per target domain against its real test images."""
     net = run.plugin.networks()[spec.network]
     domains = list(spec.domains)
     data = run.data()
@@ -147,19 +160,28 @@ def evaluate_multi_domain(run: LoadedRun, key: str, spec, size: int, log=None) -
         digit_judge = digit_classifier(size, log)
     real = judge_size(x, size)
     feats = {d: judge.features(real[dom == k]) for k, d in enumerate(domains)}
+    if inception is not None:
+        for k, d in enumerate(domains):
+            inception.check_count(int((dom == k).sum()), f"the test split of domain {d}")
+        real_inception = {d: inception.image_features(x[dom == k], f"real {d}") for k, d in enumerate(domains)}
     rows = {}
     for k, d in enumerate(domains):
         src = dom != k
         if int(src.sum()) < 2 or len(feats[d]) < 2:
             continue
-        fake = judge_size(translate(_Into(net, k, len(domains)), x[src], run.device), size)
+        translated = translate(_Into(net, k, len(domains)), x[src], run.device)
+        fake = judge_size(translated, size)
         row = {"n": len(fake), "target_domain": float((judge.predict(fake) == k).double().mean())}
         if digits is not None:
             row["digit_kept"] = float((digit_judge.predict(fake) == digits[src]).double().mean())
         row["kid"], row["kid_std"] = kid(judge.features(fake), feats[d])
+        if inception is not None:
+            row["inception"] = inception.compare(inception.image_features(translated, f"into {d}"), real_inception[d])
         rows[d] = row
     mean = {m: sum(r[m] for r in rows.values()) / len(rows) for m in ("target_domain", "digit_kept", "kid")
             if rows and all(m in r for r in rows.values())}
+    if inception is not None and rows:
+        mean["fid"] = sum(r["inception"]["fid"] for r in rows.values()) / len(rows)
     out = {"classifiers": {"domain": {"classes": judge.classes, "test_accuracy": judge.test_accuracy}},
            "generators": {key: {"into": rows, "mean": mean}}}
     if digits is not None:
@@ -179,15 +201,19 @@ def format_generative(r: dict) -> list[str]:
                 if "digit_kept" in row:
                     s += f", digit kept {100 * row['digit_kept']:.1f} %"
                 lines.append(s + f", KID {row['kid']:.4f} +- {row['kid_std']:.4f}")
+                if "inception" in row:
+                    lines.append(f"    {format_inception(row['inception'])}")
             m = g["mean"]
             s = f"  {key} mean over domains: in target domain {100 * m['target_domain']:.1f} %"
             if "digit_kept" in m:
                 s += f", digit kept {100 * m['digit_kept']:.1f} %"
-            lines.append(s + f", KID {m['kid']:.4f}")
+            lines.append(s + f", KID {m['kid']:.4f}" + (f", FID {m['fid']:.3f}" if "fid" in m else ""))
         else:
             s = f"  {key} ({g['n']} generated images):"
             if "class_accuracy" in g:
                 s += f" class accuracy {100 * g['class_accuracy']:.1f} %,"
             lines.append(s + f" KID {g['kid']:.4f} +- {g['kid_std']:.4f} (real vs real: {g['kid_real_halves']:.4f})")
+            if "inception" in g:
+                lines.append(f"    {format_inception(g['inception'])}")
     return lines
 
