@@ -12,6 +12,10 @@ output against the label real/fake:
 
 ``gradient_penalty(critic, real, fake)``: E[(||grad_x D(x_hat)||_2 - 1)^2] at random
 interpolates x_hat of real and fake images (one draw per sample).
+
+``patch_nce_loss(q, k, batch_size, temperature)``: CUT's patchwise contrastive loss
+(Park et al. 2020) between projected patch features of the output (queries) and of the
+input (keys, not trained through), per patch.
 """
 from __future__ import annotations
 
@@ -97,3 +101,18 @@ class ImagePool:
         imgs = state["images"]
         self.images = [imgs[i:i + 1].to(device) for i in range(imgs.shape[0])] if imgs.numel() else []
         self.gen.set_state(state["rng"])
+
+
+def patch_nce_loss(feat_q: Tensor, feat_k: Tensor, batch_size: int, temperature: float = 0.07) -> Tensor:
+    """InfoNCE per patch (CUT's PatchNCELoss, ``reduction="none"``): ``feat_q`` and
+    ``feat_k`` are (batch_size * P, C), P patches per image, L2-normalised. The positive
+    of query i is key i; its negatives are the other P - 1 keys of the same image."""
+    n, dim = feat_q.shape
+    feat_k = feat_k.detach()
+    l_pos = (feat_q * feat_k).sum(dim=1, keepdim=True)                              # (n, 1)
+    q, k = feat_q.view(batch_size, -1, dim), feat_k.view(batch_size, -1, dim)
+    patches = q.shape[1]
+    l_neg = torch.bmm(q, k.transpose(2, 1))                                          # (B, P, P)
+    l_neg = l_neg.masked_fill(torch.eye(patches, dtype=torch.bool, device=q.device)[None], -10.0)
+    logits = torch.cat([l_pos, l_neg.reshape(-1, patches)], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(n, dtype=torch.long, device=q.device), reduction="none")

@@ -29,7 +29,7 @@ LAYERS = [
     ["pyganx.registry"],
     ["pyganx_plugins"],                            # the built-in variants (loaded by entry point)
     ["pyganx.plugin"],
-    ["pyganx.losses", "pyganx.data"],
+    ["pyganx.losses", "pyganx.data", "pyganx.augment"],
     ["pyganx.nn"],
     ["pyganx.ops"],
     ["pyganx._extension"],

@@ -183,3 +183,21 @@ def test_unreadable_images_raise_by_default_and_are_skipped_on_request(tmp_path,
         p.write_bytes(b"garbage")
     with pytest.raises(ImageError, match=r"no readable image left: all 3 items .*\.png"):
         LabelledImages(cls, EvalTransform(4), skip_bad_images=True)[0]
+
+
+def test_train_fraction_keeps_a_share_of_each_domain_and_class(tmp_path):
+    from pyganx import registry
+    from pyganx.data import DataSource, build_dataset
+    from pyganx.errors import UsageError
+    cyclegan, cgan = registry.get("cyclegan"), registry.get("cgan")
+    full = build_dataset(cyclegan, DataSource(demo="digits"))
+    tenth = build_dataset(cyclegan, DataSource(demo="digits", train_fraction=0.1))
+    assert len(tenth.train.a) == round(len(full.train.a) * 0.1) and len(tenth.train.b) == round(len(full.train.b) * 0.1)
+    from pyganx.data.folders import spread
+    assert tenth.train.a == spread(full.train.a, len(tenth.train.a))     # evenly spread over the domain
+    assert len(tenth.test) == len(full.test) and "0.1 of the training images" in tenth.description
+    per_class = lambda ds: [sum(1 for _, k in ds.samples if k == c) for c in range(10)]  # noqa: E731
+    whole, part = (build_dataset(cgan, DataSource(demo="digits", train_fraction=f)).train for f in (1.0, 0.25))
+    assert per_class(part) == [max(1, round(n * 0.25)) for n in per_class(whole)]
+    with pytest.raises(UsageError, match="--train-fraction must be in"):
+        build_dataset(cyclegan, DataSource(demo="digits", train_fraction=0))

@@ -25,6 +25,7 @@ SMALL = {
     "dcgan": ["--ngf", "8", "--ndf", "8", "--z-dim", "8"],
     "cgan": ["--ngf", "8", "--ndf", "8", "--z-dim", "8", "--loss", "hinge"],
     "stargan": ["--g-conv-dim", "8", "--d-conv-dim", "8", "--g-blocks", "1", "--n-critic", "2"],
+    "cut": ["--ngf", "8", "--ndf", "8", "--n-blocks", "5", "--d-augment", "translation,cutout", "--d-augment-p", "0.5"],
 }
 
 
@@ -155,11 +156,12 @@ def test_resume_on_another_world_size_reseeds_and_says_so(cyclegan_2p, tmp_path,
 
 @pytest.fixture(scope="module")
 def other_plugins_2p(tmp_path_factory):
-    """dcgan, cgan and stargan on 2 processes: 4 steps straight (checkpoints at 2 and 4),
+    """dcgan, cgan, stargan and cut (its MLP heads, D augmented) on 2 processes: 4 steps
+    straight (checkpoints at 2 and 4),
     then a resume from step 2 into another run directory; in one torchrun start."""
     root = tmp_path_factory.mktemp("ddp-plugins")
     cmds: list[str] = []
-    for v in ("dcgan", "cgan", "stargan"):
+    for v in ("dcgan", "cgan", "stargan", "cut"):
         base = ["train", v, "--demo", "digits", "--steps", "4", "--no-progress", "--batch-size", "4", *SMALL[v]]
         cmds += [*base, "-o", str(root / v), "--checkpoint-every", "2", "--keep", "5", "--then",
                  *base, "-o", str(root / f"{v}-resumed"), "--resume", str(ckpt(root / v, 2)), "--then"]
@@ -167,7 +169,7 @@ def other_plugins_2p(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("variant", ["dcgan", "cgan", "stargan"])
+@pytest.mark.parametrize("variant", ["dcgan", "cgan", "stargan", "cut"])
 def test_every_plugin_trains_and_resumes_exactly_under_two_processes(variant, other_plugins_2p):
     run, again = other_plugins_2p / variant, other_plugins_2p / f"{variant}-resumed"
     assert load_checkpoint(ckpt(run, 4))["world_size"] == 2

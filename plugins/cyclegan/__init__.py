@@ -15,19 +15,20 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from pyganx.augment import AugmentConfig, DiscriminatorAugment, mid_of
 from pyganx.losses import ImagePool, gan_loss
 from pyganx.nn import PatchDiscriminator, ResnetGenerator, init_weights
 from pyganx.plugin import DataInfo, ExportSpec, GANPlugin, field, linear_decay_schedulers
 
 
 @dataclass
-class CycleGANConfig:
+class ResnetTranslationConfig(AugmentConfig):
+    """What the ResNet-generator translators (CycleGAN, CUT) share: widths, blocks,
+    Adam, the adversarial loss, the schedule, flips and the fused blocks."""
+
     ngf: int = field(default=64, metadata={"help": "generator width"})
     ndf: int = field(default=64, metadata={"help": "discriminator width"})
     n_blocks: int = field(default=0, metadata={"help": "residual blocks (0: 9 from 256 px, else 6)"})
-    lambda_cycle: float = field(default=10.0, metadata={"help": "cycle-consistency weight"})
-    lambda_identity: float = field(default=0.5, metadata={"help": "identity weight, x lambda_cycle"})
-    pool_size: int = field(default=50, metadata={"help": "image pool size (0: off)"})
     lr: float = field(default=2e-4, metadata={"help": "Adam learning rate"})
     beta1: float = field(default=0.5, metadata={"help": "Adam beta1"})
     beta2: float = field(default=0.999, metadata={"help": "Adam beta2"})
@@ -35,6 +36,17 @@ class CycleGANConfig:
     decay_start: float = field(default=0.5, metadata={"help": "fraction of training before the linear lr decay"})
     flip: bool = field(default=True, metadata={"help": "random horizontal flips (off where the data forbids them)"})
     fused: bool = field(default=True, metadata={"help": "pyganx's fused residual blocks"})
+
+    def generator_blocks(self, image_size: int) -> int:
+        """``n_blocks``, or the paper's 9 from 256 px and 6 below."""
+        return self.n_blocks or (9 if image_size >= 256 else 6)
+
+
+@dataclass
+class CycleGANConfig(ResnetTranslationConfig):
+    lambda_cycle: float = field(default=10.0, metadata={"help": "cycle-consistency weight"})
+    lambda_identity: float = field(default=0.5, metadata={"help": "identity weight, x lambda_cycle"})
+    pool_size: int = field(default=50, metadata={"help": "image pool size (0: off)"})
 
 
 class CycleGAN(GANPlugin):
@@ -47,7 +59,7 @@ class CycleGAN(GANPlugin):
     def __init__(self, config: CycleGANConfig, data_info: DataInfo) -> None:
         super().__init__(config, data_info)
         c = data_info.channels
-        blocks = config.n_blocks or (9 if data_info.image_size >= 256 else 6)
+        blocks = config.generator_blocks(data_info.image_size)
         self.G_AB = ResnetGenerator(c, c, config.ngf, blocks, fused=config.fused)
         self.G_BA = ResnetGenerator(c, c, config.ngf, blocks, fused=config.fused)
         self.D_A = PatchDiscriminator(c, config.ndf)
@@ -63,6 +75,8 @@ class CycleGAN(GANPlugin):
         }
         self.pool_A = ImagePool(config.pool_size, seed=1)
         self.pool_B = ImagePool(config.pool_size, seed=2)
+        #: one augmentation (and ADA probability) for what D_A and D_B see
+        self.augment = DiscriminatorAugment.from_config(config, mid_of(config.gan_loss))
 
     def networks(self):
         return {"G_AB": self.G_AB, "G_BA": self.G_BA, "D_A": self.D_A, "D_B": self.D_B}
@@ -75,6 +89,7 @@ class CycleGAN(GANPlugin):
 
     def train_step(self, batch, ctx):
         cfg = self.config
+        aug = self.augment
         real_A, real_B = batch["A"], batch["B"]
         # generators
         for d in (self.D_A, self.D_B):
@@ -82,8 +97,8 @@ class CycleGAN(GANPlugin):
         with ctx.autocast():
             fake_B, fake_A = self.G_AB(real_A), self.G_BA(real_B)
             rec_A, rec_B = self.G_BA(fake_B), self.G_AB(fake_A)
-            loss_gan = (gan_loss(cfg.gan_loss, self.D_B(fake_B), True, for_generator=True)
-                        + gan_loss(cfg.gan_loss, self.D_A(fake_A), True, for_generator=True))
+            loss_gan = (gan_loss(cfg.gan_loss, self.D_B(aug(fake_B)), True, for_generator=True)
+                        + gan_loss(cfg.gan_loss, self.D_A(aug(fake_A)), True, for_generator=True))
             loss_cycle = (F.l1_loss(rec_A, real_A) + F.l1_loss(rec_B, real_B)) * cfg.lambda_cycle
             loss_idt = torch.zeros((), device=real_A.device)
             if cfg.lambda_identity > 0:
@@ -98,24 +113,31 @@ class CycleGAN(GANPlugin):
             d.requires_grad_(True)
         with ctx.autocast():
             pf_B, pf_A = self.pool_B.query(fake_B.detach()), self.pool_A.query(fake_A.detach())
-            loss_D_B = 0.5 * (gan_loss(cfg.gan_loss, self.D_B(real_B), True)
-                              + gan_loss(cfg.gan_loss, self.D_B(pf_B), False))
-            loss_D_A = 0.5 * (gan_loss(cfg.gan_loss, self.D_A(real_A), True)
-                              + gan_loss(cfg.gan_loss, self.D_A(pf_A), False))
+            d_real_B, d_real_A = self.D_B(aug(real_B)), self.D_A(aug(real_A))
+            loss_D_B = 0.5 * (gan_loss(cfg.gan_loss, d_real_B, True)
+                              + gan_loss(cfg.gan_loss, self.D_B(aug(pf_B)), False))
+            loss_D_A = 0.5 * (gan_loss(cfg.gan_loss, d_real_A, True)
+                              + gan_loss(cfg.gan_loss, self.D_A(aug(pf_A)), False))
         ctx.zero_grad("D")
         ctx.backward(loss_D_A + loss_D_B)
         ctx.step("D")
-        return {"G_gan": loss_gan.item(), "G_cycle": loss_cycle.item(), "G_idt": loss_idt.item(),
-                "D_A": loss_D_A.item(), "D_B": loss_D_B.item()}
+        aug.observe(torch.cat([d_real_A.flatten(1), d_real_B.flatten(1)]))
+        out = {"G_gan": loss_gan.item(), "G_cycle": loss_cycle.item(), "G_idt": loss_idt.item(),
+               "D_A": loss_D_A.item(), "D_B": loss_D_B.item()}
+        if aug.on:
+            out["augment_p"] = aug.p
+        return out
 
     def extra_state(self):
-        return {"pool_A": self.pool_A.state_dict(), "pool_B": self.pool_B.state_dict()}
+        return {"pool_A": self.pool_A.state_dict(), "pool_B": self.pool_B.state_dict(),
+                "augment": self.augment.state_dict()}
 
     def load_extra_state(self, state):
         dev = next(self.G_AB.parameters()).device
         if "pool_A" in state:
             self.pool_A.load_state_dict(state["pool_A"], dev)
             self.pool_B.load_state_dict(state["pool_B"], dev)
+        self.augment.load_state_dict(state.get("augment", {}))
 
     def sample(self, batch):
         was = self.G_AB.training, self.G_BA.training

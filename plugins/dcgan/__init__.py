@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pyganx.augment import AugmentConfig, DiscriminatorAugment, mid_of
 from pyganx.errors import UsageError
 from pyganx.losses import gan_loss, gradient_penalty
 from pyganx.nn import DCGANDiscriminator, DCGANGenerator, init_weights
@@ -31,7 +32,7 @@ SAMPLE_SEED = 20160107
 
 
 @dataclass
-class DCGANConfig:
+class DCGANConfig(AugmentConfig):
     z_dim: int = field(default=100, metadata={"help": "noise dimension"})
     ngf: int = field(default=128, metadata={"help": "generator width (128: 4x4x1024 at 64 px)"})
     ndf: int = field(default=64, metadata={"help": "discriminator width"})
@@ -82,6 +83,7 @@ class DCGAN(GANPlugin):
                     "D": torch.optim.Adam(self.D.parameters(), lr=config.lr, betas=betas)}
         self.d_steps = 0
         self.last_g = 0.0
+        self.augment = DiscriminatorAugment.from_config(config, mid_of(config.loss))
 
     # --- what the conditional GAN changes ------------------------------------------
     @property
@@ -104,9 +106,10 @@ class DCGAN(GANPlugin):
         y = self._labels(batch)
         z = torch.randn(real.shape[0], cfg.z_dim, device=real.device)
         self.D.requires_grad_(True)
+        aug = self.augment
         with ctx.autocast():
             fake = self.G(z, y)
-            d_real, d_fake = self.D(real, y), self.D(fake.detach(), y)
+            d_real, d_fake = self.D(aug(real), y), self.D(aug(fake.detach()), y)
             loss_real = gan_loss(cfg.loss, d_real, True)
             loss_fake = gan_loss(cfg.loss, d_fake, False)
         loss_D = loss_real + loss_fake
@@ -118,26 +121,30 @@ class DCGAN(GANPlugin):
         ctx.zero_grad("D")
         ctx.backward(loss_D)
         ctx.step("D")
+        aug.observe(d_real)
         self.d_steps += 1
         if (self.d_steps - 1) % cfg.n_critic == 0:   # G on the first step, then every n_critic
             self.D.requires_grad_(False)
             with ctx.autocast():
-                loss_G = gan_loss(cfg.loss, self.D(fake, y), True, for_generator=True)
+                loss_G = gan_loss(cfg.loss, self.D(aug(fake), y), True, for_generator=True)
             ctx.zero_grad("G")
             ctx.backward(loss_G)
             ctx.step("G")
             self.D.requires_grad_(True)
             self.last_g = loss_G.item()
         # D(x) and D(G(z)) as probabilities (bce) or raw scores: how far apart D holds them
+        if aug.on:
+            losses["augment_p"] = aug.p
         return {"D": loss_D.item(), "G": self.last_g, **losses,
                 "D_real": _score(cfg.loss, d_real), "D_fake": _score(cfg.loss, d_fake)}
 
     def extra_state(self):
-        return {"d_steps": self.d_steps, "last_g": self.last_g}
+        return {"d_steps": self.d_steps, "last_g": self.last_g, "augment": self.augment.state_dict()}
 
     def load_extra_state(self, state):
         self.d_steps = int(state.get("d_steps", 0))
         self.last_g = float(state.get("last_g", 0.0))
+        self.augment.load_state_dict(state.get("augment", {}))
 
     def generate(self, n: int, labels: torch.Tensor | None = None, seed: int = SAMPLE_SEED) -> torch.Tensor:
         """``n`` images from the fixed sample noise of ``seed`` (in [-1, 1]), in eval mode."""

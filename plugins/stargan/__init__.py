@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from pyganx.augment import AugmentConfig, DiscriminatorAugment
 from pyganx.errors import UsageError
 from pyganx.losses import gradient_penalty
 from pyganx.nn import StarGANDiscriminator, StarGANGenerator, init_weights, one_hot
@@ -33,7 +34,7 @@ from pyganx.plugin import DataInfo, ExportSpec, GANPlugin, field, linear_decay_s
 
 
 @dataclass
-class StarGANConfig:
+class StarGANConfig(AugmentConfig):
     g_conv_dim: int = field(default=64, metadata={"help": "generator width"})
     d_conv_dim: int = field(default=64, metadata={"help": "discriminator width"})
     g_blocks: int = field(default=6, metadata={"help": "generator residual blocks"})
@@ -48,31 +49,11 @@ class StarGANConfig:
     beta2: float = field(default=0.999, metadata={"help": "Adam beta2"})
     decay_start: float = field(default=0.5, metadata={"help": "fraction of training before the linear lr decay"})
     flip: bool = field(default=True, metadata={"help": "random horizontal flips (off where the data forbids them)"})
-    d_augment: float = field(default=0.0, metadata={
-        "help": "D sees real and fake images shifted by up to this fraction of their size "
-                "(differentiable augmentation for small data sets; 0: off, as in the paper)"})
     d_per_domain: bool = field(default=False, metadata={
         "help": "one real/fake critic output per domain, read at each image's domain (StarGAN v2's "
                 "multi-task D): fakes are judged against real images of their target domain only "
                 "(off: the paper's single critic)"})
     fused: bool = field(default=True, metadata={"help": "pyganx's fused residual blocks"})
-
-
-def shift(x: torch.Tensor, fraction: float) -> torch.Tensor:
-    """Each image translated by a random whole number of pixels, up to ``fraction`` of its
-    size in each direction, zero-filled (DiffAugment's translation, Zhao et al. 2020):
-    differentiable, so G's gradient passes through it."""
-    if fraction <= 0:
-        return x
-    n, _, h, w = x.shape
-    ph, pw = max(1, int(h * fraction)), max(1, int(w * fraction))
-    dy = torch.randint(-ph, ph + 1, (n,), device=x.device)
-    dx = torch.randint(-pw, pw + 1, (n,), device=x.device)
-    padded = F.pad(x, (pw, pw, ph, ph))
-    rows = (torch.arange(h, device=x.device)[None, :] + ph - dy[:, None])          # (n, h)
-    cols = (torch.arange(w, device=x.device)[None, :] + pw - dx[:, None])          # (n, w)
-    idx = torch.arange(n, device=x.device)[:, None, None]
-    return padded.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
 def d_layers_for(image_size: int) -> int:
@@ -108,6 +89,7 @@ class StarGAN(GANPlugin):
                     "D": torch.optim.Adam(self.D.parameters(), lr=config.d_lr, betas=betas)}
         self.d_steps = 0
         self.last_g = {"G_adv": 0.0, "G_cls": 0.0, "G_rec": 0.0}
+        self.augment = DiscriminatorAugment.from_config(config, mid=0.0)   # WGAN scores
 
     def networks(self):
         return {"G": self.G, "D": self.D}
@@ -148,12 +130,12 @@ class StarGAN(GANPlugin):
         c_trg = torch.randint(len(self.domains), c_org.shape, device=x.device)
         # discriminator: real/fake (WGAN-GP) and the domain of real images
         self.D.requires_grad_(True)
-        aug = cfg.d_augment
+        aug = self.augment
         with ctx.autocast():
-            src_real, cls_real = self.D(shift(x, aug))
+            src_real, cls_real = self.D(aug(x))
             with torch.no_grad():   # D's step needs no graph through G
                 fake = self.G(x, self._onehot(c_trg, x))
-            src_fake, _ = self.D(shift(fake, aug))
+            src_fake, _ = self.D(aug(fake))
             d_adv = self._d_adv(src_real, c_org, src_fake, c_trg)
             d_cls = F.cross_entropy(cls_real.float(), c_org)
         # per-domain critics: each interpolate is scored by its real end's or its fake end's
@@ -165,12 +147,13 @@ class StarGAN(GANPlugin):
         ctx.zero_grad("D")
         ctx.backward(loss_D)
         ctx.step("D")
+        aug.observe(self._critic(src_real, c_org))
         self.d_steps += 1
         if (self.d_steps - 1) % cfg.n_critic == 0:   # G on the first step, then every n_critic
             self.D.requires_grad_(False)
             with ctx.autocast():
                 fake = self.G(x, self._onehot(c_trg, x))
-                src, cls = self.D(shift(fake, aug))
+                src, cls = self.D(aug(fake))
                 g_adv = -self._critic(src, c_trg).float().mean()
                 g_cls = F.cross_entropy(cls.float(), c_trg)
                 g_rec = F.l1_loss(self.G(fake, self._onehot(c_org, x)).float(), x.float())
@@ -180,14 +163,18 @@ class StarGAN(GANPlugin):
             ctx.step("G")
             self.D.requires_grad_(True)
             self.last_g = {"G_adv": g_adv.item(), "G_cls": g_cls.item(), "G_rec": g_rec.item()}
-        return {"D_adv": d_adv.item(), "D_cls": d_cls.item(), "D_gp": gp.item(), **self.last_g}
+        out = {"D_adv": d_adv.item(), "D_cls": d_cls.item(), "D_gp": gp.item(), **self.last_g}
+        if aug.on and aug.adaptive:
+            out["augment_p"] = aug.p
+        return out
 
     def extra_state(self):
-        return {"d_steps": self.d_steps, "last_g": dict(self.last_g)}
+        return {"d_steps": self.d_steps, "last_g": dict(self.last_g), "augment": self.augment.state_dict()}
 
     def load_extra_state(self, state):
         self.d_steps = int(state.get("d_steps", 0))
         self.last_g = dict(state.get("last_g", self.last_g))
+        self.augment.load_state_dict(state.get("augment", {}))
 
     def domain_index(self, domain) -> int:
         if str(domain) in self.domains:

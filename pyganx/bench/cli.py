@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-SUITES = ("ops", "nets", "onnx", "serve", "memory", "dist", "profile")
+SUITES = ("ops", "nets", "onnx", "serve", "memory", "dist", "profile", "steps")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,5 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     if suite == "profile":
         from . import profile
         return profile.main(argv)
+    if suite == "steps":
+        from . import steps
+        return steps.main(argv)
     from . import ops
     return ops.main(argv)

@@ -45,6 +45,7 @@ class DataSource:
     channels: int | None = None       # 1 or 3; default: what the images are
     seed: int = 0
     skip_bad_images: bool = False
+    train_fraction: float = 1.0       # keep this share of each domain's (class's) training images
 
 
 @dataclass
@@ -161,16 +162,23 @@ def build_dataset(plugin: DataSpec, source: DataSource, config: Any = None) -> R
         raise DataError(f"data kind {kind!r} has no built-in dataset; pyganx builds {', '.join(KINDS)}")
     if source.channels not in (None, 1, 3):
         raise UsageError(f"--channels must be 1 (grey) or 3 (RGB), got {source.channels}")
+    if not 0 < source.train_fraction <= 1:
+        raise UsageError(f"--train-fraction must be in (0, 1], got {source.train_fraction}")
     flip = bool(getattr(config, "flip", True))
     if source.demo:
         ds = demo_data.load(source.demo)
         size = source.image_size or ds.size
         train, test, classes, domains = _from_demo(kind, ds, source, *_transforms(plugin, size, ds.flip and flip))
-        return RunData(train, test, DataInfo(train.channels, size, classes, domains, ds.description),
-                       f"demo {source.demo}: {ds.description}")
-    size = source.image_size or plugin.default_image_size
-    train, test, classes, domains, desc = _from_folders(kind, source, *_transforms(plugin, size, flip))
-    return RunData(train, test, DataInfo(train.channels, size, classes, domains, desc), desc)
+        desc = f"demo {source.demo}: {ds.description}"
+        info = DataInfo(train.channels, size, classes, domains, ds.description)
+    else:
+        size = source.image_size or plugin.default_image_size
+        train, test, classes, domains, desc = _from_folders(kind, source, *_transforms(plugin, size, flip))
+        info = DataInfo(train.channels, size, classes, domains, desc)
+    if source.train_fraction < 1:
+        train.thin(source.train_fraction)   # the test split stays whole (paired trainA/trainB: it is the train set)
+        desc += f", {source.train_fraction:g} of the training images"
+    return RunData(train, test, info, desc)
 
 
 __all__ = ["DataInfo", "DataSource", "DataSpec", "KINDS", "RunData", "build_dataset"]

@@ -66,6 +66,18 @@ def _channels(items: Sequence[Item], channels: int | None) -> int:
     return 1 if all(getattr(i, "mode", "RGB") == "L" for i in items[:16]) else 3
 
 
+def spread(items: Sequence, k: int) -> list:
+    """At most ``k`` items, evenly spread over the sequence (item ``i * n // k``)."""
+    n = len(items)
+    if n <= k:
+        return list(items)
+    return [items[i * n // k] for i in range(k)]
+
+
+def _fraction_of(items: Sequence, fraction: float) -> list:
+    return spread(items, max(1, round(len(items) * fraction)))
+
+
 class _Seeded(Dataset):
     """Seeded randomness per (epoch, index), and the skipping of unreadable images:
     subclasses implement ``_item(i)``."""
@@ -78,6 +90,10 @@ class _Seeded(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def thin(self, fraction: float) -> None:
+        """Keeps ``fraction`` of the items (of each domain), evenly spread."""
+        raise NotImplementedError
 
     def _item(self, i: int):
         raise NotImplementedError
@@ -115,6 +131,9 @@ class Images(_Seeded):
     def __len__(self) -> int:
         return len(self.items)
 
+    def thin(self, fraction: float) -> None:
+        self.items = _fraction_of(self.items, fraction)
+
     def _item(self, i: int) -> dict[str, torch.Tensor]:
         return {"image": self.transform(load_item(self.items[i], self.channels), self._gen(i, 0))}
 
@@ -132,6 +151,9 @@ class UnpairedImages(_Seeded):
 
     def __len__(self) -> int:
         return max(len(self.a), len(self.b))
+
+    def thin(self, fraction: float) -> None:
+        self.a, self.b = _fraction_of(self.a, fraction), _fraction_of(self.b, fraction)
 
     def _item(self, i: int) -> dict[str, torch.Tensor]:
         j = int(torch.randint(len(self.b), (), generator=self._gen(i, 0)))
@@ -167,6 +189,11 @@ class LabelledImages(_Seeded):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def thin(self, fraction: float) -> None:
+        """Keeps ``fraction`` of each class's samples."""
+        self.samples = [s for k in range(len(self.classes))
+                        for s in _fraction_of([s for s in self.samples if s[1] == k], fraction)]
+
     def _item(self, i: int) -> dict:
         item, label = self.samples[i]
         return {"image": self.transform(load_item(item, self.channels), self._gen(i, 0)),
@@ -194,6 +221,9 @@ class PairedImages(_Seeded):
 
     def __len__(self) -> int:
         return len(self.pairs)
+
+    def thin(self, fraction: float) -> None:
+        self.pairs = _fraction_of(self.pairs, fraction)
 
     def _item(self, i: int) -> dict[str, torch.Tensor]:
         pa, pb = self.pairs[i]

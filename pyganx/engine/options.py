@@ -51,6 +51,8 @@ class TrainOptions:
     progress: bool = _opt(True, "a progress bar")
     skip_bad_images: bool = _opt(False, "warn about unreadable images and train on the others, "
                                         "instead of stopping")
+    train_fraction: float = _opt(1.0, "train on this share of each domain's (class's) training images, "
+                                      "evenly spread (small-data experiments); the test split stays whole")
 
     def check(self) -> None:
         """A UsageError for options that cannot make a run."""
@@ -68,7 +70,7 @@ class TrainOptions:
         """Where the run's images come from (pyganx.data.build_dataset)."""
         return DataSource(data=self.data, data_a=self.data_a, data_b=self.data_b, demo=self.demo,
                           image_size=self.image_size, channels=self.channels, seed=self.seed,
-                          skip_bad_images=self.skip_bad_images)
+                          skip_bad_images=self.skip_bad_images, train_fraction=self.train_fraction)
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:

@@ -10,7 +10,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,14 +24,6 @@ from .checkpoint import latest_checkpoint, load_checkpoint
 from .device import pick_device
 from .options import TrainOptions
 from .trainer import build_plugin
-
-
-def spread(items: Sequence, k: int) -> list:
-    """At most ``k`` items, evenly spread over the sequence (item ``i * n // k``)."""
-    n = len(items)
-    if n <= k:
-        return list(items)
-    return [items[i * n // k] for i in range(k)]
 
 
 @dataclass

@@ -17,7 +17,8 @@ from ..errors import PluginError, UsageError
 from ..plugin import values_refused_by
 from .batches import to_device
 from .reporting import save_grid
-from .run import load_run, spread
+from ..data.folders import spread
+from .run import load_run
 
 
 def _slug(name: str) -> str:

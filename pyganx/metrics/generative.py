@@ -25,7 +25,8 @@ from torch import Tensor
 
 from ..data import EvalTransform, ImageError, LabelledImages, RunData
 from ..data import demo as demo_data
-from ..engine.run import LoadedRun, spread
+from ..data.folders import spread
+from ..engine.run import LoadedRun
 from ..errors import DataError
 from ..nn import one_hot
 from .classifier import TrainedClassifier

@@ -13,7 +13,8 @@ from torch import Tensor
 
 from ..data import EvalTransform, load_item
 from ..data import demo as demo_data
-from ..engine.run import LoadedRun, spread
+from ..data.folders import spread
+from ..engine.run import LoadedRun
 from .classifier import TrainedClassifier, cached_classifier, fingerprint
 
 #: Classifiers judge at most this resolution (translations are area-downscaled to it).

@@ -146,9 +146,60 @@ class ResnetGenerator(_Segmented):
             ch //= 2
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ch, out_ch, 7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
+        self.n_blocks = n_blocks
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self._run_model(x)
+    def forward(self, x: Tensor, layers: list[int] | None = None) -> Tensor | list[Tensor]:
+        """The translated image; with ``layers`` (indices into ``self.model``, ascending),
+        the outputs of those modules instead, the model run only as far as the last of
+        them (CUT's encoder features)."""
+        if layers is None:
+            return self._run_model(x)
+        feats, wanted = [], set(layers)
+        for i, module in enumerate(self.model[:max(layers) + 1]):
+            x = module(x)
+            if i in wanted:
+                feats.append(x)
+        return feats
+
+    def encoder_index(self, cut_layer: int) -> int:
+        """The module index of CUT's layer numbering (its ResnetGenerator with
+        antialiased downsampling): 0 the padded input, 1 the 7x7 conv, 4 and 8 the
+        downsampling convs, 12 + k the output of residual block k + 1; the norm, ReLU and
+        blur indices in between map to the norm + ReLU that follows."""
+        table = {0: 0, 1: 1, 2: 2, 3: 2, 4: 3, 5: 4, 6: 4, 7: 4, 8: 5, 9: 6, 10: 6, 11: 6}
+        if cut_layer in table:
+            return table[cut_layer]
+        if 12 <= cut_layer < 12 + self.n_blocks:
+            return 7 + cut_layer - 12
+        raise ValueError(f"layer {cut_layer} is not in the encoder of a {self.n_blocks}-block generator "
+                         f"(0-11, or 12-{11 + self.n_blocks} for the residual blocks)")
+
+
+class PatchSampleMLP(nn.Module):
+    """CUT's feature projector (netF, "mlp_sample"): from each feature map, the same
+    randomly chosen locations (``num_patches`` per image, or the given ones), each
+    feature vector through a two-layer MLP (``nc`` wide, ReLU between) and L2-normalised.
+    One MLP per layer, built for ``channels`` (the encoder's widths at the NCE layers)
+    when the plugin is built, not at the first step."""
+
+    def __init__(self, channels: list[int], nc: int = 256) -> None:
+        super().__init__()
+        self.mlps = nn.ModuleList(nn.Sequential(nn.Linear(c, nc), nn.ReLU(), nn.Linear(nc, nc)) for c in channels)
+
+    def forward(self, feats: list[Tensor], num_patches: int,
+                patch_ids: list[Tensor] | None = None) -> tuple[list[Tensor], list[Tensor]]:
+        """(projected features, each (N * patches, nc)), and the locations drawn."""
+        out, ids = [], []
+        for k, (feat, mlp) in enumerate(zip(feats, self.mlps)):
+            flat = feat.permute(0, 2, 3, 1).flatten(1, 2)                 # (N, H*W, C)
+            if patch_ids is not None:
+                idx = patch_ids[k]
+            else:
+                idx = torch.randperm(flat.shape[1], device=feat.device)[:min(num_patches, flat.shape[1])]
+            x = mlp(flat[:, idx, :].flatten(0, 1))
+            out.append(x / (x.norm(p=2, dim=1, keepdim=True) + 1e-7))
+            ids.append(idx)
+        return out, ids
 
 
 class PatchDiscriminator(nn.Module):
