@@ -115,7 +115,7 @@ def _evaluate_loaded(run: LoadedRun, log, model, inception: InceptionScorer | No
     real_inception = {}
     if inception is not None:
         result["inception"] = inception.describe()
-        for dst in {s.domains[1] for s in specs.values()}:
+        for dst in dict.fromkeys(s.domains[1] for s in specs.values()):   # in the specs' order
             inception.check_count(len(test[dst][0]), f"the run's {dst} test split")
             real_inception[dst] = inception.image_features(test[dst][0], f"real {dst}")
     for key, spec in specs.items():
