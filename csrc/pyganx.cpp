@@ -19,6 +19,7 @@ int runtime_version_built();  // CUDART_VERSION of the toolkit the kernels were 
 namespace pyganx::ops {
 bool cpu_winograd_enabled();  // residual_block.cpp
 bool set_cpu_winograd(bool enabled);
+int set_cpu_winograd_local(int mode);
 bool set_ring_kernels(bool enabled);
 }  // namespace pyganx::ops
 
@@ -81,6 +82,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_cpu_winograd", &pyganx::ops::set_cpu_winograd, py::arg("enabled"),
         "Turns the CPU Winograd convolutions of the residual block on or off; returns the "
         "previous setting.");
+  m.def("_set_cpu_winograd_local", &pyganx::ops::set_cpu_winograd_local, py::arg("mode"),
+        "This thread's override of the Winograd setting (-1 none, 0 off, 1 on), for "
+        "pyganx.tuning; returns the previous override.");
   m.def("_set_ring_kernels", &pyganx::ops::set_ring_kernels, py::arg("enabled"),
         "Tests: False computes the residual block's reflection ring term with ATen strip "
         "convolutions instead of the backend's ring kernels; returns the previous setting.");

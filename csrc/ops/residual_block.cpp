@@ -245,10 +245,23 @@ bool use_winograd(const at::Tensor& x, int64_t H, int64_t W) {
          x.size(1) >= 128 && std::min(H, W) >= 48 && cpu_winograd_enabled() && nnpack_ready();
 }
 
+// Whether winograd_conv runs NNPACK on OpenMP's threads (cpu/nnpack_conv.cpp) rather
+// than through ATen and NNPACK's own pool. On unless PYGANX_NNPACK_OPENMP=0.
+bool nnpack_openmp_enabled() {
+  static const bool enabled = [] {
+    const char* env = std::getenv("PYGANX_NNPACK_OPENMP");
+    return !(env != nullptr && std::string(env) == "0") && nnpack_conv3x3_openmp_available();
+  }();
+  return enabled;
+}
+
 // NNPACK's batched path is slower than one image at a time (0.7x against 1.4x at
 // 2 x 256 x 64 x 64), so the batch runs image by image.
 at::Tensor winograd_conv(const at::Tensor& x, const at::Tensor& w, const OptTensor& b,
                          int64_t pad) {
+  if (nnpack_openmp_enabled()) {
+    if (auto y = nnpack_conv3x3_openmp(x, w, b, pad)) return *y;
+  }
   const at::Tensor xc = x.contiguous(), wc = w.contiguous();
   if (xc.size(0) == 1) return at::_nnpack_spatial_convolution(xc, wc, b, {pad, pad}, {1, 1});
   std::vector<at::Tensor> out;
@@ -341,7 +354,10 @@ Forward run_forward(const InstanceNormLaunchers& k, const at::Tensor& x_in, cons
 
 }  // namespace
 
+thread_local int t_cpu_winograd = -1;  // set_cpu_winograd_local(): -1 none, 0 off, 1 on
+
 bool cpu_winograd_enabled() {
+  if (t_cpu_winograd >= 0) return t_cpu_winograd == 1;
   int v = g_cpu_winograd.load(std::memory_order_relaxed);
   if (v < 0) {
     const char* env = std::getenv("PYGANX_CPU_WINOGRAD");
@@ -350,6 +366,12 @@ bool cpu_winograd_enabled() {
     if (!g_cpu_winograd.compare_exchange_strong(unset, v)) v = unset;
   }
   return v == 1;
+}
+
+int set_cpu_winograd_local(int mode) {
+  const int previous = t_cpu_winograd;
+  t_cpu_winograd = mode < 0 ? -1 : (mode > 0 ? 1 : 0);
+  return previous;
 }
 
 bool set_cpu_winograd(bool enabled) {

@@ -37,6 +37,20 @@ struct BlockParams {
 bool cpu_winograd_enabled();
 bool set_cpu_winograd(bool enabled);
 
+// A per-thread override of that setting (-1: none, 0: off, 1: on), for pyganx's
+// implementation choice (pyganx/tuning.py), which runs one block with and the next
+// without. Returns the previous override. The autograd function records the setting in
+// force at forward time and re-applies it to its backward, so a block's backward uses
+// the convolutions its forward used.
+int set_cpu_winograd_local(int mode);
+
+// NNPACK's Winograd 3x3 convolution of float32 NCHW x (stride 1, zero padding `pad`),
+// each OpenMP thread running NNPACK single-threaded on its own range of output channels
+// (cpu/nnpack_conv.cpp). nullopt where NNPACK is not in this torch or refuses the shape.
+bool nnpack_conv3x3_openmp_available();
+std::optional<at::Tensor> nnpack_conv3x3_openmp(const at::Tensor& x, const at::Tensor& w,
+                                                const OptTensor& b, int64_t pad);
+
 // For tests: false makes the reflection ring term use the ATen formulation (thin strip
 // convolutions) instead of the backend's ring kernels; returns the previous setting.
 bool set_ring_kernels(bool enabled);

@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include "../optional_tensor.h"
+#include "../residual_block.h"
 
 #include <string>
 
@@ -51,6 +52,9 @@ class ResidualBlockFunction : public torch::autograd::Function<ResidualBlockFunc
                             r1, m2, r2});
     ctx->saved_data["padding"] = padding;
     ctx->saved_data["eps"] = eps;
+    // The backward uses the convolutions the forward used (Winograd or direct on CPU),
+    // whatever the setting is when backward runs.
+    ctx->saved_data["winograd"] = cpu_winograd_enabled();
     ctx->mark_non_differentiable({h1, h2, m1, r1, m2, r2});
     // Only y is differentiable: no zero-filled gradients for h1 (x-sized) and the rest.
     ctx->set_materialize_grads(false);
@@ -71,6 +75,10 @@ class ResidualBlockFunction : public torch::autograd::Function<ResidualBlockFunc
     }
     static const auto op = handle<BackwardSig>("pyganx::_residual_block_backward");
     const std::string padding = ctx->saved_data["padding"].toStringRef();
+    struct Restore {
+      int previous;
+      ~Restore() { set_cpu_winograd_local(previous); }
+    } restore{set_cpu_winograd_local(ctx->saved_data["winograd"].toBool() ? 1 : 0)};
     auto g = op.call(grads[0], s[0], s[1], s[2], params[2], s[4], params[4], params[5], params[6],
                      params[7], params[8], s[10], s[11], s[12], s[13], s[14], s[15], padding,
                      ctx->saved_data["eps"].toDouble(), mask);
