@@ -16,8 +16,11 @@ def _shorten_openmp_spin() -> None:
     if os.environ.get("PYGANX_CPU_WINOGRAD") == "0":   # as cpu_winograd_enabled() reads it
         return
     os.environ["GOMP_SPINCOUNT"] = "30000"
+    global _SPINCOUNT_SET
+    _SPINCOUNT_SET = True
 
 
+_SPINCOUNT_SET = False   # whether the GOMP_SPINCOUNT in os.environ is pyganx's own
 _shorten_openmp_spin()
 
 from ._version import __version__

@@ -31,10 +31,11 @@ LAYERS = [
     ["pyganx.plugin"],
     ["pyganx.losses", "pyganx.data", "pyganx.augment"],
     ["pyganx.nn"],
+    ["pyganx.tuning"],                             # which implementation runs (measured)
     ["pyganx.ops"],
     ["pyganx._extension"],
     ["pyganx._build_meta"],                        # written by setup.py
-    ["pyganx.flags", "pyganx.errors", "pyganx._version"],
+    ["pyganx.flags", "pyganx.errors", "pyganx._version", "pyganx._paths"],
     ["pyganx_runtime.__main__"],
     ["pyganx_runtime.cli"],
     ["pyganx_runtime.serve"],

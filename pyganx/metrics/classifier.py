@@ -8,9 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -18,17 +16,10 @@ import torch.nn.functional as F
 from pyganx_runtime.files import atomic_write_bytes
 from torch import Tensor, nn
 
+from .._paths import cache_dir
+
 #: Bump when the network or its training changes: old cache entries are then ignored.
 CLASSIFIER_VERSION = 1
-
-
-def cache_dir() -> Path:
-    """``$PYGANX_CACHE_DIR``, else ``$XDG_CACHE_HOME/pyganx``, else ``~/.cache/pyganx``."""
-    env = os.environ.get("PYGANX_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "pyganx"
 
 
 class ConvClassifier(nn.Module):

@@ -3,9 +3,10 @@
 Each network follows its paper's definition (see docs/contracts.md and the design
 notes): CycleGAN's ResNet generator and 70x70 PatchGAN, StarGAN's generator and
 two-headed discriminator, and DCGAN's generator/discriminator (optionally
-class-conditional, as in the conditional GAN). Instance norm (+ ReLU) goes through
-pyganx's compiled op when ``fused=True`` and through ``F.instance_norm`` otherwise; the
-parameters and state_dict keys are the same either way.
+class-conditional, as in the conditional GAN). Residual blocks and instance norm (+ ReLU)
+take ``fused``: ``"auto"`` (the default) lets pyganx.tuning pick the compiled op or
+plain PyTorch per shape by measuring, ``True`` always runs the compiled op, ``False``
+always plain PyTorch; the parameters and state_dict keys are the same either way.
 """
 from __future__ import annotations
 
@@ -14,15 +15,16 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..ops import residual_block
-from .norm import InstanceNormReLU
+from .. import tuning
+from ..ops import reference, residual_block
+from .norm import InstanceNormReLU, check_fused
 
 
-def _norm_act(channels: int, affine: bool, fused: bool) -> nn.Module:
+def _norm_act(channels: int, affine: bool, fused: bool | str) -> nn.Module:
     return InstanceNormReLU(channels, affine=affine, fused=fused)
 
 
-def _norm(channels: int, affine: bool, fused: bool) -> nn.Module:
+def _norm(channels: int, affine: bool, fused: bool | str) -> nn.Module:
     return InstanceNormReLU(channels, affine=affine, relu=False, fused=fused)
 
 
@@ -35,6 +37,11 @@ def _pad(padding: str) -> tuple[nn.Module | None, int]:
     raise ValueError(f"padding must be 'reflect' or 'zero', got {padding!r}")
 
 
+def _fused_block(x: Tensor, params, padding: str, eps: float, winograd: bool) -> Tensor:
+    with tuning.winograd_local(winograd):
+        return residual_block(x, *params, padding, eps)
+
+
 class ResidualBlock(nn.Module):
     """``x + IN(conv3x3(pad(ReLU(IN(conv3x3(pad(x)))))))`` (CycleGAN: reflection padding,
     no affine, conv bias; StarGAN: zero padding, affine, no bias).
@@ -42,13 +49,14 @@ class ResidualBlock(nn.Module):
     ``fused=True`` runs the whole block as pyganx's compiled ``residual_block`` op
     (padding folded into the convolutions, the second norm and the residual add in one
     pass, a backward that keeps about one plane per block); ``fused=False`` is the plain
-    PyTorch composition. Both have the same parameters and state_dict keys. ``dropout``
+    PyTorch composition; ``"auto"`` (the default) picks one of them per device and shape
+    by measuring (pyganx.tuning). All have the same parameters and state_dict keys. ``dropout``
     > 0 adds dropout between the two convolutions, as CycleGAN's ``--use_dropout``;
     that case always runs the composition.
     """
 
     def __init__(self, dim: int, padding: str = "reflect", affine: bool = False,
-                 bias: bool = True, dropout: float = 0.0, fused: bool = True) -> None:
+                 bias: bool = True, dropout: float = 0.0, fused: bool | str = "auto") -> None:
         super().__init__()
         layers: list[nn.Module] = []
         for i in range(2):
@@ -64,7 +72,7 @@ class ResidualBlock(nn.Module):
                 layers.append(_norm(dim, affine, fused))
         self.block = nn.Sequential(*layers)
         self.padding = padding
-        self.fused = fused and dropout == 0
+        self.fused = check_fused(fused) if dropout == 0 else False
 
     def _parts(self) -> tuple[nn.Conv2d, nn.Conv2d, InstanceNormReLU, InstanceNormReLU]:
         convs = [m for m in self.block if isinstance(m, nn.Conv2d)]
@@ -75,11 +83,21 @@ class ResidualBlock(nn.Module):
         if x.dim() != 4 or x.shape[-1] < 2 or x.shape[-2] < 2:
             raise ValueError(f"ResidualBlock: expected (N, C, H, W) input with H and W at "
                              f"least 2, got shape {list(x.shape)}")
-        if self.fused:
-            c1, c2, n1, n2 = self._parts()
-            return residual_block(x, c1.weight, c1.bias, c2.weight, c2.bias, n1.weight, n1.bias,
-                                  n2.weight, n2.bias, self.padding, n1.eps)
-        return x + self.block(x)
+        if self.fused is False:
+            return x + self.block(x)
+        c1, c2, n1, n2 = self._parts()
+        params = (c1.weight, c1.bias, c2.weight, c2.bias, n1.weight, n1.bias, n2.weight, n2.bias)
+        if self.fused is True or torch.compiler.is_compiling():
+            return residual_block(x, *params, self.padding, n1.eps)
+        padding, eps = self.padding, n1.eps
+        gates = "fused+winograd" if tuning.winograd_applies(x) else "fused"
+        candidates = {"reference": lambda t, p: reference.residual_block(t, *p, padding, eps),
+                      "fused": lambda t, p: _fused_block(t, p, padding, eps, False)}
+        if gates == "fused+winograd":
+            candidates[gates] = lambda t, p: _fused_block(t, p, padding, eps, True)
+        options = f"{padding}, affine={n1.affine}, bias={c1.bias is not None}"
+        choice = tuning.choose("residual_block", options, x, params, candidates, gates)
+        return candidates[choice](x, params)
 
 
 class _Segmented(nn.Module):
@@ -128,7 +146,7 @@ class ResnetGenerator(_Segmented):
     7x7 conv, tanh; instance norm without affine, convs with bias."""
 
     def __init__(self, in_ch: int = 3, out_ch: int = 3, ngf: int = 64, n_blocks: int = 9,
-                 fused: bool = True, dropout: float = 0.0) -> None:
+                 fused: bool | str = "auto", dropout: float = 0.0) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(in_ch, ngf, 7, bias=True),
                                    _norm_act(ngf, False, fused)]
@@ -240,7 +258,7 @@ class StarGANGenerator(_Segmented):
     convs without bias."""
 
     def __init__(self, in_ch: int = 3, c_dim: int = 5, conv_dim: int = 64, n_blocks: int = 6,
-                 fused: bool = True) -> None:
+                 fused: bool | str = "auto") -> None:
         super().__init__()
         self.c_dim = c_dim
         layers: list[nn.Module] = [nn.Conv2d(in_ch + c_dim, conv_dim, 7, padding=3, bias=False),

@@ -4,7 +4,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .. import tuning
 from ..ops import instance_norm_relu, reference
+
+
+def check_fused(fused: bool | str) -> bool | str:
+    """A layer's ``fused`` argument: True, False or "auto"."""
+    if fused is True or fused is False or fused == "auto":
+        return fused
+    raise ValueError(f'fused must be True, False or "auto", got {fused!r}')
 
 
 class InstanceNormReLU(nn.Module):
@@ -13,15 +21,17 @@ class InstanceNormReLU(nn.Module):
     Statistics are always computed from the input (instance norm in training mode, no
     running statistics, as in CycleGAN and StarGAN). The state_dict keys are those of
     ``nn.InstanceNorm2d`` (``weight`` and ``bias`` when ``affine``), so weights move
-    between the two freely. ``relu=False`` gives a plain instance norm; ``fused=False``
-    computes with ``F.instance_norm`` and ``F.relu`` instead of the compiled op.
+    between the two freely. ``relu=False`` gives a plain instance norm. ``fused=True``
+    always runs the compiled op, ``fused=False`` always ``F.instance_norm`` and
+    ``F.relu``; ``"auto"`` (the default) picks one of them per device and shape by
+    measuring (pyganx.tuning).
     """
 
     def __init__(self, num_features: int, affine: bool = False, eps: float = 1e-5,
-                 relu: bool = True, fused: bool = True, device=None, dtype=None) -> None:
+                 relu: bool = True, fused: bool | str = "auto", device=None, dtype=None) -> None:
         super().__init__()
         self.num_features = num_features
-        self.fused = fused
+        self.fused = check_fused(fused)
         self.affine = affine
         self.eps = eps
         self.relu = relu
@@ -36,8 +46,17 @@ class InstanceNormReLU(nn.Module):
         if x.dim() in (3, 4) and x.shape[-3] != self.num_features:
             raise ValueError(f"InstanceNormReLU: expected {self.num_features} channels, got "
                              f"input of shape {list(x.shape)}")
-        fn = instance_norm_relu if self.fused else reference.instance_norm_relu
-        return fn(x, self.weight, self.bias, self.eps, self.relu)
+        if self.fused is False:
+            return reference.instance_norm_relu(x, self.weight, self.bias, self.eps, self.relu)
+        if self.fused is True or torch.compiler.is_compiling():
+            return instance_norm_relu(x, self.weight, self.bias, self.eps, self.relu)
+        eps, relu = self.eps, self.relu
+        candidates = {"reference": lambda t, p: reference.instance_norm_relu(t, p[0], p[1], eps, relu),
+                      "fused": lambda t, p: instance_norm_relu(t, p[0], p[1], eps, relu)}
+        params = (self.weight, self.bias)
+        choice = tuning.choose("instance_norm_relu", f"affine={self.affine}, relu={relu}", x, params,
+                               candidates, "fused")
+        return candidates[choice](x, params)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, affine={self.affine}, relu={self.relu}, "
