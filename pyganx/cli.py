@@ -37,6 +37,10 @@ def _info(_args) -> int:
     info["devices"] = devices
     from .engine.device import pick_device
     info["default_device"] = str(pick_device())
+    # Which implementation each layer runs on each device, and why (pyganx.tuning).
+    from . import tuning
+    kinds = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    info["implementation"] = {kind: tuning.describe(kind) for kind in kinds}
     print(json.dumps(info, indent=2))
     return 0
 
@@ -140,7 +144,9 @@ def _export(args) -> int:
                                                 f"{', '.join(domains)}" if domains else "") + \
             ("" if "z" in inputs else f"; H, W multiples of {m[keys.SIZE_MULTIPLE]}")
     print(f"wrote {res.path} ({res.path.stat().st_size / 2**20:.1f} MiB): {m[keys.PLUGIN]} "
-          f"{m[keys.GENERATOR]}, {what}; onnxruntime matches PyTorch within {res.max_abs_error:.1e}")
+          f"{m[keys.GENERATOR]}, {what}; onnxruntime is within {res.max_abs_error:.1e} of the "
+          f"{res.reference} PyTorch run" + (f" (float32 PyTorch: {res.float32_error:.1e})"
+                                            if res.float32_error is not None else ""))
     q = res.quality
     if q:
         print(f"int8 against float32 on {int(q['images'])} calibration images: PSNR {q['psnr_db']:.1f} dB, "

@@ -36,6 +36,9 @@ from ..errors import CheckpointError, UsageError
 from .networks import ResnetGenerator, StarGANGenerator
 
 FORMATS = ("junyanz-cyclegan", "yunjey-stargan")
+#: The code base each format comes from, for messages.
+FORMAT_PROJECTS = {"junyanz-cyclegan": "junyanz/pytorch-CycleGAN-and-pix2pix",
+                   "yunjey-stargan": "yunjey/stargan"}
 
 _OUTER = re.compile(r"^model\.(\d+)\.(weight|bias)$")
 _BLOCK = re.compile(r"^model\.(\d+)\.conv_block\.(\d+)\.(weight|bias)$")
@@ -166,6 +169,21 @@ def yunjey_stargan(path: str | os.PathLike, image_size: int = 128,
     _load_in_order(net, theirs, path, f"{len(blocks)}-block StarGAN generator")
     return ForeignGenerator(net.eval(), "stargan", "G", names, out_ch, image_size,
                             f"yunjey-stargan {path.name}", ("image", "domain"))
+
+
+def guess_format(path: str | os.PathLike) -> str | None:
+    """The ``--from`` format whose layout a state dict file has (every key an outer layer's
+    or a residual block's of that format, at least one of each), else None (also for a
+    file that is not a state dict of tensors)."""
+    try:
+        keys = [k for k in _load_state(Path(path)) if not k.endswith(_NORM_STATS)]
+    except CheckpointError:
+        return None
+    for fmt, outer, block in (("junyanz-cyclegan", _OUTER, _BLOCK), ("yunjey-stargan", _STAR, _STAR_BLOCK)):
+        kinds = [bool(block.match(k)) for k in keys if outer.match(k) or block.match(k)]
+        if keys and len(kinds) == len(keys) and any(kinds) and not all(kinds):
+            return fmt
+    return None
 
 
 def load_foreign(path: str | os.PathLike, fmt: str, image_size: int | None = None,
