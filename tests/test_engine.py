@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from pyganx import registry
+import pyganx
+from pyganx import registry, tuning
 from pyganx.cli import main as cli_main
 from pyganx.engine import (
     Trainer,
@@ -160,6 +161,30 @@ def test_resume_continues_exactly(tmp_path):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=lambda m: f"{name}.{k}: {m}")
     lr = [g["lr"] for g in straight.optimizers["G"].param_groups]
     assert lr == [g["lr"] for g in resumed.optimizers["G"].param_groups]
+
+
+@pytest.mark.skipif(not pyganx.extension_available(), reason="needs the compiled extension")
+def test_a_resumed_run_takes_the_implementations_its_checkpoint_recorded(tmp_path):
+    first = _trainer(tmp_path, "run", 2, checkpoint_every=2)
+    first.fit()
+    path = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    st = load_checkpoint(path)
+    recorded = st["implementation"]
+    assert {k.split("(")[0] for k in recorded} == {"instance_norm_relu", "residual_block"}
+    assert any(k.endswith(" train") for k in recorded)
+    # the other choice everywhere: the resumed run must follow the checkpoint, not its cache
+    flipped = {k: "reference" if v != "reference" else "fused" for k, v in recorded.items()}
+    save_checkpoint(tmp_path / "run" / "checkpoints", 2, {**st, "implementation": flipped}, keep=3)
+    resumed = _trainer(tmp_path, "run", 4, checkpoint_every=2, resume="")
+    resumed.fit()
+    after = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
+    assert after["step"] == 4 and flipped.items() <= after["implementation"].items()
+    # a deterministic run never measures: the built-in gates, recorded as such
+    tuning.reset()
+    _trainer(tmp_path, "det", 1, checkpoint_every=1, deterministic=True).fit()
+    gates = load_checkpoint(latest_checkpoint(tmp_path / "det" / "checkpoints"))["implementation"]
+    assert gates and set(gates.values()) == {"fused"}
+    assert tuning.measuring() is True                  # the run's setting ended with it
 
 
 def test_train_errors_are_one_line(tmp_path, capsys):

@@ -34,7 +34,8 @@ def _copies_inside_pyganx_ops(fn) -> tuple[list[int], set[str]]:
 
 def _block_step(fmt):
     torch.manual_seed(0)
-    block, norm = ResidualBlock(16, "reflect", affine=True), InstanceNormReLU(16, affine=True)
+    block = ResidualBlock(16, "reflect", affine=True, fused=True)
+    norm = InstanceNormReLU(16, affine=True, fused=True)
     block.to(memory_format=fmt)                      # as --channels-last converts the networks
     x = torch.randn(2, 16, 12, 10).to(memory_format=fmt).requires_grad_(True)
     out = {}

@@ -71,7 +71,8 @@ class CUT(GANPlugin):
             raise UsageError(f"--gan-loss must be lsgan, bce or hinge, got {config.gan_loss!r}")
         if config.num_patches < 2 or config.nce_t <= 0:
             raise UsageError("--num-patches must be at least 2 and --nce-t positive")
-        self.G = init_weights(ResnetGenerator(c, c, config.ngf, blocks, fused=config.fused))
+        self.G = init_weights(ResnetGenerator(c, c, config.ngf, blocks,
+                                              fused="auto" if config.fused else False))
         self.D = init_weights(PatchDiscriminator(c, config.ndf))
         try:
             cut_layers = [int(v) for v in config.nce_layers.split(",")]

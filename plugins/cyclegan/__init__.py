@@ -35,7 +35,9 @@ class ResnetTranslationConfig(AugmentConfig):
     gan_loss: str = field(default="lsgan", metadata={"help": "lsgan | bce | hinge"})
     decay_start: float = field(default=0.5, metadata={"help": "fraction of training before the linear lr decay"})
     flip: bool = field(default=True, metadata={"help": "random horizontal flips (off where the data forbids them)"})
-    fused: bool = field(default=True, metadata={"help": "pyganx's fused residual blocks"})
+    fused: bool = field(default=True, metadata={"help": "pyganx's fused ops where they are faster "
+                                                          "and accurate (train --impl); --no-fused: "
+                                                          "plain PyTorch layers only"})
 
     def generator_blocks(self, image_size: int) -> int:
         """``n_blocks``, or the paper's 9 from 256 px and 6 below."""
@@ -60,8 +62,9 @@ class CycleGAN(GANPlugin):
         super().__init__(config, data_info)
         c = data_info.channels
         blocks = config.generator_blocks(data_info.image_size)
-        self.G_AB = ResnetGenerator(c, c, config.ngf, blocks, fused=config.fused)
-        self.G_BA = ResnetGenerator(c, c, config.ngf, blocks, fused=config.fused)
+        fused = "auto" if config.fused else False
+        self.G_AB = ResnetGenerator(c, c, config.ngf, blocks, fused=fused)
+        self.G_BA = ResnetGenerator(c, c, config.ngf, blocks, fused=fused)
         self.D_A = PatchDiscriminator(c, config.ndf)
         self.D_B = PatchDiscriminator(c, config.ndf)
         for m in (self.G_AB, self.G_BA, self.D_A, self.D_B):

@@ -53,7 +53,9 @@ class StarGANConfig(AugmentConfig):
         "help": "one real/fake critic output per domain, read at each image's domain (StarGAN v2's "
                 "multi-task D): fakes are judged against real images of their target domain only "
                 "(off: the paper's single critic)"})
-    fused: bool = field(default=True, metadata={"help": "pyganx's fused residual blocks"})
+    fused: bool = field(default=True, metadata={"help": "pyganx's fused ops where they are faster "
+                                                          "and accurate (train --impl); --no-fused: "
+                                                          "plain PyTorch layers only"})
 
 
 def d_layers_for(image_size: int) -> int:
@@ -81,7 +83,8 @@ class StarGAN(GANPlugin):
             raise UsageError(f"--n-critic must be at least 1, got {config.n_critic}")
         c, k, size = data_info.channels, len(self.domains), data_info.image_size
         layers = config.d_layers or d_layers_for(size)
-        self.G = init_weights(StarGANGenerator(c, k, config.g_conv_dim, config.g_blocks, fused=config.fused))
+        self.G = init_weights(StarGANGenerator(c, k, config.g_conv_dim, config.g_blocks,
+                                                fused="auto" if config.fused else False))
         self.D = init_weights(StarGANDiscriminator(size, k, config.d_conv_dim, layers, in_ch=c,
                                                    src_per_domain=config.d_per_domain))
         betas = (config.beta1, config.beta2)

@@ -26,4 +26,11 @@ def pick_device(name: str | None = None, world: World | None = None) -> torch.de
     return torch.device("cpu")
 
 
-__all__ = ["pick_device"]
+def configure_backends(device: torch.device, deterministic: bool) -> None:
+    """On CUDA, cuDNN's benchmark mode (it times the convolution algorithms for each new
+    shape once and keeps the fastest) unless ``deterministic`` asks for repeatable ones."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not deterministic
+
+
+__all__ = ["configure_backends", "pick_device"]

@@ -38,6 +38,15 @@ class TrainOptions:
     checkpoint_activations: bool = _opt(False, "keep only segment inputs of the generators for backward "
                                                "and recompute the rest (less memory, about one more "
                                                "forward of time)")
+    impl: str | None = _opt(None, "which implementation the layers run: auto measures pyganx's fused ops "
+                             "against plain PyTorch per shape and keeps the fastest accurate one "
+                             "(docs/ops.md); fused or reference force one (default: $PYGANX_IMPL, "
+                             "else auto)", choices=["auto", "fused", "reference"])
+    compile: bool = _opt(False, "torch.compile the networks' forward passes in the training step "
+                                "(TorchInductor, default mode); checkpoints, samples and exports are "
+                                "those of an eager run")
+    cuda_graphs: bool = _opt(False, "on CUDA: --compile with mode reduce-overhead (CUDA graphs; "
+                                    "for fixed batch and image sizes)")
     sync_bn: bool = _opt(False, "under torchrun on GPUs: batch-norm statistics over all processes "
                                 "(SyncBatchNorm)")
     seed: int = _opt(0, "seed of weights, noise, data order and augmentation")

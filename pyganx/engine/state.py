@@ -1,6 +1,7 @@
 """A training run's full state, as a checkpoint holds it, and putting it back: weights
 (and EMA weights), optimizers, schedulers, the AMP scaler, the plugin's extra state
-(image pools), every RNG, and where the loop stands. Under torchrun every rank's RNG
+(image pools), every RNG, the implementation each layer ran (pyganx.tuning), and where
+the loop stands. Under torchrun every rank's RNG
 and extra state are gathered, and a run resumed on another number of processes goes on
 from the same global sample."""
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 import torch
 
+from .. import tuning
 from .._version import __version__
 from ..errors import CheckpointError
 from .distributed import gather, rank_seed
@@ -32,7 +34,8 @@ def training_state(t) -> dict:
     """The checkpoint of the Trainer ``t``. A collective under torchrun: every rank's RNG
     states and plugin extra state are gathered into ``ranks``; the top-level ``rng`` and
     ``extra`` are rank 0's (what one process writes)."""
-    ranks = gather(to_cpu({"rng": rng_state(), "extra": t.plugin.extra_state()}), t.world)
+    ranks = gather(to_cpu({"rng": rng_state(), "extra": t.plugin.extra_state(),
+                           "implementation": tuning.used()}), t.world)
     st = {
         "pyganx_version": __version__, "plugin": t.name,
         "config": dataclasses.asdict(t.config),
@@ -45,6 +48,7 @@ def training_state(t) -> dict:
         "scaler": t.ctx.scaler.state_dict() if t.ctx.scaler is not None else {},
         "extra": ranks[0]["extra"],
         "rng": ranks[0]["rng"],
+        "implementation": ranks[0]["implementation"],
         "world_size": t.world.size,
         "samples_in_epoch": t.batch_index * t.opts.batch_size * t.world.size,
     }
@@ -73,7 +77,10 @@ def restore_training_state(t, st: dict) -> None:
         t.ctx.scaler.load_state_dict(st["scaler"])
     t.step, t.epoch, t.batch_index = st["step"], st["epoch"], st["batch_index"]
     saved_world, world = int(st.get("world_size", 1)), t.world
-    ranks = st.get("ranks") or [{"rng": st["rng"], "extra": st.get("extra", {})}]
+    ranks = st.get("ranks") or [{"rng": st["rng"], "extra": st.get("extra", {}),
+                                 "implementation": st.get("implementation", {})}]
+    # the implementations the run used, so that it goes on along the same path
+    tuning.pin(ranks[world.rank % len(ranks)].get("implementation", {}))
     if saved_world == world.size:
         t.plugin.load_extra_state(ranks[world.rank]["extra"])
         set_rng_state(ranks[world.rank]["rng"])

@@ -6,13 +6,15 @@ The run directory follows docs/contracts.md: config.json, checkpoints/step-*.pt 
 latest.txt, samples/step-*.png, losses.csv and losses.png. Each part has its module:
 options.py (the flags), pyganx.data.build (datasets), batches.py (loader and order),
 state.py (checkpoint contents and resume), reporting.py (CSV, TensorBoard, plots,
-grids), ema.py, stop.py (Ctrl-C), distributed.py (torchrun).
+grids), ema.py, stop.py (Ctrl-C), distributed.py (torchrun), compiling.py (--compile).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,12 +24,14 @@ import torch
 from .._version import __version__
 from ..data import build_dataset
 from ..errors import CheckpointError, TrainingError, UsageError
+from .. import tuning
 from ..ops.residual_block import training_convolutions
 from ..plugin import GANPlugin, values_refused_by
 from .batches import make_loader, to_device
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .compiling import CompiledNetworks, compile_mode
 from .context import TrainContext, resolve_precision
-from .device import pick_device
+from .device import configure_backends, pick_device
 from .distributed import barrier, join, rank_seed, sync_step, world_from_env, wrap_networks
 from .ema import GeneratorEMA
 from .options import TrainOptions
@@ -54,12 +58,15 @@ class Trainer:
         #: this process's rank among torchrun's processes (one process: rank 0 of 1)
         self.world = world_from_env()
         self.device = pick_device(opts.device, self.world)
+        #: the torch.compile mode of the training step (--compile, --cuda-graphs), None: eager
+        self.compile_mode = compile_mode(opts, self.device)
         if opts.sync_bn and not self.world.distributed:
             raise UsageError("--sync-bn synchronises batch norm across processes: start the run with "
                              "torchrun --nproc-per-node K (K > 1)")
         join(self.world, self.device)
         # rank 0 draws as one process does; DDP gives every rank rank 0's initial weights
         seed_everything(rank_seed(opts.seed, self.world.rank), opts.deterministic)
+        configure_backends(self.device, opts.deterministic)
         self.data = build_dataset(plugin_cls, opts.data_source(), config)
         self.plugin = build_plugin(name, plugin_cls, config, self.data.info)
         self.nets = self.plugin.networks()
@@ -89,6 +96,12 @@ class Trainer:
         self.fixed = self._fixed_batch()
         self.synced = (wrap_networks(self.plugin, self.nets, self.device, opts.sync_bn)
                        if self.world.distributed else {})
+        # the plugin keeps its eager networks; train_step alone calls the compiled ones
+        self.compiled = (CompiledNetworks(self.plugin, self.nets, self.synced, self.compile_mode)
+                         if self.compile_mode else None)
+        if self.compiled is not None and self.compiled.eager and self.world.main:
+            print(f"pyganx train: {name} does not keep network(s) {', '.join(self.compiled.eager)} as "
+                  f"attributes (self.NAME = ...), so they run uncompiled", file=sys.stderr)
 
     def state(self) -> dict:
         """The checkpoint (state.training_state; a collective under torchrun)."""
@@ -152,7 +165,11 @@ class Trainer:
         convolutions: that option asks for memory over speed, and NNPACK's Winograd path
         holds a workspace (about 21 MiB at 256 px, 36 MiB at 512 px) that would put a
         512 px step above an eager one at 256 px (docs/ops.md, "CPU convolutions")."""
-        with training_convolutions(self.opts.checkpoint_activations, self.device):
+        # --impl forces an implementation; --deterministic takes the built-in gates instead
+        # of measuring, so that the path never depends on timing (pyganx.tuning)
+        measuring = False if self.opts.deterministic else None
+        with tuning.session(self.opts.impl, measuring), \
+                training_convolutions(self.opts.checkpoint_activations, self.device):
             return self._fit()
 
     def _fit(self) -> dict:
@@ -182,7 +199,9 @@ class Trainer:
                         break
                     if i < self.batch_index:
                         continue  # resuming mid-epoch: the order is the same, skip what was done
-                    losses = self.plugin.train_step(to_device(batch, self.device, opts.channels_last), self.ctx)
+                    batch = to_device(batch, self.device, opts.channels_last)
+                    with self.compiled.active() if self.compiled is not None else contextlib.nullcontext():
+                        losses = self.plugin.train_step(batch, self.ctx)
                     self.ctx.end_iteration()
                     for s in self.schedulers.values():
                         s.step()
