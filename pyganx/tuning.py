@@ -19,9 +19,15 @@ training (forward + backward) or inference (forward), then reused:
 * **accuracy contract**: a candidate is admitted only if its error against a float64
   evaluation of the same layer is at most :data:`ERROR_MULTIPLE` times the error of
   plain PyTorch in the same dtype (``PYGANX_TUNING_ERROR_MULTIPLE`` changes it). The
-  error of the output is its largest deviation over the output's largest magnitude; in
-  training also the relative L2 error of the input and weight gradients. Plain PyTorch
-  is always admitted.
+  error of the output is its largest deviation over the output's largest magnitude. In
+  training the input and weight gradients count too, by relative L2 error, against a
+  yardstick that allows for ReLU kinks: a candidate that rounds more than plain PyTorch
+  moves more ReLU inputs across 0, which flips their gradients, and instance norm
+  spreads each flip over its plane. So a gradient's yardstick is plain PyTorch's error
+  there, or, if larger, plain PyTorch's error when its input carries a random relative
+  perturbation as large as the candidate's own output error (the gradient of a point
+  that close is as right). A gradient that is zero up to rounding (plain PyTorch's own
+  error above :data:`NOISE`) is not compared. Plain PyTorch is always admitted.
 * **cache**: decisions are written (atomically, merged with what other processes wrote)
   to ``<cache dir>/tuning/<device>.json``, keyed by the device, the torch and the pyganx
   version; the cache directory follows the judges' rules (``$PYGANX_CACHE_DIR``, else
@@ -66,6 +72,8 @@ MULTIPLE_ENV = "PYGANX_TUNING_ERROR_MULTIPLE"
 #: within about 2^-18 of the output's scale in float32: about 50 times finer than the
 #: TF32 convolutions PyTorch runs on NVIDIA GPUs by default.
 ERROR_MULTIPLE = 64.0
+#: A relative error of plain PyTorch above this marks a result that is zero up to rounding.
+NOISE = 2.0 ** -10
 #: Time budget of one decision's round-robin (after one warm-up call per candidate).
 BUDGET_S = 0.4
 MIN_ROUNDS, MAX_ROUNDS = 3, 15
@@ -387,6 +395,12 @@ def measure(x: Tensor, params: Sequence[Tensor | None], candidates: dict[str, Ca
         return _measure(x, params, candidates, training)
 
 
+#: Seed of the incoming gradient the training measurements use: not a seed users pick
+#: (with torch.manual_seed(0) and x = torch.randn(...) that gradient would equal x, to
+#: which instance norm's input gradient is blind).
+_GRAD_SEED = 0x9E3779B9
+
+
 def _keep(t: Tensor) -> Tensor:
     return t
 
@@ -395,7 +409,7 @@ def _measure(x: Tensor, params: Sequence[Tensor | None], candidates: dict[str, C
              training: bool) -> Decision:
     device = x.device
     gen = torch.Generator(device=device)
-    gen.manual_seed(0)
+    gen.manual_seed(_GRAD_SEED)
     grad = None
     if training:
         grad = torch.randn(x.shape, generator=gen, device=device, dtype=x.dtype)
@@ -414,7 +428,19 @@ def _measure(x: Tensor, params: Sequence[Tensor | None], candidates: dict[str, C
     errors: dict[str, float] = {}
     refused: list[str] = []
     for name, res in results.items():
-        ratios = [e / max(b, floor) for e, b in zip(_errors(res, ref), base)]
+        errs = _errors(res, ref)
+        yard = list(base)
+        if training and name != REFERENCE and errs[0] > base[0]:
+            # the kink allowance (module doc): plain PyTorch at a point as far off as this
+            # candidate's output is, its gradients against the exact ones at x
+            r = min(errs[0], limit * max(base[0], floor))
+            near = _perturbed(x, r, gen)
+            moved = _errors(_run(candidates[REFERENCE], near, params, grad), ref)
+            yard = [base[0]] + [max(b, m) for b, m in zip(base[1:], moved[1:])]
+        # a gradient that plain PyTorch gets with under three correct digits is zero up to
+        # rounding (a convolution bias followed by instance norm has exactly zero gradient):
+        # every float32 result of it is noise, so it is not compared
+        ratios = [e / max(y, floor) for e, y, b in zip(errs, yard, base) if not b > NOISE]
         errors[name] = max(ratios) if ratios else 0.0
         if name != REFERENCE and not errors[name] <= limit:
             refused.append(name)
@@ -424,6 +450,14 @@ def _measure(x: Tensor, params: Sequence[Tensor | None], candidates: dict[str, C
     best = min(times, key=times.get)
     return Decision(best, "measured", {k: round(v, 4) for k, v in times.items()},
                     {k: round(v, 3) for k, v in errors.items()}, refused)
+
+
+def _perturbed(x: Tensor, r: float, gen: torch.Generator) -> Tensor:
+    """x with each element moved by a random relative amount of standard deviation r."""
+    noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+    out = x.detach() * (1 + r * noise.to(memory_format=torch.channels_last)
+                        if _layout(x) == "channels_last" else 1 + r * noise)
+    return out.requires_grad_(x.requires_grad)
 
 
 def _round_robin(candidates: dict[str, Candidate], x: Tensor, params, grad) -> dict[str, float]:
