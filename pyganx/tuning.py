@@ -305,10 +305,7 @@ def choose(op: str, options: str, x: Tensor, params: Sequence[Tensor | None],
     if _state.mode == "reference":
         return REFERENCE
     if not _extension.supports(x.device.type):
-        if _state.mode == "fused":
-            why = _extension.build_info()["reason"] or "no kernels for this device"
-            raise UsageError(f"implementation 'fused' ({MODE_ENV}, --impl): pyganx's compiled ops do not run on "
-                             f"{x.device.type} ({why}); use auto or reference")
+        check_device(x.device)
         return REFERENCE     # plain PyTorch is the only candidate here; nothing to measure
     if _state.mode == "fused":
         return gates
@@ -324,6 +321,16 @@ def choose(op: str, options: str, x: Tensor, params: Sequence[Tensor | None],
     if text not in _state.used:
         _state.used[text] = decision
     return decision.choice
+
+
+def check_device(device: torch.device | str, mode: str | None = None) -> None:
+    """A UsageError when ``mode`` (default: the current one) is ``fused`` and pyganx's
+    compiled ops have no kernels for ``device``."""
+    device = torch.device(device)
+    if (mode or _state.mode) == "fused" and not _extension.supports(device.type):
+        why = _extension.build_info()["reason"] or "no kernels for this device"
+        raise UsageError(f"implementation 'fused' ({MODE_ENV}, --impl): pyganx's compiled ops do not "
+                         f"run on {device.type} ({why}); use auto or reference")
 
 
 def _decide(text: str, x: Tensor, params, candidates, gates: str, training: bool) -> Decision:

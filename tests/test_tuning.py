@@ -290,6 +290,19 @@ def test_without_kernels_for_the_device_auto_is_plain_pytorch_and_fused_an_error
                 auto(x)
 
 
+def test_train_with_a_forced_implementation_the_device_lacks_is_a_one_line_error(tmp_path, monkeypatch,
+                                                                                   capsys):
+    from pyganx import _extension
+    from pyganx.cli import main as cli_main
+    monkeypatch.setattr(_extension, "supports", lambda device_type: False)
+    assert cli_main(["train", "cyclegan", "--demo", "digits", "--steps", "1", "--impl", "fused",
+                     "--ngf", "8", "--ndf", "8", "--n-blocks", "1", "--no-progress",
+                     "-o", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "implementation 'fused'" in err[0] and "use auto or reference" in err[0]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 @needs_ext
 def test_measuring_inside_activation_checkpointing_and_autocast():
     """The first call of a key may come inside torch.utils.checkpoint (saved-tensor

@@ -67,6 +67,7 @@ class Trainer:
         # rank 0 draws as one process does; DDP gives every rank rank 0's initial weights
         seed_everything(rank_seed(opts.seed, self.world.rank), opts.deterministic)
         configure_backends(self.device, opts.deterministic)
+        tuning.check_device(self.device, opts.impl)      # --impl fused where it cannot run
         self.data = build_dataset(plugin_cls, opts.data_source(), config)
         self.plugin = build_plugin(name, plugin_cls, config, self.data.info)
         self.nets = self.plugin.networks()
