@@ -140,12 +140,10 @@ def _peak_mib(fn: Callable[[], object], device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20
 
 
-def _choices_since(before: set[str]) -> str:
-    """What auto picked for the keys it decided since ``before`` (a summary)."""
+def _choices(decisions: dict[str, tuning.Decision]) -> str:
+    """What auto picked for these keys (a summary)."""
     picked: dict[str, set[str]] = {}
-    for text, d in tuning.decisions().items():
-        if text in before or d.source == "forced":
-            continue
+    for text, d in decisions.items():
         op = text.split("(", 1)[0].replace("instance_norm_relu", "norm").replace("residual_block", "block")
         picked.setdefault(op, set()).add(d.choice)
     return "; ".join(f"{op}: {'/'.join(sorted(v))}" for op, v in sorted(picked.items())) or "-"
@@ -165,9 +163,9 @@ def _timed(cands, make_call, rounds, device, warmup=2) -> tuple[dict, str]:
     for name, (_, runner) in cands.items():
         fn = make_call(name, runner)
         calls[name] = _in_mode(fn, "reference") if name == "reference" else fn
-    before = set(tuning.decisions())
-    calls["auto"]()                          # the first call decides (measures) for auto
-    choice = _choices_since(before)
+    with tuning.session():                   # its own record of the decisions used
+        calls["auto"]()                      # the first call decides (measures) for auto
+        choice = _choices(tuning.decisions())
     return round_robin(calls, rounds=rounds, warmup=warmup, device=device), choice
 
 
