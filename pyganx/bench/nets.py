@@ -225,11 +225,17 @@ def format_table(rows: list[NetRow]) -> str:
     return "\n".join(out)
 
 
+def _rounds(args, dev: torch.device) -> int:
+    """Best of how many round-robin rounds: on a 2-core CPU the best of 5 still moves by
+    3 % from run to run, the best of 10 by about 1 %."""
+    return args.rounds or (3 if args.quick else (20 if dev.type == "cuda" else 10))
+
+
 def run_suite(args, cond: str) -> list[NetRow]:
     """The measurements of one condition, in this process."""
     dev = torch.device(args.device)
     use_compile = not args.no_compile
-    rounds = args.rounds or (3 if args.quick else (20 if dev.type == "cuda" else 5))
+    rounds = _rounds(args, dev)
     rows: list[NetRow] = []
     if args.only in (None, "block"):
         for shape in QUICK_BLOCK_SHAPES if args.quick else BLOCK_SHAPES:
@@ -291,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                 return proc.returncode
             rows += [NetRow(**r) for r in json.loads(out.read_text())]
     dev = torch.device(args.device)
-    rounds = args.rounds or (3 if args.quick else (20 if dev.type == "cuda" else 5))
+    rounds = _rounds(args, dev)
     print(f"networks on {machine_description(dev)}; best of {rounds} round-robin rounds; conditions: "
           + "; ".join(f"{c} = {CONDITIONS[c]}" for c in conds) + f"; tuning mode auto, cache {tuning.cache_path(dev)}")
     print(format_table(rows))
