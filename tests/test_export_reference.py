@@ -4,6 +4,7 @@ relative to float32's own error, and the ``--from`` hint for foreign checkpoints
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -103,6 +104,16 @@ def test_a_foreign_checkpoint_without_from_gets_the_format_to_name(tmp_path, cap
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and old in err and "--from" not in err
     assert not (tmp_path / "m.onnx").exists()
+    # inside a run directory, whose config.json names a plugin, the file still gets the hint
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"plugin": "cyclegan", "config": {},
+                                                 "data_info": {"channels": 3, "image_size": 32}}))
+    inside = _junyanz(run / "checkpoints" / "latest_net_G_A.pth", ngf=8, blocks=2)
+    assert cli_main(["export", str(inside), "-o", str(tmp_path / "m.onnx")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds no weights of network 'G_AB'" in err
+    assert "add --from junyanz-cyclegan" in err
 
 
 def test_a_network_without_a_float64_run_falls_back_to_float32_with_the_fixed_bound():

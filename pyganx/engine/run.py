@@ -114,6 +114,9 @@ def load_run(path: str | Path, device: str | torch.device | None = "cpu", ema: b
     nets = plugin.networks()
     used_ema = False
     for k, m in nets.items():
+        if k not in st.get("networks", {}):
+            raise CheckpointError(f"{ckpt}: not a pyganx checkpoint of {name} (it holds no "
+                                  f"weights of network {k!r})")
         weights = st["networks"][k]
         if ema and k in st.get("ema", {}):
             weights, used_ema = st["ema"][k], True

@@ -302,12 +302,11 @@ def _load_run(source) -> LoadedRun:
     generator ``--from`` reads gets that hint in its error."""
     try:
         return load_run(source, device="cpu")
-    except (CheckpointError, KeyError) as e:
+    except CheckpointError as e:
         fmt = guess_format(source) if Path(source).is_file() else None
         if fmt is None:
             raise
-        first = str(e) if isinstance(e, CheckpointError) else f"{source}: not a pyganx checkpoint"
-        raise CheckpointError(f"{first}; this looks like a {FORMAT_PROJECTS[fmt]} generator: "
+        raise CheckpointError(f"{e}; this looks like a {FORMAT_PROJECTS[fmt]} generator: "
                               f"add --from {fmt}") from None
 
 
