@@ -419,8 +419,7 @@ def _measure(x: Tensor, params: Sequence[Tensor | None], candidates: dict[str, C
     gen.manual_seed(_GRAD_SEED)
     grad = None
     if training:
-        grad = torch.randn(x.shape, generator=gen, device=device, dtype=x.dtype)
-        grad = grad.contiguous(memory_format=torch.channels_last) if _layout(x) == "channels_last" else grad
+        grad = _randn_like(x, gen)
     # Accuracy: float64 evaluation of plain PyTorch, against which plain PyTorch's own
     # error in x's dtype is the yardstick.
     x64 = _copy(x, torch.float64)
@@ -461,10 +460,13 @@ def _measure(x: Tensor, params: Sequence[Tensor | None], candidates: dict[str, C
 
 def _perturbed(x: Tensor, r: float, gen: torch.Generator) -> Tensor:
     """x with each element moved by a random relative amount of standard deviation r."""
-    noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-    out = x.detach() * (1 + r * noise.to(memory_format=torch.channels_last)
-                        if _layout(x) == "channels_last" else 1 + r * noise)
+    out = x.detach() * (1 + r * _randn_like(x, gen))
     return out.requires_grad_(x.requires_grad)
+
+
+def _randn_like(x: Tensor, gen: torch.Generator) -> Tensor:
+    """N(0, 1) numbers from ``gen`` in x's shape, dtype, device and memory layout."""
+    return torch.empty_like(x, requires_grad=False).normal_(generator=gen)
 
 
 def _round_robin(candidates: dict[str, Candidate], x: Tensor, params, grad) -> dict[str, float]:

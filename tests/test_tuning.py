@@ -202,7 +202,7 @@ def test_relu_kinks_flipped_by_winograd_rounding_do_not_refuse_it():
     # the case does exercise the allowance: Winograd's input gradient is far beyond 64x
     # plain float32's error (with an incoming gradient of the same seed as measure's)
     gen = torch.Generator().manual_seed(tuning._GRAD_SEED)
-    grad = torch.randn(x.shape, generator=gen)
+    grad = tuning._randn_like(x, gen)
     p64 = [tuning._copy(q, torch.float64) for q in params]
     exact = tuning._run(cands["reference"], tuning._copy(x, torch.float64), p64, grad.double())
     plain = tuning._errors(tuning._run(cands["reference"], x, params, grad), exact)
