@@ -298,24 +298,25 @@ def key_text(op: str, options: str, x: Tensor, training: bool) -> str:
 # --- the choice ----------------------------------------------------------------------
 
 def choose(op: str, options: str, x: Tensor, params: Sequence[Tensor | None],
-           candidates: dict[str, Candidate], gates: str) -> str:
-    """The candidate to run for this call. ``candidates`` maps names to functions of
-    (input, params); it includes :data:`REFERENCE` (plain PyTorch). ``gates`` is what the
-    built-in gates run (the choice of mode ``fused`` and of ``auto`` without measuring)."""
+           offer: Callable[[], tuple[dict[str, Candidate], str]]) -> str:
+    """The candidate to run for this call. ``offer()`` gives the candidates, names mapped
+    to functions of (input, params) including :data:`REFERENCE` (plain PyTorch), and the
+    name of what the built-in gates run (the choice of mode ``fused`` and of ``auto``
+    without measuring); it is called only when a decision is made, not on every call."""
     if _state.mode == "reference":
         return REFERENCE
     if not _extension.supports(x.device.type):
         check_device(x.device)
         return REFERENCE     # plain PyTorch is the only candidate here; nothing to measure
     if _state.mode == "fused":
-        return gates
+        return offer()[1]
     training = _training(x, params)
     full = (op, options, tuple(x.shape), x.dtype, x.stride(), x.device, _autocast(x),
             torch.get_num_threads(), training, _state.measuring)
     found = _state.decisions.get(full)
     if found is None:
         text = key_text(op, options, x, training)
-        found = (text, _decide(text, x, params, candidates, gates, training))
+        found = (text, _decide(text, x, params, *offer(), training))
         _state.decisions[full] = found
     text, decision = found
     if text not in _state.used:

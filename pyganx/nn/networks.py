@@ -10,6 +10,7 @@ always plain PyTorch; the parameters and state_dict keys are the same either way
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -35,11 +36,6 @@ def _pad(padding: str) -> tuple[nn.Module | None, int]:
     if padding == "zero":
         return None, 1
     raise ValueError(f"padding must be 'reflect' or 'zero', got {padding!r}")
-
-
-def _fused_block(x: Tensor, params, padding: str, eps: float, winograd: bool) -> Tensor:
-    with tuning.winograd_local(winograd):
-        return residual_block(x, *params, padding, eps)
 
 
 class ResidualBlock(nn.Module):
@@ -89,15 +85,22 @@ class ResidualBlock(nn.Module):
         params = (c1.weight, c1.bias, c2.weight, c2.bias, n1.weight, n1.bias, n2.weight, n2.bias)
         if self.fused is True or torch.compiler.is_compiling():
             return residual_block(x, *params, self.padding, n1.eps)
-        padding, eps = self.padding, n1.eps
+        options = f"{self.padding}, affine={n1.affine}, bias={c1.bias is not None}"
+        choice = tuning.choose("residual_block", options, x, params, lambda: self._offer(x, n1.eps))
+        return self._run(choice, x, params, n1.eps)
+
+    def _offer(self, x: Tensor, eps: float) -> tuple[dict, str]:
+        """pyganx.tuning's candidates for input x, and what the built-in gates run."""
         gates = "fused+winograd" if tuning.winograd_applies(x) else "fused"
-        candidates = {"reference": lambda t, p: reference.residual_block(t, *p, padding, eps),
-                      "fused": lambda t, p: _fused_block(t, p, padding, eps, False)}
-        if gates == "fused+winograd":
-            candidates[gates] = lambda t, p: _fused_block(t, p, padding, eps, True)
-        options = f"{padding}, affine={n1.affine}, bias={c1.bias is not None}"
-        choice = tuning.choose("residual_block", options, x, params, candidates, gates)
-        return candidates[choice](x, params)
+        names = ["reference", "fused"] + ([gates] if gates != "fused" else [])
+        return {n: functools.partial(self._run, n, eps=eps) for n in names}, gates
+
+    def _run(self, name: str, x: Tensor, params, eps: float) -> Tensor:
+        """The block by candidate ``name`` of :meth:`_offer`."""
+        if name == "reference":
+            return reference.residual_block(x, *params, self.padding, eps)
+        with tuning.winograd_local(name == "fused+winograd"):
+            return residual_block(x, *params, self.padding, eps)
 
 
 class _Segmented(nn.Module):

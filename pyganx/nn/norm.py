@@ -1,6 +1,8 @@
 """Normalisation layers backed by pyganx's fused ops."""
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
 
@@ -50,13 +52,18 @@ class InstanceNormReLU(nn.Module):
             return reference.instance_norm_relu(x, self.weight, self.bias, self.eps, self.relu)
         if self.fused is True or torch.compiler.is_compiling():
             return instance_norm_relu(x, self.weight, self.bias, self.eps, self.relu)
-        eps, relu = self.eps, self.relu
-        candidates = {"reference": lambda t, p: reference.instance_norm_relu(t, p[0], p[1], eps, relu),
-                      "fused": lambda t, p: instance_norm_relu(t, p[0], p[1], eps, relu)}
         params = (self.weight, self.bias)
-        choice = tuning.choose("instance_norm_relu", f"affine={self.affine}, relu={relu}", x, params,
-                               candidates, "fused")
-        return candidates[choice](x, params)
+        choice = tuning.choose("instance_norm_relu", f"affine={self.affine}, relu={self.relu}", x,
+                               params, self._offer)
+        return self._run(choice, x, params)
+
+    def _offer(self) -> tuple[dict, str]:
+        """pyganx.tuning's candidates, and what the built-in gates run."""
+        return {n: functools.partial(self._run, n) for n in ("reference", "fused")}, "fused"
+
+    def _run(self, name: str, x: Tensor, params) -> Tensor:
+        fn = reference.instance_norm_relu if name == "reference" else instance_norm_relu
+        return fn(x, params[0], params[1], self.eps, self.relu)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, affine={self.affine}, relu={self.relu}, "
