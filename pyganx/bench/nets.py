@@ -82,18 +82,9 @@ def variants(make: Callable[[bool | str], torch.nn.Module], device, use_compile:
     """Twins of one model with the same weights: ``eager`` (fused=False), ``pyganx``
     (fused=True), and with ``use_compile`` a torch.compile of the eager one; returns
     (models, runners)."""
-    torch.manual_seed(0)
-    eager = make(False).to(device)
-    fused = make(True).to(device)
-    fused.load_state_dict(eager.state_dict())
-    models = {"eager": eager, "pyganx": fused}
-    runners = {"eager": eager, "pyganx": fused}
-    if use_compile:
-        torch._dynamo.reset()
-        comp_model = copy.deepcopy(eager)
-        models["compile"] = comp_model
-        runners["compile"] = torch.compile(comp_model)
-    return models, runners
+    cands = candidates(make, device, use_compile, names=("fused",))
+    cands = {"pyganx" if k == "fused" else k: v for k, v in cands.items()}
+    return {k: m for k, (m, _) in cands.items()}, {k: r for k, (_, r) in cands.items()}
 
 
 def _in_mode(fn: Callable[[], object], mode: str) -> Callable[[], object]:
@@ -103,13 +94,18 @@ def _in_mode(fn: Callable[[], object], mode: str) -> Callable[[], object]:
     return run
 
 
-def candidates(make: Callable[[bool | str], torch.nn.Module], device, use_compile: bool):
-    """The five candidates of one model (same weights): name -> (module, runner)."""
+_FUSED_ARG = {"fused": True, "reference": "auto", "auto": "auto"}
+
+
+def candidates(make: Callable[[bool | str], torch.nn.Module], device, use_compile: bool,
+               names: tuple[str, ...] = ("fused", "reference", "auto")):
+    """``eager`` and the candidates ``names`` (of fused, reference, auto) of one model with
+    the same weights, plus ``compile`` with ``use_compile``: name -> (module, runner)."""
     torch.manual_seed(0)
     eager = make(False).to(device)
     out: dict[str, tuple[torch.nn.Module, Callable]] = {"eager": (eager, eager)}
-    for name, fused in (("fused", True), ("reference", "auto"), ("auto", "auto")):
-        m = make(fused).to(device)
+    for name in names:
+        m = make(_FUSED_ARG[name]).to(device)
         m.load_state_dict(eager.state_dict())
         out[name] = (m, m)
     if use_compile:
