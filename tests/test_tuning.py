@@ -322,6 +322,25 @@ def test_measuring_inside_activation_checkpointing_and_autocast():
 
 
 @needs_ext
+@pytest.mark.skipif(not torch.backends.nnpack.is_available(), reason="needs NNPACK")
+def test_a_winograd_decision_yields_to_winograd_turned_off_later():
+    """--checkpoint-activations turns Winograd off for memory: a block that decided on
+    fused+winograd earlier in the process then runs the direct convolutions."""
+    from pyganx.ops import cpu_winograd
+    auto, fused, _ = _block_twins(128)
+    x = torch.randn(1, 128, 48, 48)
+    text = tuning.key_text("residual_block", "reflect, affine=False, bias=True", x, False)
+    tuning.pin({text: "fused+winograd"})
+    with torch.no_grad():
+        with_winograd = auto(x)
+        with cpu_winograd(False):
+            direct = fused(x)
+            assert torch.equal(auto(x), direct)
+    assert not torch.equal(with_winograd, direct)
+    assert tuning.used() == {text: "fused+winograd"}
+
+
+@needs_ext
 def test_a_session_keeps_its_settings_record_and_pins_to_itself():
     auto, _, _ = _block_twins()
     x = torch.randn(1, 16, 12, 12)

@@ -99,7 +99,11 @@ class ResidualBlock(nn.Module):
         """The block by candidate ``name`` of :meth:`_offer`."""
         if name == "reference":
             return reference.residual_block(x, *params, self.padding, eps)
-        with tuning.winograd_local(name == "fused+winograd"):
+        if name == "fused+winograd":
+            # the built-in gate, so that a process that turned Winograd off since the
+            # decision (train --checkpoint-activations, cpu_winograd(False)) stays direct
+            return residual_block(x, *params, self.padding, eps)
+        with tuning.winograd_local(False):
             return residual_block(x, *params, self.padding, eps)
 
 
