@@ -15,9 +15,8 @@ import platform
 import re
 from pathlib import Path
 
-from setuptools import find_packages, setup
-
 import torch
+from setuptools import find_packages, setup
 from torch.utils import cpp_extension
 
 ROOT = Path(__file__).resolve().parent

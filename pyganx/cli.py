@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from pyganx_runtime import metadata as keys
-from pyganx_runtime.files import atomic_write_text
 from pyganx_runtime.cli import Parser, add_runtime_commands, run_command, runtime_command
+from pyganx_runtime.files import atomic_write_text
 
 from .errors import UsageError
 

@@ -5,9 +5,19 @@ which defines them so that the torch-free runtime raises the same classes).
 :class:`PyganxError` for one release: ``except TrainError`` still catches everything
 pyganx raises for a user's input.
 """
-from pyganx_runtime.errors import (CheckpointError, DataError, DependencyError, ExportError, ImageError,
-                                   ModelError, NoiseModelError, PluginError, PyganxError, TrainingError,
-                                   UsageError)
+from pyganx_runtime.errors import (
+                                   CheckpointError,
+                                   DataError,
+                                   DependencyError,
+                                   ExportError,
+                                   ImageError,
+                                   ModelError,
+                                   NoiseModelError,
+                                   PluginError,
+                                   PyganxError,
+                                   TrainingError,
+                                   UsageError,
+)
 
 TrainError = PyganxError
 

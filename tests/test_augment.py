@@ -116,8 +116,8 @@ def test_every_plugin_shows_d_only_augmented_images(name, monkeypatch):
     kind = cls.data_kind
     small = {"dcgan": dict(ngf=8, ndf=8, z_dim=8), "cgan": dict(ngf=8, ndf=8, z_dim=8),
              "cyclegan": dict(ngf=4, ndf=4, n_blocks=1), "cut": dict(ngf=4, ndf=4, n_blocks=1, nce_layers="0,4,8,12"),
-             "fastcut": dict(ngf=4, ndf=4, n_blocks=1, nce_layers="0,4,8,12"), "stargan": dict(g_conv_dim=4, d_conv_dim=4, g_blocks=1,
-                                                                         n_critic=1)}[name]
+             "fastcut": dict(ngf=4, ndf=4, n_blocks=1, nce_layers="0,4,8,12"),
+             "stargan": dict(g_conv_dim=4, d_conv_dim=4, g_blocks=1, n_critic=1)}[name]
     info = DataInfo(1, 32, 3 if kind == "labelled" else 0,
                     ("a", "b", "c") if kind in ("labelled", "multi_domain") else ("A", "B"))
     plugin = cls(cls.Config(d_augment="translation", d_augment_p=1.0, **small), info)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import torch
+from conftest import requires_ext
 
 from pyganx.bench import profile
-
-from conftest import requires_ext
 
 pytestmark = requires_ext
 

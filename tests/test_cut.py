@@ -13,7 +13,7 @@ from pyganx.cli import main as cli_main
 from pyganx.data import DataInfo
 from pyganx.engine import latest_checkpoint, load_checkpoint, load_run
 from pyganx.losses import patch_nce_loss
-from pyganx.nn import PatchSampleMLP, ResnetGenerator
+from pyganx.nn import ResnetGenerator
 
 SMALL = ["--ngf", "8", "--ndf", "8", "--n-blocks", "5", "--no-progress", "--batch-size", "2"]
 

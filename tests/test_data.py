@@ -8,9 +8,18 @@ import torch
 from PIL import Image
 
 from pyganx.cli import main as cli_main
-from pyganx.data import (ImageError, LabelledImages, PairedImages, EvalTransform, TrainTransform,
-                         UnpairedImages, list_images, load_image, load_size_for)
-from pyganx.data import demo
+from pyganx.data import (
+    EvalTransform,
+    ImageError,
+    LabelledImages,
+    PairedImages,
+    TrainTransform,
+    UnpairedImages,
+    demo,
+    list_images,
+    load_image,
+    load_size_for,
+)
 
 
 def _gradient(w=12, h=8, mode="RGB"):

@@ -158,7 +158,7 @@ def test_resume_continues_exactly(tmp_path):
     assert logged == [1, 2, 3, 4, 5, 6]
     for name, net in straight.nets.items():
         for (k, a), b in zip(net.state_dict().items(), resumed.nets[name].state_dict().values()):
-            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=lambda m: f"{name}.{k}: {m}")
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=lambda m, w=f"{name}.{k}": f"{w}: {m}")
     lr = [g["lr"] for g in straight.optimizers["G"].param_groups]
     assert lr == [g["lr"] for g in resumed.optimizers["G"].param_groups]
 
@@ -377,7 +377,8 @@ def test_cli_errors_user_errors_apart_from_bugs_and_out_of_memory(tmp_path, monk
     args = ["train", "cyclegan", "--demo", "digits", "--steps", "1", "--ngf", "4", "--ndf", "4", "--n-blocks", "1",
             "--no-progress", "-o", str(tmp_path / "r")]
     for exc, want in ((torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
-                       "pyganx train: out of memory (OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB)"),
+                       "pyganx train: out of memory (OutOfMemoryError: CUDA out of memory. "
+                       "Tried to allocate 20.00 GiB)"),
                       (ZeroDivisionError("division by zero"),
                        "pyganx train: unexpected ZeroDivisionError: division by zero (a bug or a broken installation; "
                        "--debug shows the traceback)")):

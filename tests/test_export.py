@@ -13,8 +13,6 @@ from torch import nn
 pytest.importorskip("onnxruntime", reason="the ONNX extra (pip install 'pyganx[cpu]') is not installed")
 onnx = pytest.importorskip("onnx")
 
-from pyganx_runtime import Translator  # noqa: E402
-
 import pyganx  # noqa: E402
 from pyganx.cli import main as cli_main  # noqa: E402
 from pyganx.data import load_image, to_pil, to_tensor  # noqa: E402
@@ -22,6 +20,7 @@ from pyganx.errors import CheckpointError  # noqa: E402
 from pyganx.export import custom_domains, read_metadata  # noqa: E402
 from pyganx.export.exporter import FP32_TOLERANCE, ort_session, to_onnx  # noqa: E402
 from pyganx.nn import InstanceNormReLU, ResidualBlock  # noqa: E402
+from pyganx_runtime import Translator  # noqa: E402
 
 SMALL = ["--ngf", "8", "--ndf", "8", "--n-blocks", "2", "--no-progress"]
 KEYS = ("pyganx.version", "pyganx.plugin", "pyganx.generator", "pyganx.domains", "pyganx.image_size",

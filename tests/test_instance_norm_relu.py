@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
+from conftest import ALL_DTYPES, LOW_PRECISION, assert_matches_reference, devices, requires_ext
 
 from pyganx.ops import _reference, instance_norm_relu
-
-from conftest import ALL_DTYPES, LOW_PRECISION, assert_matches_reference, devices, requires_ext
 
 pytestmark = requires_ext
 
@@ -146,12 +144,15 @@ def test_empty_batch_returns_empty():
 @pytest.mark.parametrize("bad, match", [
     (lambda: instance_norm_relu(torch.randn(3, 64)), r"4-D \(N, C, H, W\) or 3-D \(C, H, W\).*\[3, 64\]"),
     (lambda: instance_norm_relu(torch.randn(1, 2, 3, 4, 5)), r"got shape \[1, 2, 3, 4, 5\]"),
-    (lambda: instance_norm_relu(torch.ones(1, 2, 3, 3, dtype=torch.int64)), r"float32, float64, float16 or bfloat16.*Long"),
+    (lambda: instance_norm_relu(torch.ones(1, 2, 3, 3, dtype=torch.int64)),
+     r"float32, float64, float16 or bfloat16.*Long"),
     (lambda: instance_norm_relu(torch.randn(1, 3, 4, 4), torch.ones(4)), r"weight must be a 1-D tensor of size C = 3"),
-    (lambda: instance_norm_relu(torch.randn(1, 3, 4, 4), None, torch.ones(3, 1)), r"bias must be a 1-D tensor of size C = 3"),
+    (lambda: instance_norm_relu(torch.randn(1, 3, 4, 4), None, torch.ones(3, 1)),
+     r"bias must be a 1-D tensor of size C = 3"),
     (lambda: instance_norm_relu(torch.randn(2, 3, 1, 1)), r"more than 1 spatial element"),
     (lambda: instance_norm_relu(torch.randn(3, 1, 1)), r"more than 1 spatial element"),
-    (lambda: instance_norm_relu(torch.randn(1, 3, 4, 4), torch.ones(3, dtype=torch.int32)), r"weight must be a floating-point tensor"),
+    (lambda: instance_norm_relu(torch.randn(1, 3, 4, 4), torch.ones(3, dtype=torch.int32)),
+     r"weight must be a floating-point tensor"),
     (lambda: instance_norm_relu(torch.randn(1, 3, 4, 4), eps=-1.0), r"eps must be non-negative"),
 ], ids=["rank2", "rank5", "int-dtype", "weight-size", "bias-shape", "one-pixel", "one-pixel-unbatched",
         "int-weight", "negative-eps"])

@@ -15,9 +15,8 @@ import pyganx
 from pyganx.cli import main as cli_main
 from pyganx.engine import latest_checkpoint, load_checkpoint
 from pyganx.errors import UsageError
-from pyganx.metrics import cached_classifier, kid, polynomial_mmd2, train_classifier
+from pyganx.metrics import cached_classifier, judges, kid, polynomial_mmd2, train_classifier
 from pyganx.metrics import evaluate as ev
-from pyganx.metrics import judges
 
 SMALL = ["--ngf", "8", "--ndf", "8", "--n-blocks", "1", "--no-progress"]
 

@@ -3,12 +3,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from pyganx.nn import (DCGANDiscriminator, DCGANGenerator, PatchDiscriminator, ResidualBlock,
-                       ResnetGenerator, StarGANDiscriminator, StarGANGenerator, count_parameters,
-                       init_weights)
-
 from conftest import requires_ext
+
+from pyganx.nn import (
+    DCGANDiscriminator,
+    DCGANGenerator,
+    PatchDiscriminator,
+    ResidualBlock,
+    ResnetGenerator,
+    StarGANDiscriminator,
+    StarGANGenerator,
+    count_parameters,
+    init_weights,
+)
 
 
 @pytest.mark.parametrize("net, expected", [

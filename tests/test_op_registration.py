@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import devices, requires_ext
 
-import pyganx
 from pyganx.nn import InstanceNormReLU
 from pyganx.ops import _reference, instance_norm_relu
-
-from conftest import devices, requires_ext
 
 pytestmark = requires_ext
 
@@ -174,12 +172,14 @@ def test_reference_backward_matches_autograd():
     g = torch.randn(2, 3, 5, 4, dtype=torch.float64)
     _reference.instance_norm_relu(x, w, b).backward(g)
     mean, rstd = _reference.instance_norm_stats(x.detach(), 1e-5)
-    dx, dw, db = _reference.instance_norm_relu_backward(g, x.detach(), mean, rstd, w.detach(), b.detach(), True, [True] * 3)
+    dx, dw, db = _reference.instance_norm_relu_backward(g, x.detach(), mean, rstd, w.detach(), b.detach(), True,
+                                                        [True] * 3)
     torch.testing.assert_close(dx, x.grad)
     torch.testing.assert_close(dw, w.grad)
     torch.testing.assert_close(db, b.grad)
     # and the compiled backward op equals the reference backward
-    dxo, dwo, dbo = torch.ops.pyganx._instance_norm_relu_backward(g, x.detach(), mean, rstd, w.detach(), b.detach(), True, [True] * 3)
+    dxo, dwo, dbo = torch.ops.pyganx._instance_norm_relu_backward(g, x.detach(), mean, rstd, w.detach(), b.detach(),
+                                                                  True, [True] * 3)
     torch.testing.assert_close(dxo, dx)
     torch.testing.assert_close(dwo, dw)
     torch.testing.assert_close(dbo, db)

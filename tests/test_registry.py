@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from pyganx import registry
-from pyganx.plugin import (API_VERSION, DataInfo, GANPlugin, add_config_arguments,
-                           config_from_arguments, field)
+from pyganx.plugin import API_VERSION, DataInfo, GANPlugin, add_config_arguments, config_from_arguments, field
 
 PACKAGES = Path(__file__).parent / "plugin_packages"
 REPO = Path(__file__).resolve().parents[1]

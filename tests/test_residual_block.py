@@ -7,12 +7,11 @@ import zlib
 
 import pytest
 import torch
+from conftest import ALL_DTYPES, assert_matches_reference, devices, requires_ext
 
 from pyganx.bench.nets import saved_bytes
 from pyganx.nn import ResidualBlock, ResnetGenerator
 from pyganx.ops import _reference, residual_block
-
-from conftest import ALL_DTYPES, assert_matches_reference, devices, requires_ext
 
 pytestmark = requires_ext
 

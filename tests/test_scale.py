@@ -14,6 +14,7 @@ from pyganx.bench.memory import generator_step_peak, malloc_in_use
 from pyganx.cli import main as cli_main
 from pyganx.nn import InstanceNormReLU, ResidualBlock, ResnetGenerator, StarGANGenerator, one_hot
 
+
 def _copies_inside_pyganx_ops(fn) -> tuple[list[int], set[str]]:
     """The sizes (elements) of the copies (aten::copy_) the profiler saw inside a pyganx op
     while ``fn`` ran, and the pyganx ops it saw."""

@@ -12,8 +12,8 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import requires_ext
+
 from pyganx.cli import main as cli_main
 from pyganx.engine import latest_checkpoint, load_checkpoint
 

@@ -14,7 +14,7 @@ import argparse
 import ctypes
 import gc
 import json
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode

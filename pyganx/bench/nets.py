@@ -27,14 +27,14 @@ import json
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from ..nn import ResidualBlock, ResnetGenerator
 from .. import tuning
+from ..nn import ResidualBlock, ResnetGenerator
 from .ops import machine_description
 from .timing import add_common_args, fmt, keep_freed_memory, round_robin
 

@@ -95,7 +95,7 @@ def bench(size: int, n_blocks: int, batches: list[int], device: torch.device, ro
             if name.startswith("ort-cuda"):         # device-resident input and output
                 cands[name] = _bound_call(sess, x)
             else:
-                cands[name] = (lambda s=sess: s.run(None, {"image": xn}))
+                cands[name] = (lambda s=sess, xn=xn: s.run(None, {"image": xn}))
         t = round_robin(cands, rounds=rounds, warmup=2, device=device)
         base = t["eager"].best_ms
         for name, tm in t.items():

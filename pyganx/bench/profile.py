@@ -20,15 +20,15 @@ import argparse
 import gc
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import torch
 from torch.autograd import DeviceType
 
 from ..nn import ResidualBlock, ResnetGenerator
 from .memory import peak_bytes
-from .nets import variants, saved_bytes, train_step
+from .nets import saved_bytes, train_step, variants
 from .ops import machine_description
 from .timing import allocator_for, round_robin
 

@@ -95,6 +95,7 @@ async def _load(url: str, model: str, uploads: list[bytes], requests: int, concu
 def run_config(model: Path, max_batch: int, max_wait_ms: float, args, uploads: list[bytes]) -> dict:
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
+
     from pyganx_runtime.serve.process import rss_mib, start_server, stop_server
 
     proc, url = start_server([model], "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms),
@@ -208,8 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         image.write_bytes(uploads[0])
         cold = [cold_translate(args.python, "pyganx_runtime", model, image, Path(tmp) / "out", args.translate_runs),
                 cold_translate(sys.executable, "pyganx", model, image, Path(tmp) / "out", args.translate_runs)]
-    from .ops import machine_description
     import torch
+
+    from .ops import machine_description
     what = args.model or "CycleGAN generator (64 filters, 6 blocks, random weights)"
     print(f"serve load test: {what}, {args.size}x{args.size} PNG uploads, {args.requests} requests at "
           f"concurrency {args.concurrency}, client and server on {machine_description(torch.device('cpu'))}; "

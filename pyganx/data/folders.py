@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence, Union
 
 import torch
 from PIL import Image
@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from .images import ImageError, image_channels, list_images, load_image
 
-Item = Union[Path, Image.Image]
+Item = Path | Image.Image
 Transform = Callable[[Image.Image, torch.Generator], torch.Tensor]
 
 _warned: set[str] = set()   # the unreadable images already reported by this process

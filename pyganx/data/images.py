@@ -6,8 +6,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 from PIL import Image
-from pyganx_runtime.images import (IMAGE_EXTENSIONS, ImageError, convert_image, image_channels, list_images,
-                                   load_image, save_image)
+
+from pyganx_runtime.images import (
+    IMAGE_EXTENSIONS,
+    ImageError,
+    convert_image,
+    image_channels,
+    list_images,
+    load_image,
+    save_image,
+)
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:

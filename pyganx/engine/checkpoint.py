@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import torch
+
 from pyganx_runtime.files import atomic_write_bytes
 
 from ..errors import CheckpointError

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from pyganx_runtime.files import atomic_write_bytes
 
 from ..data.images import to_pil

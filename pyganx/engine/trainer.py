@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
+from .. import tuning
 from .._version import __version__
 from ..data import build_dataset
 from ..errors import CheckpointError, TrainingError, UsageError
-from .. import tuning
 from ..ops.residual_block import training_convolutions
 from ..plugin import GANPlugin, values_refused_by
 from .batches import make_loader, to_device

@@ -181,7 +181,8 @@ def export_generator(source: str | os.PathLike, out: str | os.PathLike, generato
     try:
         import onnx
     except ImportError:
-        raise DependencyError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'pyganx[cpu]' (or [gpu])") from None
+        raise DependencyError("ONNX export needs onnx, onnxscript and onnxruntime: "
+                              "pip install 'pyganx[cpu]' (or [gpu])") from None
     if int8 and not calibrate:
         raise UsageError("--int8 needs --calibrate DIR: sample images to calibrate the activations on")
     if fp16 and int8:

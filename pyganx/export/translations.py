@@ -18,8 +18,8 @@ from ..errors import DependencyError
 
 
 def _table(norm_in_float32: bool) -> dict:
-    from onnxscript import opset18 as op
     from onnxscript import ir
+    from onnxscript import opset18 as op
 
     def channels(x):
         return op.Shape(x, start=1, end=2)
@@ -67,4 +67,5 @@ def translation_table(norm_in_float32: bool = False) -> dict:
     try:
         return _table(norm_in_float32)
     except ImportError as e:
-        raise DependencyError(f"ONNX export needs onnx and onnxscript: pip install 'pyganx[cpu]' (or [gpu]) ({e})") from None
+        raise DependencyError(f"ONNX export needs onnx and onnxscript: pip install 'pyganx[cpu]' "
+                              f"(or [gpu]) ({e})") from None

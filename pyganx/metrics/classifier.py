@@ -8,13 +8,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from pyganx_runtime.files import atomic_write_bytes
 from torch import Tensor, nn
+
+from pyganx_runtime.files import atomic_write_bytes
 
 from .._paths import cache_dir
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -33,6 +33,7 @@ from .fid import InceptionScorer, format_inception, format_setup
 from .generative import evaluate_multi_domain, evaluate_noise, format_generative
 from .judges import JUDGE_SIZE, RunDomains, digit_classifier, domain_classifier, judge_size, translate
 from .kid import kid
+
 
 class _OnnxGenerator:
     """An exported model (pyganx.runtime.Translator) called like the PyTorch generator."""

@@ -19,7 +19,6 @@ Figures:
 """
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor
 
@@ -31,8 +30,16 @@ from ..errors import DataError
 from ..nn import one_hot
 from .classifier import TrainedClassifier
 from .fid import InceptionScorer, format_inception
-from .judges import (MAX_TEST, RunDomains, digit_classifier, domain_classifier, judge_size, labelled_classifier,
-                     stack_items, translate)
+from .judges import (
+    MAX_TEST,
+    RunDomains,
+    digit_classifier,
+    domain_classifier,
+    judge_size,
+    labelled_classifier,
+    stack_items,
+    translate,
+)
 from .kid import kid
 
 #: Images generated per evaluation (noise models), per class (conditional ones), and test

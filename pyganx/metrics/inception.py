@@ -203,7 +203,8 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_fid_inception(path: str | os.PathLike | None, device: str | torch.device = "cpu") -> tuple[FIDInceptionV3, str]:
+def load_fid_inception(path: str | os.PathLike | None,
+                       device: str | torch.device = "cpu") -> tuple[FIDInceptionV3, str]:
     """The network with the weights of ``path`` (default: $PYGANX_INCEPTION_WEIGHTS),
     in eval mode, and what the weights are: ``"pt_inception-2015-12-05"`` when the
     file's SHA-256 is the published one's, else ``"other (sha256 <first 16>)"`` for a

@@ -4,8 +4,8 @@ the judging resolution. evaluate.py (A <-> B translation) and generative.py (noi
 class-conditional and multi-domain generators) build on them."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -36,14 +36,15 @@ def empty_output(x: Tensor) -> Tensor:
 
 
 def _check_input(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> None:
-    torch._check(x.dim() in (3, 4), lambda: f"instance_norm_relu: expected a 4-D (N, C, H, W) or 3-D (C, H, W) tensor, got shape {list(x.shape)}")
+    torch._check(x.dim() in (3, 4), lambda: "instance_norm_relu: expected a 4-D (N, C, H, W) or 3-D (C, H, W) "
+                 f"tensor, got shape {list(x.shape)}")
     torch._check(x.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16),
                  lambda: f"instance_norm_relu: expected a floating-point tensor, got {x.dtype}")
     c = x.shape[-3]
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None:
             torch._check(t.dim() == 1 and t.shape[0] == c,
-                         lambda: f"instance_norm_relu: {name} must be a 1-D tensor of size C = {c}")
+                         lambda name=name: f"instance_norm_relu: {name} must be a 1-D tensor of size C = {c}")
 
 
 def _stats_shape(x: Tensor) -> tuple[int, int]:

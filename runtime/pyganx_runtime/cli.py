@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 from ._version import __version__
 from .errors import DependencyError, PyganxError, UsageError

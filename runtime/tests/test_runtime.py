@@ -17,6 +17,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 from PIL import Image
+
 from pyganx_runtime import ForeignModelWarning, Translator, __version__
 from pyganx_runtime.errors import ModelError
 from pyganx_runtime.metadata import VERSION, read_metadata
@@ -54,7 +55,8 @@ def test_translate_writes_what_pyganx_translate_writes_without_loading_torch(mod
         if rel.suffix == ".png":
             assert got == want, rel                    # PNG: the same bytes
         else:                                          # JPEG: the same pixels once decoded
-            assert np.array_equal(np.asarray(Image.open(out / rel)), np.asarray(Image.open(model_dir / "reference" / rel)))
+            want = np.asarray(Image.open(model_dir / "reference" / rel))
+            assert np.array_equal(np.asarray(Image.open(out / rel)), want)
 
 
 def test_serve_starts_without_loading_torch(models):
@@ -75,7 +77,8 @@ for _ in range(300):
 else:
     sys.exit("serve did not start")
 with urllib.request.urlopen(f"http://127.0.0.1:{{port}}/v1/models") as r:
-    print(len(__import__("json").load(r)["models"]), "models;", "torch loaded" if "torch" in sys.modules else "torch not loaded")
+    print(len(__import__("json").load(r)["models"]), "models;",
+          "torch loaded" if "torch" in sys.modules else "torch not loaded")
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr

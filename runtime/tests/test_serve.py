@@ -18,13 +18,12 @@ import numpy as np
 import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.testclient import TestClient
+
 from pyganx_runtime import Translator
 from pyganx_runtime.cli import main as cli_main
 from pyganx_runtime.serve import ServeConfig, create_app, load_models
 from pyganx_runtime.serve.process import start_server, stop_server
-from starlette.testclient import TestClient
-
-
 
 # --- models ---------------------------------------------------------------------------------
 

@@ -20,7 +20,6 @@ from pyganx.plugin import DataInfo, ExportSpec, GANPlugin, field, linear_decay_s
 
 from .networks import UNetGenerator, depth_for
 
-
 #: the adversarial losses that need nothing beyond D's output (no gradient penalty)
 GAN_LOSSES = ("bce", "lsgan", "hinge")
 
