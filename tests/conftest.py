@@ -2,10 +2,15 @@
 reference that every op test uses."""
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import pytest
 import torch
 
 import pyganx
+from pyganx import tuning
+from pyganx.ops import cpu_winograd_enabled, set_cpu_winograd
 
 # Tolerances, written down once.
 # float32 and float64 results are compared with the float64 reference directly.
@@ -50,6 +55,21 @@ def assert_matches_reference(ours: torch.Tensor, torch_same_dtype: torch.Tensor,
                                f"{err_torch:.3g} + {unit:.3g}")
 
 
+def assert_as_accurate(ours: torch.Tensor, plain: torch.Tensor, ref64: torch.Tensor, what: str = "output",
+                       multiple: float = 4.0) -> None:
+    """Two implementations compared the way pyganx.tuning's accuracy contract compares
+    them: ``ours`` may be off the float64 reference ``ref64`` by at most ``multiple``
+    times what plain PyTorch's result ``plain`` (same dtype) is off, plus one unit of
+    rounding of the largest value. Neither is held to the other's rounding."""
+    assert ours.shape == ref64.shape, f"{what}: shape {tuple(ours.shape)} != {tuple(ref64.shape)}"
+    o, p, r = (t.detach().double().cpu() for t in (ours, plain, ref64))
+    assert torch.isfinite(o).all(), f"{what}: non-finite values"
+    err, err_plain = (o - r).abs().max().item(), (p - r).abs().max().item()
+    bound = multiple * err_plain + torch.finfo(ours.dtype).eps * r.abs().max().item()
+    assert err <= bound, (f"{what}: {ours.dtype} max error {err:.3g} against float64 exceeds {multiple:g} x "
+                          f"plain PyTorch's {err_plain:.3g} + one unit of rounding ({bound:.3g})")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def classifier_cache(tmp_path_factory):
     """One cache of pyganx's self-trained metric classifiers for the whole session, kept
@@ -59,3 +79,38 @@ def classifier_cache(tmp_path_factory):
     mp.setenv("PYGANX_CACHE_DIR", str(d))
     yield d
     mp.undo()
+
+
+@pytest.fixture(autouse=True)
+def isolated_test(monkeypatch):
+    """Every test starts from the same state, whatever ran before it, so the suite passes
+    in any order:
+
+    - the random streams are seeded: Python's, NumPy's global one and torch's (0);
+    - pyganx.tuning has forgotten every decision and does not measure: ``auto`` layers
+      take the built-in gates, so the path a test runs never depends on timing or on
+      which test measured a shape first (tests of measuring turn it on themselves;
+      subprocesses inherit ``PYGANX_TUNING=0``);
+    - the process-wide switches a test or an in-process training run may change are put
+      back afterwards: the implementation mode, deterministic algorithms, cuDNN's
+      benchmark mode, the thread count and the residual block's CPU Winograd switch.
+    """
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    monkeypatch.setenv("PYGANX_TUNING", "0")
+    monkeypatch.delenv("PYGANX_IMPL", raising=False)
+    saved = (tuning.mode(), tuning.measuring(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark,
+             torch.get_num_threads(), cpu_winograd_enabled())
+    tuning.reset()
+    tuning.set_mode("auto")
+    tuning.set_measuring(False)
+    yield
+    tuning.reset()
+    tuning.set_mode(saved[0])
+    tuning.set_measuring(saved[1])
+    torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
+    torch.backends.cudnn.benchmark = saved[4]
+    torch.set_num_threads(saved[5])
+    set_cpu_winograd(saved[6])

@@ -165,6 +165,7 @@ def test_resume_continues_exactly(tmp_path):
 
 @pytest.mark.skipif(not pyganx.extension_available(), reason="needs the compiled extension")
 def test_a_resumed_run_takes_the_implementations_its_checkpoint_recorded(tmp_path):
+    tuning.set_measuring(True)          # as users run: auto measures (conftest turns it off)
     first = _trainer(tmp_path, "run", 2, checkpoint_every=2)
     first.fit()
     path = latest_checkpoint(tmp_path / "run" / "checkpoints")
