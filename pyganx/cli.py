@@ -158,14 +158,14 @@ def _train_parser(variant: str, cls) -> Parser:
     """``pyganx train VARIANT``'s parser: the engine's flags (engine.options.TrainOptions)
     and the plugin's (its Config), both generated from their dataclasses."""
     from .engine.options import add_train_arguments
-    from .plugin import add_config_arguments
+    from .flags import add_dataclass_arguments
 
     ap = Parser(prog=f"pyganx train {variant}", description=(cls.__doc__ or "").strip().splitlines()[0],
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_train_arguments(ap)
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
     try:
-        add_config_arguments(ap, cls.Config)
+        add_dataclass_arguments(ap, cls.Config, f"{cls.Config.__name__} (plugin options)")
     except (TypeError, argparse.ArgumentError) as e:
         raise UsageError(f"plugin {variant!r}: {e}") from None
     return ap
@@ -188,7 +188,7 @@ def _train_variant(variant: str, argv: list[str]) -> int:
     from . import registry
     from .engine import Trainer
     from .engine.options import options_from_arguments
-    from .plugin import config_from_arguments
+    from .flags import dataclass_from_arguments
 
     cls = registry.get(variant)
     ap = _train_parser(variant, cls)
@@ -197,7 +197,7 @@ def _train_variant(variant: str, argv: list[str]) -> int:
         ap.error("give --steps N or --epochs N")
     if not (args.data or args.demo or (args.data_a and args.data_b)):
         ap.error("give --data DIR, --data-a DIR --data-b DIR, or --demo NAME")
-    result = Trainer(variant, cls, config_from_arguments(cls.Config, args), options_from_arguments(args)).fit()
+    result = Trainer(variant, cls, dataclass_from_arguments(cls.Config, args), options_from_arguments(args)).fit()
     if os.environ.get("RANK", "0") != "0":     # torchrun: rank 0 speaks for the run
         return 130 if result.get("interrupted") else 0
     if result.get("interrupted"):

@@ -8,13 +8,14 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from pyganx import registry
-from pyganx.plugin import API_VERSION, DataInfo, GANPlugin, add_config_arguments, config_from_arguments, field
+from pyganx.flags import add_dataclass_arguments, dataclass_from_arguments
+from pyganx.plugin import API_VERSION, DataInfo, GANPlugin
 
 PACKAGES = Path(__file__).parent / "plugin_packages"
 REPO = Path(__file__).resolve().parents[1]
@@ -120,8 +121,8 @@ def test_config_fields_become_kebab_case_flags():
         loss: str = "lsgan"
 
     ap = argparse.ArgumentParser()
-    add_config_arguments(ap, Cfg)
-    cfg = config_from_arguments(Cfg, ap.parse_args(["--lambda-cycle", "5", "--no-flip"]))
+    add_dataclass_arguments(ap, Cfg)
+    cfg = dataclass_from_arguments(Cfg, ap.parse_args(["--lambda-cycle", "5", "--no-flip"]))
     assert cfg == Cfg(lambda_cycle=5.0, n_blocks=9, flip=False, loss="lsgan")
     assert "cycle weight (default: 10.0)" in ap.format_help()
 
@@ -130,4 +131,4 @@ def test_config_fields_become_kebab_case_flags():
         sizes: list = None
 
     with pytest.raises(TypeError, match="must be bool, int, float or str"):
-        add_config_arguments(argparse.ArgumentParser(), Bad)
+        add_dataclass_arguments(argparse.ArgumentParser(), Bad)

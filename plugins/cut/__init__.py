@@ -21,7 +21,7 @@ checkpointed, resumed and DDP-synchronised like every network. Every number is a
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -29,7 +29,7 @@ from pyganx.augment import DiscriminatorAugment, mid_of
 from pyganx.errors import UsageError
 from pyganx.losses import gan_loss, patch_nce_loss
 from pyganx.nn import PatchDiscriminator, PatchSampleMLP, ResnetGenerator, init_weights
-from pyganx.plugin import DataInfo, ExportSpec, GANPlugin, field, linear_decay_schedulers
+from pyganx.plugin import DataInfo, ExportSpec, GANPlugin, linear_decay_schedulers
 from pyganx_plugins.cyclegan import ResnetTranslationConfig
 
 

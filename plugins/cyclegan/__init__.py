@@ -10,7 +10,7 @@ paper's 100 + 100 epochs). Every number is a CLI flag (see Config).
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from pyganx.augment import AugmentConfig, DiscriminatorAugment, mid_of
 from pyganx.losses import ImagePool, gan_loss
 from pyganx.nn import PatchDiscriminator, ResnetGenerator, init_weights
-from pyganx.plugin import DataInfo, ExportSpec, GANPlugin, field, linear_decay_schedulers
+from pyganx.plugin import DataInfo, ExportSpec, GANPlugin, linear_decay_schedulers
 
 
 @dataclass

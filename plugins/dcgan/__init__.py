@@ -16,7 +16,7 @@ penalty, weight ``--lambda-gp``, is void when samples are normalised together) a
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -24,7 +24,7 @@ from pyganx.augment import AugmentConfig, DiscriminatorAugment, mid_of
 from pyganx.errors import UsageError
 from pyganx.losses import gan_loss, gradient_penalty
 from pyganx.nn import DCGANDiscriminator, DCGANGenerator, init_weights
-from pyganx.plugin import DataInfo, ExportSpec, GANPlugin, field
+from pyganx.plugin import DataInfo, ExportSpec, GANPlugin
 
 LOSSES = ("bce", "lsgan", "hinge", "wgan-gp")
 #: The noise of the sample grids: the same z for every grid of a run, so grids compare.

@@ -21,7 +21,7 @@ Data: one sub-folder per domain, or ``--demo digits`` (handwritten and four type
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,7 @@ from pyganx.augment import AugmentConfig, DiscriminatorAugment
 from pyganx.errors import UsageError
 from pyganx.losses import gradient_penalty
 from pyganx.nn import StarGANDiscriminator, StarGANGenerator, init_weights, one_hot
-from pyganx.plugin import DataInfo, ExportSpec, GANPlugin, field, linear_decay_schedulers
+from pyganx.plugin import DataInfo, ExportSpec, GANPlugin, linear_decay_schedulers
 
 
 @dataclass

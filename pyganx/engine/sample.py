@@ -14,8 +14,7 @@ import torch
 
 from ..data.folders import spread
 from ..data.images import save_image, to_pil
-from ..errors import PluginError, UsageError
-from ..plugin import values_refused_by
+from ..errors import PluginError, UsageError, values_refused_by
 from .batches import to_device
 from .reporting import save_grid
 from .run import load_run

@@ -24,9 +24,9 @@ import torch
 from .. import tuning
 from .._version import __version__
 from ..data import build_dataset
-from ..errors import CheckpointError, TrainingError, UsageError
+from ..errors import CheckpointError, TrainingError, UsageError, values_refused_by
 from ..ops.residual_block import training_convolutions
-from ..plugin import GANPlugin, values_refused_by
+from ..plugin import GANPlugin
 from .batches import make_loader, to_device
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .compiling import CompiledNetworks, compile_mode

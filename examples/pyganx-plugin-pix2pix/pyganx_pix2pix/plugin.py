@@ -9,14 +9,14 @@ Every number is a field of Pix2PixConfig, hence a CLI flag of `pyganx train pix2
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from pyganx.losses import gan_loss
 from pyganx.nn import PatchDiscriminator, init_weights
-from pyganx.plugin import DataInfo, ExportSpec, GANPlugin, field, linear_decay_schedulers
+from pyganx.plugin import DataInfo, ExportSpec, GANPlugin, linear_decay_schedulers
 
 from .networks import UNetGenerator, depth_for
 

@@ -1,13 +1,13 @@
 """A minimal unpaired translator written against pyganx's public plugin API only."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyganx.plugin import DataInfo, ExportSpec, GANPlugin, field
+from pyganx.plugin import DataInfo, ExportSpec, GANPlugin
 
 
 @dataclass
