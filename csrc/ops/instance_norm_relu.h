@@ -34,8 +34,7 @@ using ForwardLauncher = void (*)(const InstanceNormInput& in, const at::Tensor& 
                                  at::Tensor& mean, at::Tensor& rstd);
 using BackwardLauncher = void (*)(const InstanceNormInput& in, const at::Tensor& grad_out,
                                   const at::Tensor& mean, const at::Tensor& rstd, bool relu,
-                                  at::Tensor& grad_x, at::Tensor& sum_dy,
-                                  at::Tensor& sum_dy_xhat);
+                                  at::Tensor& grad_x, at::Tensor& sum_dy, at::Tensor& sum_dy_xhat);
 
 // The reflection-padding ring term of a 3x3 convolution (see residual_block.cpp):
 // forward adds it to h; backward adds its gradients to gx and gw (either may be
@@ -58,8 +57,8 @@ struct InstanceNormLaunchers {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_relu_forward_with(
     ForwardLauncher launch, const at::Tensor& x, const std::optional<at::Tensor>& weight,
-    const std::optional<at::Tensor>& bias, double eps, bool relu,
-    const at::Tensor& residual = {}, bool pad_out = false);
+    const std::optional<at::Tensor>& bias, double eps, bool relu, const at::Tensor& residual = {},
+    bool pad_out = false);
 
 std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<at::Tensor>>
 instance_norm_relu_backward_with(BackwardLauncher launch, const at::Tensor& grad_out,

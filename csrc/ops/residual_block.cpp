@@ -85,15 +85,14 @@ void check_args(const at::Tensor& x, const BlockParams& p) {
               "needs a second row and column to reflect), got input of shape ",
               x.sizes());
   const int64_t C = x.size(1);
-  for (const auto& [name, w] : {std::pair<const char*, const at::Tensor*>{"w1", &p.w1},
-                                {"w2", &p.w2}}) {
+  for (const auto& [name, w] :
+       {std::pair<const char*, const at::Tensor*>{"w1", &p.w1}, {"w2", &p.w2}}) {
     TORCH_CHECK(w->defined() && w->dim() == 4 && w->size(0) == C && w->size(1) == C &&
                     w->size(2) == 3 && w->size(3) == 3,
                 kOp, ": ", name, " must have shape (C, C, 3, 3) with C = ", C, ", got ",
                 w->defined() ? w->sizes() : at::IntArrayRef{});
     TORCH_CHECK(w->device() == x.device() && w->scalar_type() == t, kOp, ": ", name, " is ",
-                w->scalar_type(), " on ", w->device(), " but the input is ", t, " on ",
-                x.device());
+                w->scalar_type(), " on ", w->device(), " but the input is ", t, " on ", x.device());
   }
   check_vector("b1", p.b1, x, true);
   check_vector("b2", p.b2, x, true);
@@ -119,10 +118,10 @@ at::MemoryFormat layout_of(const at::Tensor& x) {
 // meet kernel columns 0 and 2. The four strips, laid out as rows, form one grouped
 // convolution with the four matching 1x3 kernel slices (two when H != W).
 struct Ring {
-  at::Tensor rows;     // (N, 2C, W): x rows 1 and H-2, before their reflection padding
-  at::Tensor strips;   // (N, 4C, 1, W+2) when H == W, else undefined
-  at::Tensor tb, lr;   // (N, 2C, 1, W+2), (N, 2C, 1, H+2): the row and the column strips
-  at::Tensor k;        // (4 C_out, C, 1, 3): kernel rows 0, 2, columns 0, 2 (as rows)
+  at::Tensor rows;    // (N, 2C, W): x rows 1 and H-2, before their reflection padding
+  at::Tensor strips;  // (N, 4C, 1, W+2) when H == W, else undefined
+  at::Tensor tb, lr;  // (N, 2C, 1, W+2), (N, 2C, 1, H+2): the row and the column strips
+  at::Tensor k;       // (4 C_out, C, 1, 3): kernel rows 0, 2, columns 0, 2 (as rows)
 };
 
 Ring ring_of(const at::Tensor& x, const at::Tensor& w) {
@@ -172,9 +171,9 @@ void add_reflect_ring(const InstanceNormLaunchers& k, at::Tensor& h, const at::T
 }
 
 // Gradients of the ring term w.r.t. x and w, added to gx / gw.
-void reflect_ring_backward(const InstanceNormLaunchers& k, const at::Tensor& g,
-                           const at::Tensor& x, const at::Tensor& w, std::array<bool, 2> mask,
-                           at::Tensor& gx, at::Tensor& gw) {
+void reflect_ring_backward(const InstanceNormLaunchers& k, const at::Tensor& g, const at::Tensor& x,
+                           const at::Tensor& w, std::array<bool, 2> mask, at::Tensor& gx,
+                           at::Tensor& gw) {
   if (k.ring.backward != nullptr && g_ring_kernels.load()) {
     if (mask[1]) gw = gw.contiguous();
     at::Tensor gx_or_none = mask[0] ? gx : at::Tensor();
@@ -184,8 +183,7 @@ void reflect_ring_backward(const InstanceNormLaunchers& k, const at::Tensor& g,
   const int64_t C = w.size(0), H = x.size(2), W = x.size(3);
   const Ring r = ring_of(x, w);
   const at::Tensor g_tb = at::cat({g.narrow(2, 0, 1), g.narrow(2, H - 1, 1)}, 1);
-  const at::Tensor g_lr =
-      at::cat({g.narrow(3, 0, 1), g.narrow(3, W - 1, 1)}, 1).transpose(2, 3);
+  const at::Tensor g_lr = at::cat({g.narrow(3, 0, 1), g.narrow(3, W - 1, 1)}, 1).transpose(2, 3);
   at::Tensor gi_tb, gi_lr, gk;
   auto back = [&](const at::Tensor& go, const at::Tensor& in, const at::Tensor& k, int64_t groups) {
     auto res = at::convolution_backward(go, in, k, std::nullopt, {1, 1}, {0, 0}, {1, 1}, false,
@@ -287,8 +285,8 @@ at::Tensor conv3x3(const InstanceNormLaunchers& k, const at::Tensor& x, const at
 // Gradients of conv3x3 w.r.t. (x, w, b) for mask (x's gradient has x's shape: the
 // padded one when x is prepadded).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward(
-    const InstanceNormLaunchers& k, const at::Tensor& g, const at::Tensor& x,
-    const at::Tensor& w, bool has_bias, bool reflect, bool prepadded, std::array<bool, 3> mask) {
+    const InstanceNormLaunchers& k, const at::Tensor& g, const at::Tensor& x, const at::Tensor& w,
+    bool has_bias, bool reflect, bool prepadded, std::array<bool, 3> mask) {
   const int64_t p = prepadded ? 0 : 1;
   std::vector<int64_t> bias_sizes{w.size(0)};
   // With Winograd the input gradient is itself a convolution: g, padded by 2 - p, with the
@@ -341,8 +339,8 @@ Forward run_forward(const InstanceNormLaunchers& k, const at::Tensor& x_in, cons
   // With reflection the norm kernel writes the activation straight into a padded
   // buffer, ring included; zero padding is the convolution's own.
   at::Tensor a;
-  std::tie(a, f.mean1, f.rstd1) = instance_norm_relu_forward_with(
-      k.forward, f.h1, p.gamma1, p.beta1, eps, true, {}, reflect);
+  std::tie(a, f.mean1, f.rstd1) =
+      instance_norm_relu_forward_with(k.forward, f.h1, p.gamma1, p.beta1, eps, true, {}, reflect);
   at::Tensor h2 = conv3x3(k, a, p.w2, p.b2, reflect, reflect, fmt);
   a.reset();
   std::tie(f.y, f.mean2, f.rstd2) =
@@ -405,8 +403,8 @@ BlockGrads residual_block_backward_with(const InstanceNormLaunchers& k, const at
   const bool reflect = parse_padding(padding);
   const auto fmt = layout_of(x_in);
   const at::Tensor x = x_in.contiguous(fmt);
-  TORCH_CHECK(grad_y.sizes() == x.sizes() && y.sizes() == x.sizes() && h1.sizes() == x.sizes(),
-              kOp, ": grad_y, y and h1 must have the input's shape ", x.sizes());
+  TORCH_CHECK(grad_y.sizes() == x.sizes() && y.sizes() == x.sizes() && h1.sizes() == x.sizes(), kOp,
+              ": grad_y, y and h1 must have the input's shape ", x.sizes());
   const at::Tensor gy = grad_y.contiguous(fmt);
   const int64_t N = x.size(0), C = x.size(1);
 
@@ -415,13 +413,14 @@ BlockGrads residual_block_backward_with(const InstanceNormLaunchers& k, const at
   OptTensor d_gamma2, d_beta2;
   if (h2.numel() > 0) {
     std::tie(gh2, d_gamma2, d_beta2) = [&] {
-      auto [a, b, c] = instance_norm_relu_backward_with(k.backward, gy, h2.contiguous(fmt), mean2,
-                                                        rstd2, p.gamma2, p.beta2, false,
-                                                        {true, mask[7], mask[8]});
+      auto [a, b, c] =
+          instance_norm_relu_backward_with(k.backward, gy, h2.contiguous(fmt), mean2, rstd2,
+                                           p.gamma2, p.beta2, false, {true, mask[7], mask[8]});
       return std::make_tuple(*a, b, c);
     }();
   } else {
-    TORCH_CHECK(recover_h2(x, p), kOp, ": h2 was not saved, but the block has affine "
+    TORCH_CHECK(recover_h2(x, p), kOp,
+                ": h2 was not saved, but the block has affine "
                 "parameters or a reduced-precision dtype");
     // x-hat2 = y - x exactly; run the norm backward with unit statistics, then scale by
     // the real rstd2 (the backward's dx is rstd * (g - mean(g) - xhat * mean(g * xhat))).
@@ -435,8 +434,8 @@ BlockGrads residual_block_backward_with(const InstanceNormLaunchers& k, const at
 
   // conv2, on the recomputed activation ReLU(IN1(h1)).
   const at::Tensor h1c = h1.contiguous(fmt);
-  at::Tensor act = std::get<0>(instance_norm_relu_forward_with(
-      k.forward, h1c, p.gamma1, p.beta1, eps, true, {}, reflect));
+  at::Tensor act = std::get<0>(
+      instance_norm_relu_forward_with(k.forward, h1c, p.gamma1, p.beta1, eps, true, {}, reflect));
   auto [g_act, g_w2, g_b2] = conv3x3_backward(k, gh2, act, p.w2, defined(p.b2), reflect, reflect,
                                               {true, mask[3], mask[4]});
   act.reset();
@@ -444,9 +443,9 @@ BlockGrads residual_block_backward_with(const InstanceNormLaunchers& k, const at
   if (reflect) g_act = fold_reflect_ring(g_act, h1c, fmt);
 
   // IN1 + ReLU.
-  auto [g_h1, d_gamma1, d_beta1] = instance_norm_relu_backward_with(
-      k.backward, g_act.contiguous(fmt), h1c, mean1, rstd1, p.gamma1, p.beta1, true,
-      {true, mask[5], mask[6]});
+  auto [g_h1, d_gamma1, d_beta1] =
+      instance_norm_relu_backward_with(k.backward, g_act.contiguous(fmt), h1c, mean1, rstd1,
+                                       p.gamma1, p.beta1, true, {true, mask[5], mask[6]});
   g_act.reset();
 
   // conv1, plus the identity path.

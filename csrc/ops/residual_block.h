@@ -82,37 +82,36 @@ BlockGrads residual_block_backward_with(const InstanceNormLaunchers& k, const at
 }  // namespace pyganx::ops
 
 // Registers the three residual-block ops for one dispatch key with its launchers.
-#define PYGANX_REGISTER_RESIDUAL_BLOCK(KEY, LAUNCHERS)                                          \
-  namespace {                                                                                  \
-  using pyganx::ops::OptTensor;                                                                \
-  at::Tensor residual_block_##KEY(const at::Tensor& x, const at::Tensor& w1, const OptTensor& b1, \
-                                  const at::Tensor& w2, const OptTensor& b2,                   \
-                                  const OptTensor& g1, const OptTensor& be1,                   \
-                                  const OptTensor& g2, const OptTensor& be2,                   \
-                                  c10::string_view padding, double eps) {                      \
-    return pyganx::ops::residual_block_with(LAUNCHERS, x, {w1, b1, w2, b2, g1, be1, g2, be2},  \
-                                            padding, eps);                                     \
-  }                                                                                            \
-  pyganx::ops::BlockForward residual_block_forward_##KEY(                                      \
-      const at::Tensor& x, const at::Tensor& w1, const OptTensor& b1, const at::Tensor& w2,    \
-      const OptTensor& b2, const OptTensor& g1, const OptTensor& be1, const OptTensor& g2,     \
-      const OptTensor& be2, c10::string_view padding, double eps) {                            \
-    return pyganx::ops::residual_block_forward_with(                                           \
-        LAUNCHERS, x, {w1, b1, w2, b2, g1, be1, g2, be2}, padding, eps);                       \
-  }                                                                                            \
-  pyganx::ops::BlockGrads residual_block_backward_##KEY(                                       \
-      const at::Tensor& gy, const at::Tensor& x, const at::Tensor& y, const at::Tensor& w1,    \
-      const OptTensor& b1, const at::Tensor& w2, const OptTensor& b2, const OptTensor& g1,     \
-      const OptTensor& be1, const OptTensor& g2, const OptTensor& be2, const at::Tensor& h1,   \
-      const at::Tensor& h2, const at::Tensor& m1, const at::Tensor& r1, const at::Tensor& m2, \
-      const at::Tensor& r2, c10::string_view padding, double eps, std::array<bool, 9> mask) {  \
-    return pyganx::ops::residual_block_backward_with(LAUNCHERS, gy, x, y,                      \
-                                                     {w1, b1, w2, b2, g1, be1, g2, be2}, h1,   \
-                                                     h2, m1, r1, m2, r2, padding, eps, mask);  \
-  }                                                                                            \
-  }                                                                                            \
-  TORCH_LIBRARY_IMPL(pyganx, KEY, m) {                                                         \
-    m.impl("residual_block", &residual_block_##KEY);                                           \
-    m.impl("_residual_block_forward", &residual_block_forward_##KEY);                          \
-    m.impl("_residual_block_backward", &residual_block_backward_##KEY);                        \
+#define PYGANX_REGISTER_RESIDUAL_BLOCK(KEY, LAUNCHERS)                                             \
+  namespace {                                                                                      \
+  using pyganx::ops::OptTensor;                                                                    \
+  at::Tensor residual_block_##KEY(const at::Tensor& x, const at::Tensor& w1, const OptTensor& b1,  \
+                                  const at::Tensor& w2, const OptTensor& b2, const OptTensor& g1,  \
+                                  const OptTensor& be1, const OptTensor& g2, const OptTensor& be2, \
+                                  c10::string_view padding, double eps) {                          \
+    return pyganx::ops::residual_block_with(LAUNCHERS, x, {w1, b1, w2, b2, g1, be1, g2, be2},      \
+                                            padding, eps);                                         \
+  }                                                                                                \
+  pyganx::ops::BlockForward residual_block_forward_##KEY(                                          \
+      const at::Tensor& x, const at::Tensor& w1, const OptTensor& b1, const at::Tensor& w2,        \
+      const OptTensor& b2, const OptTensor& g1, const OptTensor& be1, const OptTensor& g2,         \
+      const OptTensor& be2, c10::string_view padding, double eps) {                                \
+    return pyganx::ops::residual_block_forward_with(                                               \
+        LAUNCHERS, x, {w1, b1, w2, b2, g1, be1, g2, be2}, padding, eps);                           \
+  }                                                                                                \
+  pyganx::ops::BlockGrads residual_block_backward_##KEY(                                           \
+      const at::Tensor& gy, const at::Tensor& x, const at::Tensor& y, const at::Tensor& w1,        \
+      const OptTensor& b1, const at::Tensor& w2, const OptTensor& b2, const OptTensor& g1,         \
+      const OptTensor& be1, const OptTensor& g2, const OptTensor& be2, const at::Tensor& h1,       \
+      const at::Tensor& h2, const at::Tensor& m1, const at::Tensor& r1, const at::Tensor& m2,      \
+      const at::Tensor& r2, c10::string_view padding, double eps, std::array<bool, 9> mask) {      \
+    return pyganx::ops::residual_block_backward_with(LAUNCHERS, gy, x, y,                          \
+                                                     {w1, b1, w2, b2, g1, be1, g2, be2}, h1, h2,   \
+                                                     m1, r1, m2, r2, padding, eps, mask);          \
+  }                                                                                                \
+  }                                                                                                \
+  TORCH_LIBRARY_IMPL(pyganx, KEY, m) {                                                             \
+    m.impl("residual_block", &residual_block_##KEY);                                               \
+    m.impl("_residual_block_forward", &residual_block_forward_##KEY);                              \
+    m.impl("_residual_block_backward", &residual_block_backward_##KEY);                            \
   }

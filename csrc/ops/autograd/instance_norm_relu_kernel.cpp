@@ -19,35 +19,33 @@ using torch::autograd::variable_list;
 
 at::Tensor call_public(const at::Tensor& x, const OptTensor& w, const OptTensor& b, double eps,
                        bool relu) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("pyganx::instance_norm_relu", "")
-                             .typed<at::Tensor(const at::Tensor&, const OptTensor&,
-                                               const OptTensor&, double, bool)>();
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("pyganx::instance_norm_relu", "")
+          .typed<at::Tensor(const at::Tensor&, const OptTensor&, const OptTensor&, double, bool)>();
   return op.call(x, w, b, eps, relu);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> call_forward(const at::Tensor& x,
-                                                            const OptTensor& w,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> call_forward(const at::Tensor& x, const OptTensor& w,
                                                             const OptTensor& b, double eps,
                                                             bool relu) {
   static const auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("pyganx::_instance_norm_relu_forward", "")
-          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-              const at::Tensor&, const OptTensor&, const OptTensor&, double, bool)>();
+          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const OptTensor&,
+                                                                const OptTensor&, double, bool)>();
   return op.call(x, w, b, eps, relu);
 }
 
 std::tuple<OptTensor, OptTensor, OptTensor> call_backward(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& mean,
-    const at::Tensor& rstd, const OptTensor& w, const OptTensor& b, bool relu,
-    std::array<bool, 3> mask) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("pyganx::_instance_norm_relu_backward", "")
-                             .typed<std::tuple<OptTensor, OptTensor, OptTensor>(
-                                 const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                 const at::Tensor&, const OptTensor&, const OptTensor&, bool,
-                                 std::array<bool, 3>)>();
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd,
+    const OptTensor& w, const OptTensor& b, bool relu, std::array<bool, 3> mask) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("pyganx::_instance_norm_relu_backward", "")
+          .typed<std::tuple<OptTensor, OptTensor, OptTensor>(
+              const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+              const OptTensor&, const OptTensor&, bool, std::array<bool, 3>)>();
   return op.call(grad_out, x, mean, rstd, w, b, relu, mask);
 }
 
@@ -57,8 +55,8 @@ class InstanceNormReLUFunction : public torch::autograd::Function<InstanceNormRe
                                const OptTensor& bias, double eps, bool relu) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [out, mean, rstd] = call_forward(x, weight, bias, eps, relu);
-    ctx->save_for_backward({x, mean, rstd, weight.value_or(at::Tensor()),
-                            bias.value_or(at::Tensor())});
+    ctx->save_for_backward(
+        {x, mean, rstd, weight.value_or(at::Tensor()), bias.value_or(at::Tensor())});
     ctx->saved_data["relu"] = relu;
     ctx->mark_non_differentiable({mean, rstd});
     ctx->set_materialize_grads(false);  // mean and rstd get no zero-filled gradients

@@ -48,8 +48,8 @@ class ResidualBlockFunction : public torch::autograd::Function<ResidualBlockFunc
     static const auto op = handle<ForwardSig>("pyganx::_residual_block_forward");
     auto [y, h1, h2, m1, r1, m2, r2] = op.call(x, w1, b1, w2, b2, g1, be1, g2, be2, padding, eps);
     auto u = [](const OptTensor& t) { return t.value_or(T()); };
-    ctx->save_for_backward({x, y, w1, u(b1), w2, u(b2), u(g1), u(be1), u(g2), u(be2), h1, h2, m1,
-                            r1, m2, r2});
+    ctx->save_for_backward(
+        {x, y, w1, u(b1), w2, u(b2), u(g1), u(be1), u(g2), u(be2), h1, h2, m1, r1, m2, r2});
     ctx->saved_data["padding"] = padding;
     ctx->saved_data["eps"] = eps;
     // The backward uses the convolutions the forward used (Winograd or direct on CPU),
@@ -83,9 +83,17 @@ class ResidualBlockFunction : public torch::autograd::Function<ResidualBlockFunc
                      params[7], params[8], s[10], s[11], s[12], s[13], s[14], s[15], padding,
                      ctx->saved_data["eps"].toDouble(), mask);
     auto v = [](const OptTensor& t) { return t.value_or(T()); };
-    return {v(std::get<0>(g)), v(std::get<1>(g)), v(std::get<2>(g)), v(std::get<3>(g)),
-            v(std::get<4>(g)), v(std::get<5>(g)), v(std::get<6>(g)), v(std::get<7>(g)),
-            v(std::get<8>(g)), T(), T()};
+    return {v(std::get<0>(g)),
+            v(std::get<1>(g)),
+            v(std::get<2>(g)),
+            v(std::get<3>(g)),
+            v(std::get<4>(g)),
+            v(std::get<5>(g)),
+            v(std::get<6>(g)),
+            v(std::get<7>(g)),
+            v(std::get<8>(g)),
+            T(),
+            T()};
   }
 };
 

@@ -202,7 +202,8 @@ inline void span_moments(const T* p, int64_t len, double& mean_out, double& m2_o
   }
   acc_t sum = hsum((s0 + s1) + (s2 + s3));
   for (; i < len; ++i) sum += static_cast<acc_t>(p[i]) - shift;
-  const double mean = static_cast<double>(shift) + static_cast<double>(sum) / static_cast<double>(len);
+  const double mean =
+      static_cast<double>(shift) + static_cast<double>(sum) / static_cast<double>(len);
   const acc_t mean_r = static_cast<acc_t>(mean);
 
   const aVec vm(mean_r);
@@ -260,8 +261,7 @@ inline acc_t normalize_scalar(acc_t x, acc_t mh, acc_t ml, acc_t scale, acc_t bi
 
 template <typename acc_t, bool kRelu>
 inline Vectorized<acc_t> normalize_vec(const Vectorized<acc_t>& x, const Vectorized<acc_t>& mh,
-                                       const Vectorized<acc_t>& ml,
-                                       const Vectorized<acc_t>& scale,
+                                       const Vectorized<acc_t>& ml, const Vectorized<acc_t>& scale,
                                        const Vectorized<acc_t>& bias) {
   auto v = at::vec::fmadd((x - mh) - ml, scale, bias);
   if constexpr (kRelu) v = at::vec::maximum(v, Vectorized<acc_t>(acc_t(0)));
@@ -404,8 +404,8 @@ void forward_nchw(const InstanceNormForwardParams& p) {
   at::parallel_for(0, planes * chunks, task_grain(kChunk), [&](int64_t begin, int64_t end) {
     for (int64_t it = begin; it < end; ++it) {
       const int64_t q = it / chunks, s = (it % chunks) * kChunk;
-      span_apply<T, kRelu>(x + q * L + s, res_at(q * L + s), y + q * L + s,
-                           std::min(kChunk, L - s), nz[q], stream);
+      span_apply<T, kRelu>(x + q * L + s, res_at(q * L + s), y + q * L + s, std::min(kChunk, L - s),
+                           nz[q], stream);
     }
   });
 }
@@ -464,7 +464,7 @@ void rows_moments(const T* base, int64_t rows, int64_t C, double* cmean, double*
   constexpr int64_t w = aVec::size();
   buf.assign(3 * C, acc_t(0));
   acc_t* sum = buf.data();
-  acc_t* mu = buf.data() + C;     // shift in pass 1, rounded mean in pass 2
+  acc_t* mu = buf.data() + C;  // shift in pass 1, rounded mean in pass 2
   acc_t* first = buf.data() + 2 * C;
   for (int64_t c = 0; c < C; ++c) first[c] = static_cast<acc_t>(base[c]);
   for (int64_t r = 0; r < rows; ++r) {
@@ -476,7 +476,8 @@ void rows_moments(const T* base, int64_t rows, int64_t C, double* cmean, double*
         [&](int64_t c, acc_t v) { sum[c] += v - first[c]; });
   }
   for (int64_t c = 0; c < C; ++c) {
-    cmean[c] = static_cast<double>(first[c]) + static_cast<double>(sum[c]) / static_cast<double>(rows);
+    cmean[c] =
+        static_cast<double>(first[c]) + static_cast<double>(sum[c]) / static_cast<double>(rows);
     mu[c] = static_cast<acc_t>(cmean[c]);
     sum[c] = 0;  // reused for M2
   }
@@ -562,7 +563,9 @@ void forward_nhwc_apply_padded(const InstanceNormForwardParams& p, const RowBloc
   const T* x = static_cast<const T*>(p.x);
   T* y = static_cast<T*>(p.out);
   const int64_t C = p.C, L = p.HW, H = p.H, W = p.W, Wp = W + 2;
-  auto pixel = [&](int64_t n, int64_t hp, int64_t wp) { return y + ((n * (H + 2) + hp) * Wp + wp) * C; };
+  auto pixel = [&](int64_t n, int64_t hp, int64_t wp) {
+    return y + ((n * (H + 2) + hp) * Wp + wp) * C;
+  };
   at::parallel_for(0, rb.items, task_grain(rb.rows_per_item * C), [&](int64_t begin, int64_t end) {
     for (int64_t it = begin; it < end; ++it) {
       const int64_t n = rb.image(it), stop = rb.row_begin(it) + rb.row_count(it, L);
@@ -635,8 +638,8 @@ void forward_nhwc(const InstanceNormForwardParams& p) {
   at::parallel_for(0, rb.items, task_grain(rb.rows_per_item * C), [&](int64_t begin, int64_t end) {
     for (int64_t it = begin; it < end; ++it) {
       const int64_t n = rb.image(it), off = (n * L + rb.row_begin(it)) * C;
-      rows_apply<T, kRelu>(x + off, res ? res + off : nullptr, y + off, rb.row_count(it, L), C,
-                           cn, n * C);
+      rows_apply<T, kRelu>(x + off, res ? res + off : nullptr, y + off, rb.row_count(it, L), C, cn,
+                           n * C);
     }
   });
 }
@@ -663,15 +666,16 @@ inline void grad_terms(const Vectorized<acc_t>& g, const Vectorized<acc_t>& x,
   xhat = (x - mean) * rstd;
   if constexpr (kRelu) {
     const auto pre = at::vec::fmadd(xhat, w, b);
-    gm = Vectorized<acc_t>::blendv(Vectorized<acc_t>(acc_t(0)), g, pre > Vectorized<acc_t>(acc_t(0)));
+    gm = Vectorized<acc_t>::blendv(Vectorized<acc_t>(acc_t(0)), g,
+                                   pre > Vectorized<acc_t>(acc_t(0)));
   } else {
     gm = g;
   }
 }
 
 template <typename acc_t, bool kRelu>
-inline void grad_terms_scalar(acc_t g, acc_t x, acc_t mean, acc_t rstd, acc_t w, acc_t b,
-                              acc_t& gm, acc_t& xhat) {
+inline void grad_terms_scalar(acc_t g, acc_t x, acc_t mean, acc_t rstd, acc_t w, acc_t b, acc_t& gm,
+                              acc_t& xhat) {
   xhat = (x - mean) * rstd;
   gm = (!kRelu || xhat * w + b > acc_t(0)) ? g : acc_t(0);
 }
@@ -732,8 +736,8 @@ inline void span_grad_input(const T* g, const T* x, T* dx, int64_t len,
       },
       [&](int64_t i) {
         acc_t gms, xhs;
-        grad_terms_scalar<acc_t, kRelu>(static_cast<acc_t>(g[i]), static_cast<acc_t>(x[i]),
-                                        pl.mean, pl.rstd, pl.w, pl.b, gms, xhs);
+        grad_terms_scalar<acc_t, kRelu>(static_cast<acc_t>(g[i]), static_cast<acc_t>(x[i]), pl.mean,
+                                        pl.rstd, pl.w, pl.b, gms, xhs);
         return k * gms + c0 + c1 * xhs;
       });
 }
@@ -866,8 +870,8 @@ void backward_nhwc(const InstanceNormBackwardParams& p) {
       }
       for (; c < C; ++c) {
         acc_t gms, xhs;
-        grad_terms_scalar<acc_t, kRelu>(static_cast<acc_t>(gr[c]), static_cast<acc_t>(xr[c]),
-                                        mn[c], rs[c], wv[c], bv[c], gms, xhs);
+        grad_terms_scalar<acc_t, kRelu>(static_cast<acc_t>(gr[c]), static_cast<acc_t>(xr[c]), mn[c],
+                                        rs[c], wv[c], bv[c], gms, xhs);
         scalar_fn(off + r * C, n, c, gms, xhs);
       }
     }
@@ -920,11 +924,12 @@ void backward_nhwc(const InstanceNormBackwardParams& p) {
           [&](int64_t row_off, int64_t n, int64_t c, const aVec& gm0, const aVec& gm1,
               const aVec& xh0, const aVec& xh1) {
             const int64_t q = n * C + c;
-            const aVec d0 = at::vec::fmadd(aVec::loadu(&kv[q]), gm0,
-                                           at::vec::fmadd(aVec::loadu(&c1v[q]), xh0, aVec::loadu(&c0v[q])));
-            const aVec d1 =
-                at::vec::fmadd(aVec::loadu(&kv[q + w]), gm1,
-                               at::vec::fmadd(aVec::loadu(&c1v[q + w]), xh1, aVec::loadu(&c0v[q + w])));
+            const aVec d0 =
+                at::vec::fmadd(aVec::loadu(&kv[q]), gm0,
+                               at::vec::fmadd(aVec::loadu(&c1v[q]), xh0, aVec::loadu(&c0v[q])));
+            const aVec d1 = at::vec::fmadd(
+                aVec::loadu(&kv[q + w]), gm1,
+                at::vec::fmadd(aVec::loadu(&c1v[q + w]), xh1, aVec::loadu(&c0v[q + w])));
             Io<T>::store(dx + row_off + c, d0, d1);
           },
           [&](int64_t row_off, int64_t n, int64_t c, acc_t gms, acc_t xhs) {

@@ -18,10 +18,10 @@ namespace pyganx::cpu {
 struct InstanceNormForwardParams {
   const void* x = nullptr;
   void* out = nullptr;
-  void* mean = nullptr;          // [N * C], acc type
-  void* rstd = nullptr;          // [N * C], acc type
-  const void* weight = nullptr;  // [C], acc type, or null
-  const void* bias = nullptr;    // [C], acc type, or null
+  void* mean = nullptr;            // [N * C], acc type
+  void* rstd = nullptr;            // [N * C], acc type
+  const void* weight = nullptr;    // [C], acc type, or null
+  const void* bias = nullptr;      // [C], acc type, or null
   const void* residual = nullptr;  // same layout and dtype as x, or null: out += residual
   int64_t N = 0, C = 0, HW = 0;
   // pad_out: out has planes of (H + 2) x (W + 2) (NCHW) or rows of W + 2 pixels (NHWC),

@@ -17,8 +17,8 @@ namespace {
 
 const void* data_or_null(const at::Tensor& t) { return t.defined() ? t.const_data_ptr() : nullptr; }
 
-void launch_forward_cpu(const ops::InstanceNormInput& in, const at::Tensor& residual,
-                        bool pad_out, double eps, bool relu, at::Tensor& out, at::Tensor& mean,
+void launch_forward_cpu(const ops::InstanceNormInput& in, const at::Tensor& residual, bool pad_out,
+                        double eps, bool relu, at::Tensor& out, at::Tensor& mean,
                         at::Tensor& rstd) {
   InstanceNormForwardParams p;
   p.x = in.x.const_data_ptr();

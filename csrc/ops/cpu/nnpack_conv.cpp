@@ -37,16 +37,16 @@ int nnp_convolution_inference(int algorithm, int transform_strategy, size_t inpu
                               pyganx_nnp_size output_subsampling, const float* input,
                               const float* kernel, const float* bias, float* output,
                               void* workspace_buffer, size_t* workspace_size, int activation,
-                              const void* activation_parameters, void* threadpool,
-                              void* profile) __attribute__((weak));
+                              const void* activation_parameters, void* threadpool, void* profile)
+    __attribute__((weak));
 }
 
 namespace pyganx::ops {
 namespace {
 
-constexpr int kWinograd8x8 = 3;         // nnp_convolution_algorithm_wt8x8: F(6x6, 3x3)
-constexpr int kComputeTransforms = 1;   // nnp_convolution_transform_strategy_compute
-constexpr int kIdentity = 0;            // nnp_activation_identity
+constexpr int kWinograd8x8 = 3;        // nnp_convolution_algorithm_wt8x8: F(6x6, 3x3)
+constexpr int kComputeTransforms = 1;  // nnp_convolution_transform_strategy_compute
+constexpr int kIdentity = 0;           // nnp_activation_identity
 
 // One scratch buffer per thread, kept between calls (NNPACK wants 64-byte alignment);
 // allocating it per call would cost a page fault per 4 KiB with glibc's defaults.
@@ -78,7 +78,8 @@ std::optional<at::Tensor> nnpack_conv3x3_openmp(const at::Tensor& x, const at::T
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), O = w.size(0);
   const int64_t Ho = H + 2 * pad - 2, Wo = W + 2 * pad - 2;
   const at::Tensor xc = x.contiguous(), wc = w.contiguous();
-  const at::Tensor bc = b.has_value() && b->defined() ? b->contiguous() : at::zeros({O}, x.options());
+  const at::Tensor bc =
+      b.has_value() && b->defined() ? b->contiguous() : at::zeros({O}, x.options());
   at::Tensor y = at::empty({N, O, Ho, Wo}, x.options());
   const float* xp = xc.data_ptr<float>();
   const float* wp = wc.data_ptr<float>();

@@ -25,7 +25,11 @@ using namespace ops::ring;
 struct Geometry {
   int64_t N, C, O, H, W, L;
   Geometry(const at::Tensor& x, const at::Tensor& w)
-      : N(x.size(0)), C(x.size(1)), O(w.size(0)), H(x.size(2)), W(x.size(3)),
+      : N(x.size(0)),
+        C(x.size(1)),
+        O(w.size(0)),
+        H(x.size(2)),
+        W(x.size(3)),
         L(columns(x.size(2), x.size(3))) {}
   int64_t length(int g) const { return ops::ring::length(g, H, W); }
 };

@@ -138,8 +138,8 @@ __device__ __forceinline__ void grad_terms(acc_t g, acc_t x, acc_t mean, acc_t r
 }
 
 template <typename acc_t>
-__device__ __forceinline__ void plane_affine(const acc_t* w, const acc_t* b, int64_t c,
-                                             acc_t& wc, acc_t& bc) {
+__device__ __forceinline__ void plane_affine(const acc_t* w, const acc_t* b, int64_t c, acc_t& wc,
+                                             acc_t& bc) {
   wc = w ? w[c] : acc_t(1);
   bc = b ? b[c] : acc_t(0);
 }
@@ -150,8 +150,8 @@ __device__ __forceinline__ void plane_affine(const acc_t* w, const acc_t* b, int
 // column 1, column W + 1 column W - 2 (corners both ways).
 template <typename T, bool CL>
 __device__ __forceinline__ void store_reflect_padded(T* __restrict__ y, int64_t img, int64_t c,
-                                                     int64_t pix, int64_t H, int64_t W,
-                                                     int64_t C, T v) {
+                                                     int64_t pix, int64_t H, int64_t W, int64_t C,
+                                                     T v) {
   const int64_t h = pix / W, w = pix % W, Wp = W + 2;
   auto put = [&](int64_t hp, int64_t wp) {
     const int64_t at = (img * (H + 2) + hp) * Wp + wp;
@@ -178,8 +178,7 @@ __device__ __forceinline__ void store_reflect_padded(T* __restrict__ y, int64_t 
 // PAD: y is reflection-padded (store_reflect_padded); needs VEC == 1.
 template <typename T, int VEC, bool RELU, bool PAD>
 __global__ void forward_plane_kernel(const T* __restrict__ x, const T* __restrict__ res,
-                                     T* __restrict__ y,
-                                     at::opmath_type<T>* __restrict__ mean_out,
+                                     T* __restrict__ y, at::opmath_type<T>* __restrict__ mean_out,
                                      at::opmath_type<T>* __restrict__ rstd_out,
                                      const at::opmath_type<T>* __restrict__ weight,
                                      const at::opmath_type<T>* __restrict__ bias, int64_t L,
@@ -233,15 +232,12 @@ __global__ void forward_plane_kernel(const T* __restrict__ x, const T* __restric
 }
 
 template <typename T, int VEC, bool RELU>
-__global__ void backward_plane_kernel(const T* __restrict__ g, const T* __restrict__ x,
-                                      T* __restrict__ dx,
-                                      const at::opmath_type<T>* __restrict__ mean,
-                                      const at::opmath_type<T>* __restrict__ rstd,
-                                      const at::opmath_type<T>* __restrict__ weight,
-                                      const at::opmath_type<T>* __restrict__ bias,
-                                      at::opmath_type<T>* __restrict__ sum_dy,
-                                      at::opmath_type<T>* __restrict__ sum_dy_xhat, int64_t L,
-                                      int64_t C) {
+__global__ void backward_plane_kernel(
+    const T* __restrict__ g, const T* __restrict__ x, T* __restrict__ dx,
+    const at::opmath_type<T>* __restrict__ mean, const at::opmath_type<T>* __restrict__ rstd,
+    const at::opmath_type<T>* __restrict__ weight, const at::opmath_type<T>* __restrict__ bias,
+    at::opmath_type<T>* __restrict__ sum_dy, at::opmath_type<T>* __restrict__ sum_dy_xhat,
+    int64_t L, int64_t C) {
   using acc_t = at::opmath_type<T>;
   __shared__ acc_t s_k, s_c0, s_c1;
   const int64_t plane = blockIdx.x;
@@ -259,8 +255,8 @@ __global__ void backward_plane_kernel(const T* __restrict__ g, const T* __restri
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
       acc_t gm, xh;
-      grad_terms<acc_t, RELU>(static_cast<acc_t>(gk.v[j]), static_cast<acc_t>(xk.v[j]), mu, rs,
-                              wc, bc, gm, xh);
+      grad_terms<acc_t, RELU>(static_cast<acc_t>(gk.v[j]), static_cast<acc_t>(xk.v[j]), mu, rs, wc,
+                              bc, gm, xh);
       s.a += gm;
       s.b += gm * xh;
     }
@@ -285,8 +281,8 @@ __global__ void backward_plane_kernel(const T* __restrict__ g, const T* __restri
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
       acc_t gm, xh;
-      grad_terms<acc_t, RELU>(static_cast<acc_t>(gk.v[j]), static_cast<acc_t>(xk.v[j]), mu, rs,
-                              wc, bc, gm, xh);
+      grad_terms<acc_t, RELU>(static_cast<acc_t>(gk.v[j]), static_cast<acc_t>(xk.v[j]), mu, rs, wc,
+                              bc, gm, xh);
       out.v[j] = static_cast<T>(k * gm + c0 + c1 * xh);
     }
     reinterpret_cast<Pack<T, VEC>*>(dp)[i] = out;
@@ -384,14 +380,11 @@ __global__ void partial_nhwc_kernel(Visitor visit, Acc3<acc_t>* __restrict__ par
 // y = ((x - pivot) - mean) * scale + bias. (Not x * scale + shift: that cancels
 // catastrophically for data with a large offset.)
 template <typename T, bool CL>
-__global__ void finalize_stats_kernel(const T* __restrict__ x,
-                                      const Acc3<at::opmath_type<T>>* __restrict__ partial, int64_t S,
-                                      int64_t planes, int64_t C, int64_t L, double eps,
-                                      const at::opmath_type<T>* __restrict__ weight,
-                                      const at::opmath_type<T>* __restrict__ bias,
-                                      at::opmath_type<T>* __restrict__ mean,
-                                      at::opmath_type<T>* __restrict__ rstd,
-                                      at::opmath_type<T>* __restrict__ norm) {
+__global__ void finalize_stats_kernel(
+    const T* __restrict__ x, const Acc3<at::opmath_type<T>>* __restrict__ partial, int64_t S,
+    int64_t planes, int64_t C, int64_t L, double eps, const at::opmath_type<T>* __restrict__ weight,
+    const at::opmath_type<T>* __restrict__ bias, at::opmath_type<T>* __restrict__ mean,
+    at::opmath_type<T>* __restrict__ rstd, at::opmath_type<T>* __restrict__ norm) {
   using acc_t = at::opmath_type<T>;
   const int64_t q = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (q >= planes) return;
@@ -445,10 +438,9 @@ __device__ __forceinline__ int64_t plane_of(int64_t e, int64_t L, int64_t C) {
 }
 
 template <typename T, int VEC, bool RELU, bool CL, bool PAD>
-__global__ void apply_kernel(const T* __restrict__ x, const T* __restrict__ res,
-                             T* __restrict__ y,
-                             const at::opmath_type<T>* __restrict__ norm, int64_t total,
-                             int64_t L, int64_t C, int64_t H, int64_t W) {
+__global__ void apply_kernel(const T* __restrict__ x, const T* __restrict__ res, T* __restrict__ y,
+                             const at::opmath_type<T>* __restrict__ norm, int64_t total, int64_t L,
+                             int64_t C, int64_t H, int64_t W) {
   static_assert(!PAD || VEC == 1, "a padded output is written element by element");
   using acc_t = at::opmath_type<T>;
   const int64_t nvec = total / VEC;
@@ -575,10 +567,10 @@ void launch_partial(const InstanceNormInput& in, const Visitor& visit, Acc3<acc_
   if (in.channels_last) {
     const int64_t blocks = checked_blocks(in.N * ceil_div(in.C, 32) * sp.S);
     partial_nhwc_kernel<<<blocks, dim3(32, 8), 0, stream>>>(visit, partial, in.HW, in.C, sp.S,
-                                                             sp.seg);
+                                                            sp.seg);
   } else {
-    partial_nchw_kernel<<<checked_blocks(in.N * in.C * sp.S), kThreads, 0, stream>>>(visit, partial, in.HW, sp.S,
-                                                                     sp.seg);
+    partial_nchw_kernel<<<checked_blocks(in.N * in.C * sp.S), kThreads, 0, stream>>>(
+        visit, partial, in.HW, sp.S, sp.seg);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -595,71 +587,71 @@ void launch_forward_cuda(const InstanceNormInput& in, const at::Tensor& residual
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int sms = sm_count(in.x.get_device());
   const int64_t planes = in.N * in.C, L = in.HW, total = planes * L;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.x.scalar_type(),
-                                  "pyganx.instance_norm_relu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const auto* x = in.x.const_data_ptr<scalar_t>();
-    auto* y = out.mutable_data_ptr<scalar_t>();
-    const auto* res = static_cast<const scalar_t*>(ptr_or_null(residual));
-    const auto* w = static_cast<const acc_t*>(ptr_or_null(in.weight));
-    const auto* b = static_cast<const acc_t*>(ptr_or_null(in.bias));
-    auto* mu = mean.mutable_data_ptr<acc_t>();
-    auto* rs = rstd.mutable_data_ptr<acc_t>();
-    if (use_plane_kernels(in, sms)) {
-      if (pad_out) {
-        with_bool(relu, [&](auto r) {
-          forward_plane_kernel<scalar_t, 1, decltype(r)::value, true>
-              <<<checked_blocks(planes), plane_threads(L), 0, stream>>>(
-                  x, nullptr, y, mu, rs, w, b, L, in.C, eps, in.H, in.W);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        });
-        return;
-      }
-      with_vec<scalar_t>(can_vectorize<scalar_t>(L, {x, y, res}), [&](auto vec) {
-        with_bool(relu, [&](auto r) {
-          forward_plane_kernel<scalar_t, decltype(vec)::value, decltype(r)::value, false>
-              <<<checked_blocks(planes), plane_threads(L), 0, stream>>>(x, res, y, mu, rs, w, b, L,
-                                                                        in.C, eps, in.H, in.W);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        });
-      });
-      return;
-    }
-    const Split sp = split_of(in, sms);
-    auto partial = at::empty({planes * sp.S * 3}, mean.options());
-    auto norm = at::empty({planes * 4}, mean.options());
-    auto* part = reinterpret_cast<Acc3<acc_t>*>(partial.mutable_data_ptr<acc_t>());
-    with_bool(in.channels_last, [&](auto cl) {
-      constexpr bool CL = decltype(cl)::value;
-      launch_partial(in, StatsVisitor<scalar_t, CL>{x, L, in.C}, part, sp, stream);
-      finalize_stats_kernel<scalar_t, CL><<<ceil_div(planes, kThreads), kThreads, 0, stream>>>(
-          x, part, sp.S, planes, in.C, L, eps, w, b, mu, rs, norm.mutable_data_ptr<acc_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-    const auto* nm = norm.const_data_ptr<acc_t>();
-    if (pad_out) {
-      with_bool(relu, [&](auto r) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, in.x.scalar_type(), "pyganx.instance_norm_relu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const auto* x = in.x.const_data_ptr<scalar_t>();
+        auto* y = out.mutable_data_ptr<scalar_t>();
+        const auto* res = static_cast<const scalar_t*>(ptr_or_null(residual));
+        const auto* w = static_cast<const acc_t*>(ptr_or_null(in.weight));
+        const auto* b = static_cast<const acc_t*>(ptr_or_null(in.bias));
+        auto* mu = mean.mutable_data_ptr<acc_t>();
+        auto* rs = rstd.mutable_data_ptr<acc_t>();
+        if (use_plane_kernels(in, sms)) {
+          if (pad_out) {
+            with_bool(relu, [&](auto r) {
+              forward_plane_kernel<scalar_t, 1, decltype(r)::value, true>
+                  <<<checked_blocks(planes), plane_threads(L), 0, stream>>>(
+                      x, nullptr, y, mu, rs, w, b, L, in.C, eps, in.H, in.W);
+              C10_CUDA_KERNEL_LAUNCH_CHECK();
+            });
+            return;
+          }
+          with_vec<scalar_t>(can_vectorize<scalar_t>(L, {x, y, res}), [&](auto vec) {
+            with_bool(relu, [&](auto r) {
+              forward_plane_kernel<scalar_t, decltype(vec)::value, decltype(r)::value, false>
+                  <<<checked_blocks(planes), plane_threads(L), 0, stream>>>(
+                      x, res, y, mu, rs, w, b, L, in.C, eps, in.H, in.W);
+              C10_CUDA_KERNEL_LAUNCH_CHECK();
+            });
+          });
+          return;
+        }
+        const Split sp = split_of(in, sms);
+        auto partial = at::empty({planes * sp.S * 3}, mean.options());
+        auto norm = at::empty({planes * 4}, mean.options());
+        auto* part = reinterpret_cast<Acc3<acc_t>*>(partial.mutable_data_ptr<acc_t>());
         with_bool(in.channels_last, [&](auto cl) {
-          apply_kernel<scalar_t, 1, decltype(r)::value, decltype(cl)::value, true>
-              <<<apply_blocks(total, sms), kThreads, 0, stream>>>(x, nullptr, y, nm, total, L,
-                                                                  in.C, in.H, in.W);
+          constexpr bool CL = decltype(cl)::value;
+          launch_partial(in, StatsVisitor<scalar_t, CL>{x, L, in.C}, part, sp, stream);
+          finalize_stats_kernel<scalar_t, CL><<<ceil_div(planes, kThreads), kThreads, 0, stream>>>(
+              x, part, sp.S, planes, in.C, L, eps, w, b, mu, rs, norm.mutable_data_ptr<acc_t>());
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
-      });
-      return;
-    }
-    with_vec<scalar_t>(can_vectorize<scalar_t>(total, {x, y, res}), [&](auto vec) {
-      with_bool(relu, [&](auto r) {
-        with_bool(in.channels_last, [&](auto cl) {
-          constexpr int V = decltype(vec)::value;
-          apply_kernel<scalar_t, V, decltype(r)::value, decltype(cl)::value, false>
-              <<<apply_blocks(total / V, sms), kThreads, 0, stream>>>(x, res, y, nm, total, L,
+        const auto* nm = norm.const_data_ptr<acc_t>();
+        if (pad_out) {
+          with_bool(relu, [&](auto r) {
+            with_bool(in.channels_last, [&](auto cl) {
+              apply_kernel<scalar_t, 1, decltype(r)::value, decltype(cl)::value, true>
+                  <<<apply_blocks(total, sms), kThreads, 0, stream>>>(x, nullptr, y, nm, total, L,
                                                                       in.C, in.H, in.W);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+              C10_CUDA_KERNEL_LAUNCH_CHECK();
+            });
+          });
+          return;
+        }
+        with_vec<scalar_t>(can_vectorize<scalar_t>(total, {x, y, res}), [&](auto vec) {
+          with_bool(relu, [&](auto r) {
+            with_bool(in.channels_last, [&](auto cl) {
+              constexpr int V = decltype(vec)::value;
+              apply_kernel<scalar_t, V, decltype(r)::value, decltype(cl)::value, false>
+                  <<<apply_blocks(total / V, sms), kThreads, 0, stream>>>(x, res, y, nm, total, L,
+                                                                          in.C, in.H, in.W);
+              C10_CUDA_KERNEL_LAUNCH_CHECK();
+            });
+          });
         });
       });
-    });
-  });
 }
 
 void launch_backward_cuda(const InstanceNormInput& in, const at::Tensor& grad_out,
@@ -669,56 +661,59 @@ void launch_backward_cuda(const InstanceNormInput& in, const at::Tensor& grad_ou
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int sms = sm_count(in.x.get_device());
   const int64_t planes = in.N * in.C, L = in.HW, total = planes * L;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.x.scalar_type(),
-                                  "pyganx._instance_norm_relu_backward", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const auto* x = in.x.const_data_ptr<scalar_t>();
-    const auto* g = grad_out.const_data_ptr<scalar_t>();
-    auto* dx = grad_x.defined() ? grad_x.mutable_data_ptr<scalar_t>() : nullptr;
-    const auto* w = static_cast<const acc_t*>(ptr_or_null(in.weight));
-    const auto* b = static_cast<const acc_t*>(ptr_or_null(in.bias));
-    const auto* mu = mean.const_data_ptr<acc_t>();
-    const auto* rs = rstd.const_data_ptr<acc_t>();
-    auto* sdy = sum_dy.mutable_data_ptr<acc_t>();
-    auto* sdyx = sum_dy_xhat.mutable_data_ptr<acc_t>();
-    if (use_plane_kernels(in, sms)) {
-      with_vec<scalar_t>(can_vectorize<scalar_t>(L, {x, g, dx}), [&](auto vec) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, in.x.scalar_type(), "pyganx._instance_norm_relu_backward", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const auto* x = in.x.const_data_ptr<scalar_t>();
+        const auto* g = grad_out.const_data_ptr<scalar_t>();
+        auto* dx = grad_x.defined() ? grad_x.mutable_data_ptr<scalar_t>() : nullptr;
+        const auto* w = static_cast<const acc_t*>(ptr_or_null(in.weight));
+        const auto* b = static_cast<const acc_t*>(ptr_or_null(in.bias));
+        const auto* mu = mean.const_data_ptr<acc_t>();
+        const auto* rs = rstd.const_data_ptr<acc_t>();
+        auto* sdy = sum_dy.mutable_data_ptr<acc_t>();
+        auto* sdyx = sum_dy_xhat.mutable_data_ptr<acc_t>();
+        if (use_plane_kernels(in, sms)) {
+          with_vec<scalar_t>(can_vectorize<scalar_t>(L, {x, g, dx}), [&](auto vec) {
+            with_bool(relu, [&](auto r) {
+              backward_plane_kernel<scalar_t, decltype(vec)::value, decltype(r)::value>
+                  <<<checked_blocks(planes), plane_threads(L), 0, stream>>>(g, x, dx, mu, rs, w, b,
+                                                                            sdy, sdyx, L, in.C);
+              C10_CUDA_KERNEL_LAUNCH_CHECK();
+            });
+          });
+          return;
+        }
+        const Split sp = split_of(in, sms);
+        auto partial = at::empty({planes * sp.S * 3}, mean.options());
+        auto coef_buf =
+            at::empty({planes * static_cast<int64_t>(sizeof(GradCoef<acc_t>) / sizeof(acc_t))},
+                      mean.options());
+        auto* part = reinterpret_cast<Acc3<acc_t>*>(partial.mutable_data_ptr<acc_t>());
+        auto* coef = reinterpret_cast<GradCoef<acc_t>*>(coef_buf.mutable_data_ptr<acc_t>());
+        const int64_t pblocks = ceil_div(planes, kThreads);
+        grad_coef_kernel<<<pblocks, kThreads, 0, stream>>>(mu, rs, w, b, planes, in.C, coef);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
         with_bool(relu, [&](auto r) {
-          backward_plane_kernel<scalar_t, decltype(vec)::value, decltype(r)::value>
-              <<<checked_blocks(planes), plane_threads(L), 0, stream>>>(g, x, dx, mu, rs, w, b, sdy, sdyx, L,
-                                                        in.C);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          launch_partial(in, GradVisitor<scalar_t, decltype(r)::value>{g, x, coef}, part, sp,
+                         stream);
+        });
+        finalize_grad_kernel<<<pblocks, kThreads, 0, stream>>>(part, sp.S, planes, L, sdy, sdyx,
+                                                               coef);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        if (dx == nullptr) return;
+        with_vec<scalar_t>(can_vectorize<scalar_t>(total, {x, g, dx}), [&](auto vec) {
+          with_bool(relu, [&](auto r) {
+            with_bool(in.channels_last, [&](auto cl) {
+              constexpr int V = decltype(vec)::value;
+              grad_apply_kernel<scalar_t, V, decltype(r)::value, decltype(cl)::value>
+                  <<<apply_blocks(total / V, sms), kThreads, 0, stream>>>(g, x, dx, coef, total, L,
+                                                                          in.C);
+              C10_CUDA_KERNEL_LAUNCH_CHECK();
+            });
+          });
         });
       });
-      return;
-    }
-    const Split sp = split_of(in, sms);
-    auto partial = at::empty({planes * sp.S * 3}, mean.options());
-    auto coef_buf = at::empty({planes * static_cast<int64_t>(sizeof(GradCoef<acc_t>) / sizeof(acc_t))},
-                              mean.options());
-    auto* part = reinterpret_cast<Acc3<acc_t>*>(partial.mutable_data_ptr<acc_t>());
-    auto* coef = reinterpret_cast<GradCoef<acc_t>*>(coef_buf.mutable_data_ptr<acc_t>());
-    const int64_t pblocks = ceil_div(planes, kThreads);
-    grad_coef_kernel<<<pblocks, kThreads, 0, stream>>>(mu, rs, w, b, planes, in.C, coef);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    with_bool(relu, [&](auto r) {
-      launch_partial(in, GradVisitor<scalar_t, decltype(r)::value>{g, x, coef}, part, sp, stream);
-    });
-    finalize_grad_kernel<<<pblocks, kThreads, 0, stream>>>(part, sp.S, planes, L, sdy, sdyx, coef);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if (dx == nullptr) return;
-    with_vec<scalar_t>(can_vectorize<scalar_t>(total, {x, g, dx}), [&](auto vec) {
-      with_bool(relu, [&](auto r) {
-        with_bool(in.channels_last, [&](auto cl) {
-          constexpr int V = decltype(vec)::value;
-          grad_apply_kernel<scalar_t, V, decltype(r)::value, decltype(cl)::value>
-              <<<apply_blocks(total / V, sms), kThreads, 0, stream>>>(g, x, dx, coef, total, L,
-                                                                      in.C);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        });
-      });
-    });
-  });
 }
 
 }  // namespace

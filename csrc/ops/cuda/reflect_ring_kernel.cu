@@ -141,10 +141,9 @@ __device__ __forceinline__ bool source_position(int64_t p, int64_t H, int64_t W,
 }
 
 template <typename T>
-__global__ void ring_grad_input_kernel(T* __restrict__ gx, Strides4 gxs,
-                                       const T* __restrict__ g, Strides4 gs,
-                                       const T* __restrict__ w, int64_t N, int64_t O, int64_t C,
-                                       int64_t H, int64_t W) {
+__global__ void ring_grad_input_kernel(T* __restrict__ gx, Strides4 gxs, const T* __restrict__ g,
+                                       Strides4 gs, const T* __restrict__ w, int64_t N, int64_t O,
+                                       int64_t C, int64_t H, int64_t W) {
   using acc_t = at::opmath_type<T>;
   const int64_t S = 2 * W + 2 * H;
   const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
@@ -185,9 +184,9 @@ __global__ void ring_grad_input_kernel(T* __restrict__ gx, Strides4 gxs,
 }
 
 template <typename T>
-__global__ void ring_grad_weight_kernel(T* __restrict__ gw, const T* __restrict__ g,
-                                        Strides4 gs, const T* __restrict__ x, Strides4 xs,
-                                        int64_t N, int64_t O, int64_t C, int64_t H, int64_t W) {
+__global__ void ring_grad_weight_kernel(T* __restrict__ gw, const T* __restrict__ g, Strides4 gs,
+                                        const T* __restrict__ x, Strides4 xs, int64_t N, int64_t O,
+                                        int64_t C, int64_t H, int64_t W) {
   using acc_t = at::opmath_type<T>;
   const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (idx >= O * C * 9) return;
@@ -203,8 +202,9 @@ __global__ void ring_grad_weight_kernel(T* __restrict__ gw, const T* __restrict_
       border_position(p, H, W, i, j);
       const int64_t a = i + ky - 1, b = j + kx - 1;
       if (!outside(a, b, H, W)) continue;
-      acc += static_cast<acc_t>(g[n * gs.n + o * gs.c + i * gs.h + j * gs.w]) *
-             static_cast<acc_t>(x[n * xs.n + c * xs.c + reflect(a, H) * xs.h + reflect(b, W) * xs.w]);
+      acc +=
+          static_cast<acc_t>(g[n * gs.n + o * gs.c + i * gs.h + j * gs.w]) *
+          static_cast<acc_t>(x[n * xs.n + c * xs.c + reflect(a, H) * xs.h + reflect(b, W) * xs.w]);
     }
   }
   T* out = gw + (o * C + c) * 9 + t;
@@ -232,16 +232,16 @@ void ring_forward_cuda(at::Tensor& h, const at::Tensor& x, const at::Tensor& w_i
         K.mutable_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), O, C);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     gather_lines_kernel<scalar_t><<<blocks_for(U.numel()), kRingThreads, 0, stream>>>(
-        U.mutable_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), strides_of(x), N, C, H,
-        W, L);
+        U.mutable_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), strides_of(x), N, C, H, W, L);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   const at::Tensor R = at::bmm(K, U);  // (4, O, N L), on the current stream
   TORCH_INTERNAL_ASSERT(R.is_contiguous(), "pyganx.residual_block: ring products not contiguous");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pyganx.ring", [&] {
-    add_border_kernel<scalar_t><<<blocks_for(N * O * (2 * W + 2 * (H - 2))), kRingThreads, 0,
-                                  stream>>>(h.mutable_data_ptr<scalar_t>(), strides_of(h),
-                                            R.const_data_ptr<scalar_t>(), N, O, H, W, L);
+    add_border_kernel<scalar_t>
+        <<<blocks_for(N * O * (2 * W + 2 * (H - 2))), kRingThreads, 0, stream>>>(
+            h.mutable_data_ptr<scalar_t>(), strides_of(h), R.const_data_ptr<scalar_t>(), N, O, H, W,
+            L);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
