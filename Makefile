@@ -6,6 +6,8 @@
 #                 the runtime's tests in a second, torch-free venv (.venv-runtime) holding only
 #                 pyganx-runtime (installs chromium + chromium-driver with apt when missing:
 #                 the browser test)
+#   make lint     ruff, mypy on the plugin API and pyganx-runtime, clang-format on csrc/ (make test
+#                 runs it first)
 #   make bench    the benchmark suites (results go to benchmarks/RESULTS.md by hand)
 #
 # Options: USE_SYSTEM_TORCH=1 builds into the interpreter's own environment and uses
@@ -50,7 +52,12 @@ DEPS := numpy ninja setuptools wheel pillow tqdm pytest pytest-benchmark scikit-
   onnx onnxscript onnxruntime starlette uvicorn python-multipart prometheus-client httpx selenium \
   torchvision==0.29.1 scipy pytorch-fid torch-fidelity clean-fid
 
-.PHONY: help setup build test pytest runtime-test cmake-test browser demo demo-dcgan demo-cgan demo-cut demo-fastcut \
+# Lint: pinned tools, installed into the same environment (mypy reads torch's types there).
+LINT_DEPS := ruff==0.17.6 mypy==2.4.1 clang-format==19.1.7
+MYPY_FILES := pyganx/plugin.py pyganx/registry.py pyganx/flags.py pyganx/engine/context.py runtime/pyganx_runtime
+CLANG_FORMAT = $(PY) -c 'import sys, clang_format; sys.exit(clang_format.clang_format())'
+
+.PHONY: help setup build lint test pytest runtime-test cmake-test browser demo demo-dcgan demo-cgan demo-cut demo-fastcut \
   demo-stargan bench clean
 
 help:
@@ -86,6 +93,17 @@ $(STAMPS)/build: $(STAMPS)/venv-$(USE_SYSTEM_TORCH) $(SOURCES)
 setup: $(STAMPS)/build
 build: $(STAMPS)/build
 
+# --- lint --------------------------------------------------------------------
+$(STAMPS)/lint-tools: $(STAMPS)/venv-$(USE_SYSTEM_TORCH)
+	$(PY) -m pip install -q $(LINT_DEPS)
+	@touch $@
+
+lint: $(STAMPS)/lint-tools
+	$(PY) -m ruff check .
+	$(PY) -m mypy $(MYPY_FILES)
+	find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' | sort | xargs $(CLANG_FORMAT) --dry-run --Werror
+	@echo "lint: ruff, mypy and clang-format found nothing"
+
 # --- tests -------------------------------------------------------------------
 TORCH_PREFIX = $(shell $(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')
 SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
@@ -119,7 +137,7 @@ runtime-test: $(STAMPS)/build $(STAMPS)/venv-runtime browser
 	  || { tail -n 40 build/runtime-models.log; exit 1; }
 	PYGANX_TEST_MODELS=build/runtime-models PYGANX_TORCH_FREE=1 $(RPY) -m pytest runtime/tests -q -p no:cacheprovider
 
-test: $(STAMPS)/build cmake-test browser pytest runtime-test
+test: lint $(STAMPS)/build cmake-test browser pytest runtime-test
 
 # The web page of `pyganx serve` is tested in headless Chromium: Debian's chromium and
 # chromium-driver, installed with apt when missing (CI runs as root; elsewhere sudo).

@@ -180,3 +180,43 @@ def test_the_checks_see_a_planted_upward_import_and_cycle(tmp_path, monkeypatch)
         test_imports_run_downward()
     with pytest.raises(AssertionError, match="import cycle"):
         test_no_import_cycle()
+
+
+#: Where a module or function of the repository's Python grows past one job (style.md):
+#: more lines than these say it should be split along the seam of its second job.
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 450, 100
+SOURCE_FOLDERS = ["pyganx", "plugins", "runtime", "tests", "benchmarks", "examples", "docs"]
+
+
+def _python_files():
+    for folder in SOURCE_FOLDERS:
+        yield from sorted(p for p in (ROOT / folder).rglob("*.py") if "build" not in p.parts)
+
+
+def _too_long(paths) -> list[str]:
+    found = []
+    for path in paths:
+        text = path.read_text()
+        lines = text.count("\n") + (not text.endswith("\n") and bool(text))
+        if lines > MAX_MODULE_LINES:
+            found.append(f"{path.relative_to(ROOT)}: {lines} lines")
+        for node in ast.walk(ast.parse(text, str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                size = node.end_lineno - node.lineno + 1
+                if size > MAX_FUNCTION_LINES:
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}(): {size} lines")
+    return found
+
+
+def test_no_module_or_function_has_grown_past_one_job():
+    assert not _too_long(_python_files()), "split these along their second job:\n" + "\n".join(
+        _too_long(_python_files()))
+
+
+def test_the_size_check_sees_a_long_function_and_module(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    (tmp_path / "long.py").write_text(f"def f():\n{body}\n" + "\n" * (MAX_MODULE_LINES - MAX_FUNCTION_LINES))
+    (tmp_path / "fine.py").write_text("def g():\n    return 1\n")
+    found = _too_long([tmp_path / "long.py", tmp_path / "fine.py"])
+    assert found == [f"long.py: {MAX_MODULE_LINES + 1} lines", f"long.py:1 f(): {MAX_FUNCTION_LINES + 1} lines"]
