@@ -60,6 +60,7 @@ from . import _extension
 from ._paths import cache_dir
 from ._version import __version__
 from .errors import UsageError
+from .ops.layout import channels_last_output
 
 MODES = ("auto", "fused", "reference")
 MODE_ENV = "PYGANX_IMPL"
@@ -235,7 +236,7 @@ def reset() -> None:
 # --- keys ----------------------------------------------------------------------------
 
 def _layout(x: Tensor) -> str:
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+    if channels_last_output(x):
         return "channels_last"
     return "contiguous" if x.is_contiguous() else "strided"
 

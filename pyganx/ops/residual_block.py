@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .. import _extension
 from . import _reference
-from .instance_norm_relu import empty_output
+from .layout import empty_output
 
 
 def residual_block(x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None,
