@@ -571,31 +571,3 @@ def describe(device: torch.device | str = "cpu") -> dict:
     return {"mode": _state.mode, "measuring": _state.measuring, "error_multiple": error_multiple(),
             "device": device_name(device), "cache": str(cache_path(device)),
             "decisions": [{"key": k, "choice": d.choice, "why": d.why()} for k, d in sorted(rows.items())]}
-
-
-# --- the ops' candidates ---------------------------------------------------------------
-
-@contextlib.contextmanager
-def winograd_local(enabled: bool) -> Iterator[None]:
-    """On this thread, the residual block runs its convolutions with (True) or without
-    Winograd; its backward follows what its forward used."""
-    mod = _extension._module
-    if mod is None:
-        yield
-        return
-    previous = mod._set_cpu_winograd_local(1 if enabled else 0)
-    try:
-        yield
-    finally:
-        mod._set_cpu_winograd_local(previous)
-
-
-def winograd_applies(x: Tensor) -> bool:
-    """Whether the residual block's built-in gate sends this input's convolutions to
-    NNPACK's Winograd (mirrors use_winograd() in csrc/ops/residual_block.cpp)."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or not x.is_contiguous():
-        return False
-    if x.shape[1] < 128 or min(x.shape[2], x.shape[3]) < 48:
-        return False
-    from .ops import cpu_winograd_enabled
-    return cpu_winograd_enabled() and torch.backends.nnpack.is_available()

@@ -15,7 +15,7 @@ import torch
 import pyganx
 from pyganx import tuning
 from pyganx.nn import InstanceNormReLU, ResidualBlock, ResnetGenerator
-from pyganx.ops import reference
+from pyganx.ops import reference, winograd_applies, winograd_local
 
 needs_ext = pytest.mark.skipif(not pyganx.extension_available(), reason="needs the compiled extension")
 
@@ -171,7 +171,7 @@ def test_every_block_implementation_meets_the_contract_against_float64(shape, tr
     params = _block_params(auto)
     cands = {"reference": lambda t, p: reference.residual_block(t, *p, "reflect", 1e-5),
              "fused": lambda t, p: _winograd(False, t, p)}
-    if tuning.winograd_applies(x):
+    if winograd_applies(x):
         cands["fused+winograd"] = lambda t, p: _winograd(True, t, p)
     assert ("fused+winograd" in cands) == (shape[1] == 128 and torch.backends.nnpack.is_available())
     with torch.set_grad_enabled(training):
@@ -212,7 +212,7 @@ def test_relu_kinks_flipped_by_winograd_rounding_do_not_refuse_it():
 
 def _winograd(on, t, p):
     from pyganx.ops import residual_block
-    with tuning.winograd_local(on):
+    with winograd_local(on):
         return residual_block(t, *p, "reflect", 1e-5)
 
 
@@ -245,7 +245,7 @@ def test_winograd_choice_holds_for_forward_and_backward():
                 y.backward(torch.ones_like(y))
         else:
             assert pyganx.ops.cpu_winograd_enabled()
-            with tuning.winograd_local(local):
+            with winograd_local(local):
                 y = block(x)
             y.backward(torch.ones_like(y))        # outside the scope: the setting is on again
         g = [x.grad] + [p.grad.clone() for p in block.parameters()]
