@@ -59,6 +59,13 @@ def test_forced_modes_run_what_they_name():
         tuning.set_mode("fastest")
 
 
+def test_the_train_flag_offers_exactly_the_modes(capsys):
+    from pyganx.cli import main as cli_main
+    with pytest.raises(SystemExit):
+        cli_main(["train", "gan", "-o", "unused", "--impl", "fastest"])
+    assert f"(choose from {', '.join(map(repr, tuning.MODES))})" in capsys.readouterr().err
+
+
 @needs_ext
 def test_auto_measures_once_and_runs_its_choice():
     auto, fused, plain = _block_twins()
