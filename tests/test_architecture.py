@@ -31,7 +31,10 @@ LAYERS = [
     ["pyganx.plugin"],
     ["pyganx.losses", "pyganx.data", "pyganx.augment"],
     ["pyganx.nn"],
-    ["pyganx.tuning"],                             # which implementation runs (measured)
+    ["pyganx.tuning"],                             # which implementation runs (measured): the package face
+    ["pyganx.tuning.choice"],                      # choose(): pins, the cache or a measurement
+    ["pyganx.tuning.cache", "pyganx.tuning.measurement"],
+    ["pyganx.tuning.keys", "pyganx.tuning.state"],
     ["pyganx.ops"],
     ["pyganx._extension"],
     ["pyganx._build_meta"],                        # written by setup.py

@@ -16,6 +16,7 @@ import pyganx
 from pyganx import tuning
 from pyganx.nn import InstanceNormReLU, ResidualBlock, ResnetGenerator
 from pyganx.ops import reference, winograd_applies, winograd_local
+from pyganx.tuning import measurement
 
 needs_ext = pytest.mark.skipif(not pyganx.extension_available(), reason="needs the compiled extension")
 
@@ -208,12 +209,12 @@ def test_relu_kinks_flipped_by_winograd_rounding_do_not_refuse_it():
     assert 4.0 < d.errors["fused+winograd"] <= tuning.error_multiple()
     # the case does exercise the allowance: Winograd's input gradient is far beyond 64x
     # plain float32's error (with an incoming gradient of the same seed as measure's)
-    gen = torch.Generator().manual_seed(tuning._GRAD_SEED)
-    grad = tuning._randn_like(x, gen)
-    p64 = [tuning._copy(q, torch.float64) for q in params]
-    exact = tuning._run(cands["reference"], tuning._copy(x, torch.float64), p64, grad.double())
-    plain = tuning._errors(tuning._run(cands["reference"], x, params, grad), exact)
-    wino = tuning._errors(tuning._run(cands["fused+winograd"], x, params, grad), exact)
+    gen = torch.Generator().manual_seed(measurement._GRAD_SEED)
+    grad = measurement._randn_like(x, gen)
+    p64 = [measurement._copy(q, torch.float64) for q in params]
+    exact = measurement._run(cands["reference"], measurement._copy(x, torch.float64), p64, grad.double())
+    plain = measurement._errors(measurement._run(cands["reference"], x, params, grad), exact)
+    wino = measurement._errors(measurement._run(cands["fused+winograd"], x, params, grad), exact)
     assert wino[1] > 100 * plain[1], (plain, wino)
 
 
@@ -387,7 +388,7 @@ def test_the_cache_is_reused_and_survives_corruption(tmp_path):
     for bad in ("{not json", json.dumps({**data, "device": "some other cpu"}), "[]"):
         path.write_text(bad)
         tuning.reset()
-        tuning._state.warned.clear()
+        tuning.state.STATE.warned.clear()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             with torch.no_grad():
@@ -416,7 +417,7 @@ import sys, torch
 from pyganx import tuning
 dev = torch.device("cpu")
 for i in range(25):
-    tuning._cache_store(dev, f"{sys.argv[1]} key {i}", tuning.Decision("fused", "measured", {"fused": 1.0}))
+    tuning.cache.store(dev, f"{sys.argv[1]} key {i}", tuning.Decision("fused", "measured", {"fused": 1.0}))
 """
 
 
