@@ -5,7 +5,8 @@ import pytest
 import torch
 from conftest import ALL_DTYPES, LOW_PRECISION, assert_matches_reference, devices, requires_ext
 
-from pyganx.ops import _reference, instance_norm_relu
+from pyganx.ops import _reference, instance_norm_relu, residual_block
+from pyganx.ops.layout import channels_last_output, empty_output
 
 pytestmark = requires_ext
 
@@ -123,6 +124,32 @@ def test_non_dense_input_is_handled():
     same, ref64 = reference_pair(x, None, None, 1e-5, True)
     assert_matches_reference(out, same, ref64)
     assert out.is_contiguous()
+
+
+#: name -> (shape, how the input is laid out, whether the ops write channels_last for it)
+LAYOUT_CASES = {
+    "contiguous": ((2, 4, 5, 6), lambda x: x, False),
+    "channels_last": ((2, 4, 5, 6), lambda x: x.contiguous(memory_format=torch.channels_last), True),
+    "one channel (both layouts)": ((2, 1, 5, 6), lambda x: x.contiguous(memory_format=torch.channels_last), False),
+    "transposed planes": ((2, 4, 5, 6), lambda x: x.transpose(2, 3), False),
+    "unbatched": ((4, 5, 6), lambda x: x, False),
+}
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("case", list(LAYOUT_CASES))
+def test_the_python_layout_rule_is_the_kernels(device, case):
+    """channels_last_output (the rule of the fake kernels and of the tuning keys) names
+    the layout both compiled ops write."""
+    shape, lay_out, expected = LAYOUT_CASES[case]
+    x = lay_out(torch.randn(shape, device=device))
+    assert channels_last_output(x) is expected
+    outs = [instance_norm_relu(x)]
+    if x.dim() == 4:
+        w = torch.randn(x.shape[1], x.shape[1], 3, 3, device=device)
+        outs.append(residual_block(x, w, None, w, None))
+    for out in outs:
+        assert out.stride() == empty_output(x).stride()
 
 
 def test_eps_is_used():

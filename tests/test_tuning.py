@@ -15,7 +15,8 @@ import torch
 import pyganx
 from pyganx import tuning
 from pyganx.nn import InstanceNormReLU, ResidualBlock, ResnetGenerator
-from pyganx.ops import reference
+from pyganx.ops import reference, winograd_applies, winograd_local
+from pyganx.tuning import measurement
 
 needs_ext = pytest.mark.skipif(not pyganx.extension_available(), reason="needs the compiled extension")
 
@@ -57,6 +58,13 @@ def test_forced_modes_run_what_they_name():
                 assert torch.equal(auto(x), fused(x))
     with pytest.raises(pyganx.errors.UsageError, match="one of auto, fused, reference"):
         tuning.set_mode("fastest")
+
+
+def test_the_train_flag_offers_exactly_the_modes(capsys):
+    from pyganx.cli import main as cli_main
+    with pytest.raises(SystemExit):
+        cli_main(["train", "gan", "-o", "unused", "--impl", "fastest"])
+    assert f"(choose from {', '.join(map(repr, tuning.MODES))})" in capsys.readouterr().err
 
 
 @needs_ext
@@ -171,7 +179,7 @@ def test_every_block_implementation_meets_the_contract_against_float64(shape, tr
     params = _block_params(auto)
     cands = {"reference": lambda t, p: reference.residual_block(t, *p, "reflect", 1e-5),
              "fused": lambda t, p: _winograd(False, t, p)}
-    if tuning.winograd_applies(x):
+    if winograd_applies(x):
         cands["fused+winograd"] = lambda t, p: _winograd(True, t, p)
     assert ("fused+winograd" in cands) == (shape[1] == 128 and torch.backends.nnpack.is_available())
     with torch.set_grad_enabled(training):
@@ -201,18 +209,18 @@ def test_relu_kinks_flipped_by_winograd_rounding_do_not_refuse_it():
     assert 4.0 < d.errors["fused+winograd"] <= tuning.error_multiple()
     # the case does exercise the allowance: Winograd's input gradient is far beyond 64x
     # plain float32's error (with an incoming gradient of the same seed as measure's)
-    gen = torch.Generator().manual_seed(tuning._GRAD_SEED)
-    grad = tuning._randn_like(x, gen)
-    p64 = [tuning._copy(q, torch.float64) for q in params]
-    exact = tuning._run(cands["reference"], tuning._copy(x, torch.float64), p64, grad.double())
-    plain = tuning._errors(tuning._run(cands["reference"], x, params, grad), exact)
-    wino = tuning._errors(tuning._run(cands["fused+winograd"], x, params, grad), exact)
+    gen = torch.Generator().manual_seed(measurement._GRAD_SEED)
+    grad = measurement._randn_like(x, gen)
+    p64 = [measurement._copy(q, torch.float64) for q in params]
+    exact = measurement._run(cands["reference"], measurement._copy(x, torch.float64), p64, grad.double())
+    plain = measurement._errors(measurement._run(cands["reference"], x, params, grad), exact)
+    wino = measurement._errors(measurement._run(cands["fused+winograd"], x, params, grad), exact)
     assert wino[1] > 100 * plain[1], (plain, wino)
 
 
 def _winograd(on, t, p):
     from pyganx.ops import residual_block
-    with tuning.winograd_local(on):
+    with winograd_local(on):
         return residual_block(t, *p, "reflect", 1e-5)
 
 
@@ -245,7 +253,7 @@ def test_winograd_choice_holds_for_forward_and_backward():
                 y.backward(torch.ones_like(y))
         else:
             assert pyganx.ops.cpu_winograd_enabled()
-            with tuning.winograd_local(local):
+            with winograd_local(local):
                 y = block(x)
             y.backward(torch.ones_like(y))        # outside the scope: the setting is on again
         g = [x.grad] + [p.grad.clone() for p in block.parameters()]
@@ -380,7 +388,7 @@ def test_the_cache_is_reused_and_survives_corruption(tmp_path):
     for bad in ("{not json", json.dumps({**data, "device": "some other cpu"}), "[]"):
         path.write_text(bad)
         tuning.reset()
-        tuning._state.warned.clear()
+        tuning.state.STATE.warned.clear()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             with torch.no_grad():
@@ -409,7 +417,7 @@ import sys, torch
 from pyganx import tuning
 dev = torch.device("cpu")
 for i in range(25):
-    tuning._cache_store(dev, f"{sys.argv[1]} key {i}", tuning.Decision("fused", "measured", {"fused": 1.0}))
+    tuning.cache.store(dev, f"{sys.argv[1]} key {i}", tuning.Decision("fused", "measured", {"fused": 1.0}))
 """
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from ..data import DataSource
 from ..errors import UsageError
 from ..flags import add_dataclass_arguments, dataclass_from_arguments
+from ..tuning import MODES
 
 
 def _opt(default, help: str, **meta):
@@ -41,7 +42,7 @@ class TrainOptions:
     impl: str | None = _opt(None, "which implementation the layers run: auto measures pyganx's fused ops "
                              "against plain PyTorch per shape and keeps the fastest accurate one "
                              "(docs/ops.md); fused or reference force one (default: $PYGANX_IMPL, "
-                             "else auto)", choices=["auto", "fused", "reference"])
+                             "else auto)", choices=list(MODES))
     compile: bool = _opt(False, "torch.compile the networks' forward passes in the training step "
                                 "(TorchInductor, default mode); checkpoints, samples and exports are "
                                 "those of an eager run")

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import tuning
-from ..ops import reference, residual_block
+from ..ops import reference, residual_block, winograd_applies, winograd_local
 from .norm import InstanceNormReLU, check_fused
 
 
@@ -91,7 +91,7 @@ class ResidualBlock(nn.Module):
 
     def _offer(self, x: Tensor, eps: float) -> tuple[dict, str]:
         """pyganx.tuning's candidates for input x, and what the built-in gates run."""
-        gates = "fused+winograd" if tuning.winograd_applies(x) else "fused"
+        gates = "fused+winograd" if winograd_applies(x) else "fused"
         names = ["reference", "fused"] + ([gates] if gates != "fused" else [])
         return {n: functools.partial(self._run, n, eps=eps) for n in names}, gates
 
@@ -103,7 +103,7 @@ class ResidualBlock(nn.Module):
             # the built-in gate, so that a process that turned Winograd off since the
             # decision (train --checkpoint-activations, cpu_winograd(False)) stays direct
             return residual_block(x, *params, self.padding, eps)
-        with tuning.winograd_local(False):
+        with winograd_local(False):
             return residual_block(x, *params, self.padding, eps)
 
 

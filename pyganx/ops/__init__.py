@@ -6,7 +6,14 @@ modules' unfused mode, and that the tests compare against.
 """
 from . import _reference as reference
 from .instance_norm_relu import instance_norm_relu
-from .residual_block import cpu_winograd, cpu_winograd_enabled, residual_block, set_cpu_winograd
+from .residual_block import (
+    cpu_winograd,
+    cpu_winograd_enabled,
+    residual_block,
+    set_cpu_winograd,
+    winograd_applies,
+    winograd_local,
+)
 
 __all__ = ["cpu_winograd", "cpu_winograd_enabled", "instance_norm_relu", "reference", "residual_block",
-           "set_cpu_winograd"]
+           "set_cpu_winograd", "winograd_applies", "winograd_local"]

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from .. import _extension
 from . import _reference
+from .layout import empty_output
 
 
 def instance_norm_relu(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None,
@@ -24,15 +25,6 @@ def instance_norm_relu(x: Tensor, weight: Tensor | None = None, bias: Tensor | N
     if not _extension.supports(x.device.type):
         return _reference.instance_norm_relu(x, weight, bias, eps, relu)
     return torch.ops.pyganx.instance_norm_relu(x, weight, bias, eps, relu)
-
-
-def empty_output(x: Tensor) -> Tensor:
-    """An uninitialised output of x's shape, dtype and device, in the layout the kernels write."""
-    # The kernels' rule: channels_last output for channels_last (non-NCHW) 4-D input.
-    channels_last = (x.dim() == 4 and not x.is_contiguous()
-                     and x.is_contiguous(memory_format=torch.channels_last))
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt)
 
 
 def _check_input(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> None:

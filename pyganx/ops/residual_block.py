@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .. import _extension
 from . import _reference
-from .instance_norm_relu import empty_output
+from .layout import empty_output
 
 
 def residual_block(x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None,
@@ -65,6 +65,31 @@ def cpu_winograd(enabled: bool) -> Iterator[None]:
         yield
     finally:
         set_cpu_winograd(previous)
+
+
+@contextlib.contextmanager
+def winograd_local(enabled: bool) -> Iterator[None]:
+    """On this thread, the residual block runs its convolutions with (True) or without
+    Winograd; its backward follows what its forward used."""
+    mod = _extension._module
+    if mod is None:
+        yield
+        return
+    previous = mod._set_cpu_winograd_local(1 if enabled else 0)
+    try:
+        yield
+    finally:
+        mod._set_cpu_winograd_local(previous)
+
+
+def winograd_applies(x: Tensor) -> bool:
+    """Whether the residual block's built-in gate sends this input's convolutions to
+    NNPACK's Winograd (mirrors use_winograd() in csrc/ops/residual_block.cpp)."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or not x.is_contiguous():
+        return False
+    if x.shape[1] < 128 or min(x.shape[2], x.shape[3]) < 48:
+        return False
+    return cpu_winograd_enabled() and torch.backends.nnpack.is_available()
 
 
 def training_convolutions(checkpoint_activations: bool,
