@@ -38,7 +38,7 @@ bool cpu_winograd_enabled();
 bool set_cpu_winograd(bool enabled);
 
 // A per-thread override of that setting (-1: none, 0: off, 1: on), for pyganx's
-// implementation choice (pyganx/tuning.py), which runs one block with and the next
+// implementation choice (pyganx/tuning/), which runs one block with and the next
 // without. Returns the previous override. The autograd function records the setting in
 // force at forward time and re-applies it to its backward, so a block's backward uses
 // the convolutions its forward used.
