@@ -23,9 +23,13 @@ needs_ext = pytest.mark.skipif(not pyganx.extension_available(), reason="needs t
 
 @pytest.fixture(autouse=True)
 def fresh_tuning(tmp_path, monkeypatch):
+    """A cache of its own, and measuring on as users run (conftest turns it off for
+    every other test)."""
     monkeypatch.setenv("PYGANX_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("PYGANX_TUNING", raising=False)
     mode, measuring = tuning.mode(), tuning.measuring()
     tuning.reset()
+    tuning.set_measuring(True)
     yield
     tuning.reset()
     tuning.set_mode(mode)
