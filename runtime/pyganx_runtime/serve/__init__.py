@@ -7,7 +7,10 @@ app for any ASGI server; ``serve`` runs it with uvicorn.
 """
 from __future__ import annotations
 
-from .app import ServeConfig, ServeError, create_app, load_models
+from .app import create_app
+from .config import ServeConfig
+from .limits import ServeError
+from .models import load_models
 
 __all__ = ["ServeConfig", "ServeError", "create_app", "load_models", "serve"]
 
