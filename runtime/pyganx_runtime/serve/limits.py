@@ -13,7 +13,7 @@ from collections.abc import Hashable
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from ..images import convert_image
 from .batcher import Batcher, QueueFull
@@ -45,17 +45,22 @@ def check_token(request: Request, token: str | None) -> None:
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The request's body; ServeError 413 as soon as it is known to exceed ``limit``
-    bytes (from ``Content-Length``, or while reading), so a larger body is never held."""
+    bytes (from ``Content-Length``, or while reading), so a larger body is never held;
+    400 when the client closes the connection before the body is complete (nobody
+    reads that answer, but it is counted, and it is no server error)."""
     too_large = ServeError(413, f"the upload is larger than the limit of {limit} bytes")
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
         raise too_large
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ServeError(400, "the client closed the connection before its upload was complete") from None
     return b"".join(chunks)
 
 
