@@ -17,6 +17,11 @@ class ServeConfig:
     overlap: int = 32
     device: str = "auto"
     threads: int | None = None
+    # the connection-level limits, uvicorn's (serve/connection.py adds the head deadline)
+    header_timeout: float = 10.0
+    keep_alive_timeout: int = 5
+    limit_concurrency: int = 256
+    shutdown_timeout: int = 30
 
 
 __all__ = ["ServeConfig"]
