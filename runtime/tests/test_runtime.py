@@ -7,6 +7,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -19,7 +20,8 @@ from onnx import TensorProto, helper
 from PIL import Image
 
 from pyganx_runtime import ForeignModelWarning, Translator, __version__
-from pyganx_runtime.errors import ModelError
+from pyganx_runtime.errors import ImageError, ModelError
+from pyganx_runtime.images import image_channels, load_image
 from pyganx_runtime.metadata import FORMAT, FORMAT_VERSION, VERSION, check, read_metadata
 
 #: prints whether torch was loaded once the command ran (a fresh interpreter each time)
@@ -230,6 +232,31 @@ def test_read_metadata_gives_every_key_and_refuses_a_non_model(models):
     assert json.loads(meta["pyganx.domains"]) == ["happy", "sad", "angry"] and meta[VERSION]
     with pytest.raises(ModelError, match="cannot read the model"):
         read_metadata(Path(__file__))
+
+
+def test_a_decompression_bomb_is_an_image_error_and_translate_skips_it_by_name(model_dir, tmp_path):
+    # a valid PNG whose header says 20000 x 20000: more pixels than Pillow decodes
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.open(model_dir / "inputs" / "a.png").save(src / "a.png")
+    bomb = src / "bomb.png"
+    Image.new("1", (20000, 20000)).save(bomb)
+    limit = 2 * Image.MAX_IMAGE_PIXELS
+    want = rf"^{re.escape(str(bomb))}: cannot read image \(too many pixels: .*400000000 pixels.*{limit} pixels"
+    with pytest.raises(ImageError, match=want) as e:
+        load_image(bomb)
+    assert e.value.path == bomb
+    assert image_channels([bomb, src / "a.png"]) == 1        # the bomb does not count; a.png is grey
+
+    out = tmp_path / "out"
+    r = _run("translate", str(model_dir / "digits.onnx"), str(src), "-o", str(out), "--no-progress",
+             "--device", "cpu")
+    assert r.returncode == 1
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"pyganx-runtime translate: skipped {bomb}: "), err
+    assert "400000000" in err[0] and str(limit) in err[0] and "unexpected" not in err[0]
+    assert "translated 1 image(s)" in r.stdout and "1 unreadable input(s) skipped" in r.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["a.png"]
 
 
 def test_every_error_is_one_line_and_only_a_pyganx_error_or_oserror_reads_as_the_users(capsys):
