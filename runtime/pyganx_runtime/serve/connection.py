@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -36,8 +36,8 @@ class HeadTimeoutProtocol(H11Protocol):
     head_timeout: ClassVar[float] = 10.0
     _head_deadline: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(cast(asyncio.Transport, transport))   # a stream server's: a Transport
         self._watch_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
