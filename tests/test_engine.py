@@ -228,26 +228,32 @@ def test_ema_of_the_generators_is_kept_and_checkpointed(tmp_path):
     assert t.plugin.G_AB is t.nets["G_AB"]          # sampling with EMA put the live nets back
 
 
-def _image_folders(tmp_path):
+def _image_folders(tmp_path, bad_kind: str = "truncated"):
     from PIL import Image
     for d in ("A", "B"):
         (tmp_path / d).mkdir()
     for i in range(2):
         Image.new("RGB", (40, 40), (120 * i, 60, 0)).save(tmp_path / "A" / f"{i}.png")
         Image.new("RGB", (40, 40), (0, 60, 120 * i)).save(tmp_path / "B" / f"{i}.png")
-    bad = tmp_path / "A" / "2_truncated.png"
-    bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    bad = tmp_path / "A" / f"2_{bad_kind}.png"
+    if bad_kind == "bomb":      # a valid PNG of 20000 x 20000: more pixels than Pillow decodes
+        Image.new("1", (20000, 20000)).save(bad)
+    else:
+        bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     return tmp_path / "A", tmp_path / "B", bad
 
 
-def test_an_unreadable_image_stops_training_unless_skipped(tmp_path, capsys):
-    a, b, bad = _image_folders(tmp_path)
+@pytest.mark.parametrize("bad_kind", ["truncated", "bomb"])
+def test_an_unreadable_image_stops_training_unless_skipped(tmp_path, capsys, bad_kind):
+    a, b, bad = _image_folders(tmp_path, bad_kind)
     args = ["train", "cyclegan", "--data-a", str(a), "--data-b", str(b), "--steps", "3",
             "--image-size", "32", "--no-progress", "--sample-every", "1000",
             "--checkpoint-every", "1000", *SMALL]
     assert cli_main([*args, "-o", str(tmp_path / "stops")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{bad}: cannot read image" in err and "Traceback" not in err
+    if bad_kind == "bomb":
+        assert "too many pixels" in err and "400000000 pixels" in err
 
     assert cli_main([*args, "-o", str(tmp_path / "skips"), "--skip-bad-images"]) == 0
     err = capsys.readouterr().err

@@ -233,6 +233,7 @@ def export_generator(source: str | os.PathLike, out: str | os.PathLike, generato
     shapes = [tuple(t[0].shape) for t in checks]
     meta = {
         keys.VERSION: __version__, **meta, keys.IMAGE_SIZE: str(s),
+        keys.FORMAT: str(keys.FORMAT_VERSION),
         keys.NORMALIZATION: ("in the graph: uint8 [0, 255] in and out" if with_preprocessing
                               else "[-1, 1]: x / 127.5 - 1 in, (y + 1) * 127.5 out"),
         keys.IO_LAYOUT: "NHWC uint8" if with_preprocessing else "NCHW float32",

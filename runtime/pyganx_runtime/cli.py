@@ -133,6 +133,15 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=int, default=32, help="pixels shared by neighbouring tiles")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, help="onnxruntime threads per model (default: all cores)")
+    p.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
+                   help="seconds a request's line and headers may take to arrive, however slowly they "
+                        "trickle in; then 408 and the connection is closed")
+    p.add_argument("--keep-alive-timeout", type=int, default=5, metavar="S",
+                   help="seconds an idle connection is kept open after a response (uvicorn's timeout_keep_alive)")
+    p.add_argument("--limit-concurrency", type=int, default=256, metavar="N",
+                   help="open connections (or requests in progress) at most; beyond it uvicorn answers 503")
+    p.add_argument("--shutdown-timeout", type=int, default=30, metavar="S",
+                   help="seconds requests in progress get to finish once the service is stopped")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="uvicorn's log level (info logs every request)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -140,9 +149,12 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
 
 def serve_command(args: argparse.Namespace, prog: str) -> int:
     """Runs ``serve`` as parsed by :func:`add_serve_arguments`, until interrupted."""
-    for name in ("max_batch", "max_queue", "max_upload_mb", "max_pixels"):
+    for name in ("max_batch", "max_queue", "max_upload_mb", "max_pixels", "keep_alive_timeout",
+                 "limit_concurrency", "shutdown_timeout"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if not args.header_timeout > 0:
+        raise UsageError(f"--header-timeout must be more than 0 seconds, got {args.header_timeout}")
     try:
         from .serve import ServeConfig, serve
     except ImportError as e:
@@ -150,7 +162,9 @@ def serve_command(args: argparse.Namespace, prog: str) -> int:
     config = ServeConfig(max_batch=args.max_batch, max_wait_ms=max(0.0, args.max_wait_ms),
                          max_queue=args.max_queue, token=args.token or os.environ.get("PYGANX_SERVE_TOKEN") or None,
                          max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels,
-                         tile=args.tile or None, overlap=args.overlap, device=args.device, threads=args.threads)
+                         tile=args.tile or None, overlap=args.overlap, device=args.device, threads=args.threads,
+                         header_timeout=args.header_timeout, keep_alive_timeout=args.keep_alive_timeout,
+                         limit_concurrency=args.limit_concurrency, shutdown_timeout=args.shutdown_timeout)
     serve(args.models, args.host, args.port, config, log_level=args.log_level, prog=prog)
     return 0
 

@@ -4,7 +4,9 @@ only).
 Any format Pillow reads. EXIF orientation is applied; alpha is dropped (composited on
 white, as a viewer shows it); 16-bit, palette, CMYK and other modes are converted; the
 result is RGB or grey as asked. A file that cannot be read raises ImageError naming
-the path, never a bare traceback from deep inside Pillow.
+the path, never a bare traceback from deep inside Pillow. So does a decompression bomb:
+an image whose header claims more pixels than Pillow decodes (twice
+``PIL.Image.MAX_IMAGE_PIXELS``), refused before any pixel is decoded.
 """
 from __future__ import annotations
 
@@ -65,6 +67,8 @@ def load_image(path: str | os.PathLike, channels: int = 3) -> Image.Image:
         with Image.open(path) as im:
             im.load()
             img = convert_image(im, channels)
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: cannot read image (too many pixels: {e})", path) from None
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
         raise ImageError(f"{path}: cannot read image ({type(e).__name__}: {e})", path) from None
     if img.width < 1 or img.height < 1:
@@ -73,13 +77,14 @@ def load_image(path: str | os.PathLike, channels: int = 3) -> Image.Image:
 
 
 def image_channels(paths: list[Path], sample: int = 16) -> int:
-    """1 if the first ``sample`` images are all grey, else 3."""
+    """1 if the first ``sample`` images are all grey, else 3 (unreadable ones do not
+    count: reading them later says what is wrong)."""
     for p in paths[:sample]:
         try:
             with Image.open(p) as im:
                 if im.mode not in GREY_MODES:
                     return 3
-        except (OSError, UnidentifiedImageError):
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
             continue
     return 1 if paths else 3
 

@@ -290,7 +290,7 @@ class Tiler:
         for k in range(self.norms):
             sess = self._sweep(k)
             wanted = {i.name for i in sess.get_inputs()}
-            acc = [0.0, 0.0, 0.0]
+            acc = [np.zeros((), dtype=np.float64)] * 3     # sum, sum of squares, count
             for y, x0, th, tw, (oy0, oy1, ox0, ox1) in self._tiles(h, w):
                 mask = np.zeros((n, 1, th, tw), dtype=np.float32)
                 mask[:, :, oy0:oy1, ox0:ox1] = 1
@@ -318,4 +318,6 @@ class Tiler:
                 _ramp(tw, min(self.overlap, tw), x0 > 0, x0 + tw < w)[None, :]
             out[:, :, y:y + th, x0:x0 + tw] += y_out * wt
             weight[y:y + th, x0:x0 + tw] += wt
+        if out is None:
+            raise ValueError(f"no tiles for an image of {h}x{w}")
         return (out / weight).astype(np.float32)

@@ -15,6 +15,7 @@ import sys
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from PIL import Image
@@ -22,6 +23,9 @@ from PIL import Image
 from . import metadata as meta_keys
 from .errors import DependencyError, ImageError, ModelError, NoiseModelError, UsageError
 from .images import list_images, load_image, save_image
+
+if TYPE_CHECKING:
+    from .tiling import Tiler
 
 
 class ForeignModelWarning(UserWarning):
@@ -167,7 +171,7 @@ class Translator:
         self.static_shape = tuple(inp.shape) if all(isinstance(d, int) for d in inp.shape) else None
         self._opts = opts
         #: translates images larger than ``tile`` tile by tile (tiling.py), or None
-        self.tiler = None
+        self.tiler: Tiler | None = None
         if tile:
             self.enable_tiling(tile, overlap, tile_stats)
 
@@ -284,11 +288,11 @@ class Translator:
         NHWC -> uint8 NHWC. ``domain``: the target domain, for models that take one; or a
         list of them, one per image."""
         if self.preprocessed:
-            x = np.ascontiguousarray(images, dtype=np.uint8)
-            if x.ndim != 4 or x.shape[3] != self.channels:
-                raise UsageError(f"expected (N, H, W, {self.channels}) uint8 images, got shape {x.shape}")
-            self._check_static(x)
-            return self._run(x, domain)
+            pixels = np.ascontiguousarray(images, dtype=np.uint8)
+            if pixels.ndim != 4 or pixels.shape[3] != self.channels:
+                raise UsageError(f"expected (N, H, W, {self.channels}) uint8 images, got shape {pixels.shape}")
+            self._check_static(pixels)
+            return self._run(pixels, domain)
         x = np.ascontiguousarray(images, dtype=np.float32)
         if x.ndim != 4 or x.shape[1] != self.channels:
             raise UsageError(f"expected (N, {self.channels}, H, W) images, got shape {x.shape}")
@@ -296,7 +300,7 @@ class Translator:
         h, w = x.shape[2:]
         ph, pw = (-h) % self.multiple, (-w) % self.multiple
         if ph or pw:
-            mode = "reflect" if ph < h and pw < w else "edge"
+            mode: Literal["reflect", "edge"] = "reflect" if ph < h and pw < w else "edge"
             x = np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode=mode)
         y = self._run(x, domain)
         return y[:, :, :h, :w]

@@ -7,6 +7,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -19,8 +20,9 @@ from onnx import TensorProto, helper
 from PIL import Image
 
 from pyganx_runtime import ForeignModelWarning, Translator, __version__
-from pyganx_runtime.errors import ModelError
-from pyganx_runtime.metadata import VERSION, read_metadata
+from pyganx_runtime.errors import ImageError, ModelError
+from pyganx_runtime.images import image_channels, load_image
+from pyganx_runtime.metadata import FORMAT, FORMAT_VERSION, VERSION, check, read_metadata
 
 #: prints whether torch was loaded once the command ran (a fresh interpreter each time)
 PROBE = ("import sys; from pyganx_runtime.cli import main; rc = main(sys.argv[1:]); "
@@ -86,9 +88,11 @@ with urllib.request.urlopen(f"http://127.0.0.1:{{port}}/v1/models") as r:
     assert r.stdout.strip().splitlines()[-1] == "2 models; torch not loaded"
 
 
-def _with_metadata(src: Path, dst: Path, **changes: str) -> Path:
+def _with_metadata(src: Path, dst: Path, drop: tuple[str, ...] = (), **changes: str) -> Path:
+    """A copy of model ``src`` at ``dst`` with the metadata keys ``drop`` removed and
+    ``changes`` set."""
     m = onnx.load(str(src))
-    props = {p.key: p.value for p in m.metadata_props}
+    props = {p.key: p.value for p in m.metadata_props if p.key not in drop}
     props.update(changes)
     del m.metadata_props[:]
     for k, v in props.items():
@@ -99,7 +103,7 @@ def _with_metadata(src: Path, dst: Path, **changes: str) -> Path:
 
 def test_a_model_from_a_newer_pyganx_with_unknown_metadata_is_refused_in_one_line(models, model_dir, tmp_path):
     newer = _with_metadata(models["digits"], tmp_path / "newer.onnx",
-                           **{VERSION: "99.1.0", "pyganx.colour_space": "oklab"})
+                           **{VERSION: "99.1.0", FORMAT: "1", "pyganx.colour_space": "oklab"})
     with pytest.raises(ModelError, match=r"pyganx 99\.1\.0 .*pyganx-runtime " + __version__.replace(".", r"\.")
                        + r" does not know \(pyganx\.colour_space\)"):
         Translator(newer, device="cpu")
@@ -108,7 +112,7 @@ def test_a_model_from_a_newer_pyganx_with_unknown_metadata_is_refused_in_one_lin
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and "99.1.0" in err[0] and __version__ in err[0] and "Traceback" not in r.stderr
     # a newer pyganx whose keys this runtime knows: translated as usual
-    same_keys = _with_metadata(models["digits"], tmp_path / "newer-known.onnx", **{VERSION: "99.1.0"})
+    same_keys = _with_metadata(models["digits"], tmp_path / "newer-known.onnx", **{VERSION: "99.1.0", FORMAT: "1"})
     img = Image.open(model_dir / "inputs" / "a.png")
     assert Translator(same_keys, device="cpu").translate(img).tobytes() == \
         Translator(models["digits"], device="cpu").translate(img).tobytes()
@@ -116,6 +120,61 @@ def test_a_model_from_a_newer_pyganx_with_unknown_metadata_is_refused_in_one_lin
     older = _with_metadata(models["digits"], tmp_path / "older.onnx",
                            **{VERSION: "0.0.1", "pyganx.retired_key": "x"})
     Translator(older, device="cpu")
+
+
+def test_pyganx_export_writes_the_metadata_format(models):
+    for name in ("digits", "faces", "noise"):
+        assert read_metadata(models[name])[FORMAT] == str(FORMAT_VERSION) == "1"
+
+
+NEWER = "99.0.0"
+
+
+@pytest.mark.parametrize("meta, words", [
+    ({VERSION: NEWER, FORMAT: "2"}, ["pyganx 99.0.0", "metadata format 2", "reads format 1 at most",
+                                      "install pyganx-runtime 99.0.0 or newer"]),
+    ({VERSION: "0.0.1", FORMAT: "2"}, ["metadata format 2", "install pyganx-runtime 0.0.1 or newer"]),
+    ({FORMAT: "2"}, ["metadata format 2", "install a newer pyganx-runtime"]),
+    ({VERSION: NEWER, FORMAT: "one"}, ["metadata format one", "reads format 1 at most"]),
+    ({VERSION: NEWER}, ["pyganx 99.0.0", "no pyganx.format key", "inconsistent or not pyganx's",
+                        "install pyganx-runtime 99.0.0 or newer"]),
+])
+def test_metadata_in_a_newer_format_or_newer_without_a_format_is_refused(meta, words):
+    with pytest.raises(ModelError) as e:
+        check({"pyganx.plugin": "cyclegan", **meta}, "m.onnx")
+    message = str(e.value)
+    assert len(message.splitlines()) == 1 and message.startswith("m.onnx ")
+    assert f"pyganx-runtime {__version__}" in message
+    for w in words:
+        assert w in message, (w, message)
+
+
+@pytest.mark.parametrize("meta", [
+    {VERSION: __version__},                 # no format key: exported before it existed, format 1
+    {VERSION: "0.0.1"},
+    {VERSION: NEWER, FORMAT: "1"},          # a newer pyganx in this format, with known keys
+    {VERSION: __version__, FORMAT: "1"},
+    {VERSION: "0.0.1", FORMAT: "0"},
+])
+def test_metadata_in_a_format_this_runtime_reads_is_accepted(meta):
+    check({"pyganx.plugin": "cyclegan", **meta}, "m.onnx")
+
+
+def test_models_are_refused_or_run_by_their_metadata_format(models, model_dir, tmp_path):
+    img = Image.open(model_dir / "inputs" / "a.png")
+    want = Translator(models["digits"], device="cpu").translate(img).tobytes()
+    newer_format = _with_metadata(models["digits"], tmp_path / "f2.onnx", **{VERSION: NEWER, FORMAT: "2"})
+    with pytest.raises(ModelError, match=r"^f2\.onnx was exported by pyganx 99\.0\.0 in metadata format 2"):
+        Translator(newer_format, device="cpu")
+    r = _run("translate", str(newer_format), str(model_dir / "inputs"), "-o", str(tmp_path / "o"), "--no-progress")
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(err) == 1 and "f2.onnx" in err[0] and "format 2" in err[0]
+    no_format = _with_metadata(models["digits"], tmp_path / "nf.onnx", drop=(FORMAT,), **{VERSION: NEWER})
+    with pytest.raises(ModelError, match=r"^nf\.onnx says it was exported by pyganx 99\.0\.0.* no pyganx\.format"):
+        Translator(no_format, device="cpu")
+    # exported before the key existed (no key, an older version): format 1, run as usual
+    before = _with_metadata(models["digits"], tmp_path / "old.onnx", drop=(FORMAT,), **{VERSION: "0.0.1"})
+    assert Translator(before, device="cpu").translate(img).tobytes() == want
 
 
 def _foreign(path: Path, inputs: list, outputs: list, nodes: list) -> Path:
@@ -173,6 +232,31 @@ def test_read_metadata_gives_every_key_and_refuses_a_non_model(models):
     assert json.loads(meta["pyganx.domains"]) == ["happy", "sad", "angry"] and meta[VERSION]
     with pytest.raises(ModelError, match="cannot read the model"):
         read_metadata(Path(__file__))
+
+
+def test_a_decompression_bomb_is_an_image_error_and_translate_skips_it_by_name(model_dir, tmp_path):
+    # a valid PNG whose header says 20000 x 20000: more pixels than Pillow decodes
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.open(model_dir / "inputs" / "a.png").save(src / "a.png")
+    bomb = src / "bomb.png"
+    Image.new("1", (20000, 20000)).save(bomb)
+    limit = 2 * Image.MAX_IMAGE_PIXELS
+    want = rf"^{re.escape(str(bomb))}: cannot read image \(too many pixels: .*400000000 pixels.*{limit} pixels"
+    with pytest.raises(ImageError, match=want) as e:
+        load_image(bomb)
+    assert e.value.path == bomb
+    assert image_channels([bomb, src / "a.png"]) == 1        # the bomb does not count; a.png is grey
+
+    out = tmp_path / "out"
+    r = _run("translate", str(model_dir / "digits.onnx"), str(src), "-o", str(out), "--no-progress",
+             "--device", "cpu")
+    assert r.returncode == 1
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"pyganx-runtime translate: skipped {bomb}: "), err
+    assert "400000000" in err[0] and str(limit) in err[0] and "unexpected" not in err[0]
+    assert "translated 1 image(s)" in r.stdout and "1 unreadable input(s) skipped" in r.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["a.png"]
 
 
 def test_every_error_is_one_line_and_only_a_pyganx_error_or_oserror_reads_as_the_users(capsys):

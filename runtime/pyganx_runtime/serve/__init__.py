@@ -7,7 +7,10 @@ app for any ASGI server; ``serve`` runs it with uvicorn.
 """
 from __future__ import annotations
 
-from .app import ServeConfig, ServeError, create_app, load_models
+from .app import create_app
+from .config import ServeConfig
+from .limits import ServeError
+from .models import load_models
 
 __all__ = ["ServeConfig", "ServeError", "create_app", "load_models", "serve"]
 
@@ -20,6 +23,8 @@ def serve(paths, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig 
     import sys
 
     import uvicorn
+
+    from .connection import head_timeout_protocol
 
     config = config or ServeConfig()
     models = load_models(paths, config)
@@ -35,4 +40,6 @@ def serve(paths, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig 
     names = ", ".join(m.name + ("" if m.translator else " (noise model)") for m in models.values())
     shown = f"[{host}]" if ":" in host else host
     print(f"{prog}: {names} at http://{shown}:{port}/ (Ctrl+C stops)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, http=head_timeout_protocol(config.header_timeout),
+                timeout_keep_alive=config.keep_alive_timeout, limit_concurrency=config.limit_concurrency,
+                timeout_graceful_shutdown=config.shutdown_timeout)

@@ -58,7 +58,7 @@ class Batcher:
     def start(self) -> None:
         """Starts the worker on the running event loop."""
         self._wake = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._worker())
+        self._task = asyncio.get_running_loop().create_task(self._worker(self._wake))
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -75,7 +75,7 @@ class Batcher:
 
     def submit(self, key: Hashable, payload: Any) -> asyncio.Future:
         """Queues one payload; raises QueueFull when the queue is full."""
-        if self._task is None:
+        if self._task is None or self._wake is None:
             raise RuntimeError("Batcher.start() was not called (the app's lifespan did not run)")
         if len(self._items) >= self.max_queue:
             raise QueueFull()
@@ -87,13 +87,13 @@ class Batcher:
     def _same_key(self, key: Hashable) -> list[_Item]:
         return [it for it in self._items if it.key == key and not it.future.cancelled()][:self.max_batch]
 
-    async def _worker(self) -> None:
+    async def _worker(self, wake: asyncio.Event) -> None:
         while True:
             while self._items and self._items[0].future.cancelled():   # the client went away
                 self._items.popleft()
             if not self._items:
-                self._wake.clear()
-                await self._wake.wait()
+                wake.clear()
+                await wake.wait()
                 continue
             head = self._items[0]
             while True:
@@ -101,9 +101,9 @@ class Batcher:
                 left = head.arrived + self.max_wait - time.monotonic()
                 if len(batch) >= self.max_batch or left <= 0:
                     break
-                self._wake.clear()
+                wake.clear()
                 try:
-                    await asyncio.wait_for(self._wake.wait(), left)
+                    await asyncio.wait_for(wake.wait(), left)
                 except asyncio.TimeoutError:
                     batch = self._same_key(head.key)
                     break

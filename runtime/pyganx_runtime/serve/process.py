@@ -50,7 +50,7 @@ def start_server(models: list, *flags: str, python: str = sys.executable, module
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError(f"{module} serve did not start: {proc.stdout.read()}")
+            raise RuntimeError(f"{module} serve did not start: {_output(proc)}")
         time.sleep(0.2)
 
 
@@ -61,7 +61,12 @@ def stop_server(proc: subprocess.Popen) -> str:
         proc.wait(20)
     except subprocess.TimeoutExpired:
         proc.kill()
-    return proc.stdout.read()
+    return _output(proc)
+
+
+def _output(proc: subprocess.Popen) -> str:
+    """What the process printed (start_server pipes stdout and stderr into one)."""
+    return proc.stdout.read() if proc.stdout is not None else ""
 
 
 __all__ = ["LOOPBACK", "free_port", "rss_mib", "start_server", "stop_server"]
