@@ -17,15 +17,22 @@ from conftest import requires_ext
 from pyganx.cli import main as cli_main
 from pyganx.engine import latest_checkpoint, load_checkpoint
 
-# A compiled run's logged losses of the same 3 steps differ from the eager run's by at
-# most LOSS_RTOL * |eager loss| + LOSS_ATOL. Inductor fuses and reorders float32
-# arithmetic (the instance norms' reductions, the losses' means), so the two are not
-# bitwise equal. Measured (2-core Xeon CPU with AVX-512, torch 2.14.1, float32):
-# CycleGAN at most 8.0e-7 relative (G_gan, step 2); DCGAN with WGAN-GP at most 3.1e-9
-# absolute, on critic outputs near 2e-4 (its losses above 0.01 came out equal). The
-# bounds are about 12x and 10x those: other CPUs vectorise, and so round, differently.
-LOSS_RTOL = 1e-5
-LOSS_ATOL = 3e-8     # losses near zero: a WGAN critic's mean outputs
+# A compiled run's logged losses of the same 3 steps differ from the eager run's. Inductor
+# fuses and reorders float32 arithmetic (the instance norms' reductions, the losses'
+# means), so the first step's losses differ by rounding; after it, Adam turns rounding-
+# level differences of near-zero gradients into steps of the full learning rate, and
+# runs that round differently drift apart by far more than rounding. The yardstick of
+# that drift is measured, not typed in: the largest relative difference between two
+# eager runs that differ only in their rounding (pyganx's fused ops against plain
+# PyTorch, `--impl reference`). The compiled run may differ from the eager one by up to
+# SPREAD_MULTIPLE times that, plus LOSS_RTOL * |eager loss| + LOSS_ATOL. A wrong
+# compiled gradient moves the losses by 1e-3 and more after one update.
+SPREAD_MULTIPLE = 8
+# float32 rounding of a loss (a mean over many terms), and losses near zero: a WGAN
+# critic's mean outputs (DCGAN measured 3.1e-9 absolute on outputs near 2e-4; it has no
+# pyganx op, so its two eager implementations are the same arithmetic)
+LOSS_RTOL = 1e-6
+LOSS_ATOL = 3e-8
 
 CYCLEGAN = ["--ngf", "8", "--ndf", "8", "--n-blocks", "1", "--pool-size", "2", "--ema", "0.9"]
 # the WGAN-GP loss: the critic's gradient penalty is differentiated twice, so its call
@@ -70,12 +77,20 @@ def _keys(obj, prefix: str = "") -> set[str]:
     return out
 
 
-def _assert_losses_close(eager, compiled) -> None:
+def _spread(a, b) -> float:
+    """The largest relative difference between two runs' logged losses."""
+    return max(abs(x[k] - y[k]) / abs(x[k]) for x, y in zip(a, b) for k in x if x[k] != 0)
+
+
+def _assert_losses_close(eager, compiled, spread: float = 0.0) -> None:
+    """``compiled`` logs ``eager``'s losses within SPREAD_MULTIPLE x ``spread`` (the drift
+    between eager runs that round differently) plus float32's rounding (see above)."""
     assert len(eager) == len(compiled) == STEPS
+    rtol = SPREAD_MULTIPLE * spread + LOSS_RTOL
     for step, (e, c) in enumerate(zip(eager, compiled), 1):
         assert e.keys() == c.keys()
         for k in e:
-            assert abs(c[k] - e[k]) <= LOSS_RTOL * abs(e[k]) + LOSS_ATOL, (step, k, e[k], c[k])
+            assert abs(c[k] - e[k]) <= rtol * abs(e[k]) + LOSS_ATOL, (step, k, e[k], c[k], spread)
 
 
 def _assert_same_checkpoint_keys(eager_run, compiled_run) -> None:
@@ -140,21 +155,22 @@ def test_the_fused_ops_stay_registered_ops_in_one_compiled_graph():
 def cyclegan_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("compile")
     _train("cyclegan", root / "eager", *CYCLEGAN)
+    _train("cyclegan", root / "plain", *CYCLEGAN, "--impl", "reference")
     graphs = _compiled_train("cyclegan", root / "compiled", *CYCLEGAN)
-    return root / "eager", root / "compiled", graphs
+    return root / "eager", root / "compiled", graphs, _spread(_losses(root / "eager"), _losses(root / "plain"))
 
 
 def test_compiled_cyclegan_logs_the_eager_losses_and_writes_the_same_keys(cyclegan_runs):
-    eager, compiled, graphs = cyclegan_runs
+    eager, compiled, graphs, spread = cyclegan_runs
     # G and D, each with and without a gradient-carrying input
     assert graphs >= 4
-    _assert_losses_close(_losses(eager), _losses(compiled))
+    _assert_losses_close(_losses(eager), _losses(compiled), spread)
     _assert_same_checkpoint_keys(eager, compiled)
     assert (compiled / "samples" / f"step-{STEPS:09d}.png").is_file()
 
 
 def test_a_compiled_run_resumes_samples_and_exports(cyclegan_runs, tmp_path, capsys):
-    _, compiled, _ = cyclegan_runs
+    _, compiled, _, _ = cyclegan_runs
     run = tmp_path / "run"
     shutil.copytree(compiled, run)
     assert cli_main(["train", "cyclegan", "--demo", "digits", "--steps", str(STEPS), "-o", str(run),
