@@ -3,7 +3,8 @@
 same folder, flushed and fsynced, then renamed over the target, so a crash mid-save
 leaves the previous checkpoint as it was. ``latest.txt`` names the newest; the newest
 K are kept. The temporary file of a save that was killed (``.step-*.pt.*.tmp``) is
-removed by the next save into the folder."""
+removed by the next save into the folder; a save that fails (a full disk) removes its
+own and raises a CheckpointError."""
 from __future__ import annotations
 
 import os
@@ -36,8 +37,15 @@ def save_checkpoint(folder: str | os.PathLike, step: int, state: dict, keep: int
                 except OSError:
                     continue
                 stale[p] = (st.st_mtime_ns, st.st_size)
-    atomic_write_bytes(path, lambda f: torch.save(state, f))
-    atomic_write_bytes(folder / "latest.txt", lambda f: f.write((path.name + "\n").encode()))
+    target = path
+    try:
+        atomic_write_bytes(path, lambda f: _torch_save(state, f))
+        target = folder / "latest.txt"
+        atomic_write_bytes(target, lambda f: f.write((path.name + "\n").encode()))
+    except OSError as e:
+        reason = e.strerror[:1].lower() + e.strerror[1:] if e.strerror else str(e)
+        raise CheckpointError(f"cannot write checkpoint {target}: {reason} (the checkpoints written "
+                              f"before are as they were)") from e
     if keep > 0:
         for old in sorted(p for p in folder.iterdir() if _NAME.match(p.name))[:-keep]:
             old.unlink()
@@ -49,6 +57,22 @@ def save_checkpoint(folder: str | os.PathLike, step: int, state: dict, keep: int
         except OSError:
             pass
     return path
+
+
+def _torch_save(state: dict, f) -> None:
+    """``torch.save(state, f)``; an OSError of ``f``'s write (a full disk) is raised as
+    itself, not as the RuntimeError torch's zip writer turns it into ("[enforce fail at
+    inline_container.cc:672] . unexpected pos ...")."""
+    try:
+        torch.save(state, f)
+    except RuntimeError as e:
+        cause, seen = e.__cause__ or e.__context__, set()
+        while cause is not None and not isinstance(cause, OSError) and id(cause) not in seen:
+            seen.add(id(cause))
+            cause = cause.__cause__ or cause.__context__
+        if not isinstance(cause, OSError):
+            raise
+        raise cause from None
 
 
 def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
