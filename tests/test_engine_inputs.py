@@ -54,3 +54,43 @@ def test_a_full_disk_under_a_checkpoint_is_one_line_and_keeps_the_previous_one(t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.txt", "step-000000001.pt"]
     assert latest_checkpoint(tmp_path).name == "step-000000001.pt"
     assert torch.equal(load_checkpoint(latest_checkpoint(tmp_path))["w"], state["w"])
+
+
+class _Refused:
+    """A class no checkpoint may refer to (the weights-only unpickler refuses it)."""
+
+
+@pytest.mark.parametrize("kind", ["random", "truncated", "empty", "global", "zip", "tensor"])
+def test_a_file_that_is_no_checkpoint_is_one_line_without_torch_advice(tmp_path, kind, capfd):
+    """Random bytes, a cut-off checkpoint, a pickle of a class outside the allowlist, a zip
+    of something else: each a one-line CheckpointError naming the file, and never torch's
+    advice to load with weights_only=False (which would run the file's code)."""
+    import zipfile
+
+    path = tmp_path / "ck.pt"
+    if kind == "random":
+        path.write_bytes(torch.randint(0, 256, (5000,), generator=torch.Generator().manual_seed(0),
+                                       dtype=torch.uint8).numpy().tobytes())
+    elif kind == "truncated":
+        real = save_checkpoint(tmp_path / "run", 1, {"step": 1, "w": torch.ones(1000)})
+        path.write_bytes(real.read_bytes()[:real.stat().st_size // 2])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "global":
+        torch.save({"step": 1, "x": _Refused()}, path)
+    elif kind == "zip":
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("notes.txt", "not a checkpoint")
+    else:
+        torch.save(torch.ones(3), path)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: cannot read checkpoint: ") and "\n" not in msg
+    assert "weights_only" not in msg.lower() and "weights only" not in msg.lower()
+    assert ("not a pyganx checkpoint" in msg) if kind != "tensor" else ("not the dict of a pyganx checkpoint" in msg)
+    if kind == "global":
+        assert f"{__name__}._Refused" in msg and "does not load" in msg
+    if kind in ("truncated", "zip"):
+        assert "damaged or truncated" in msg
+    assert "weights_only" not in capfd.readouterr().err      # nor in a warning
