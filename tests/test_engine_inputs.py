@@ -4,13 +4,24 @@ take, and progress written to a log file. Each is one line naming the file or op
 from __future__ import annotations
 
 import errno
+import json
 import os
 
 import pytest
 import torch
 
-from pyganx.engine import latest_checkpoint, load_checkpoint, save_checkpoint
-from pyganx.errors import CheckpointError
+from pyganx import registry
+from pyganx.cli import main as cli_main
+from pyganx.engine import Trainer, TrainOptions, latest_checkpoint, load_checkpoint, save_checkpoint
+from pyganx.errors import CheckpointError, UsageError
+
+#: narrow networks of each built-in variant, for a step or two on the CPU
+SMALL = {"cyclegan": ["--ngf", "4", "--ndf", "4", "--n-blocks", "1", "--pool-size", "2"],
+         "cut": ["--ngf", "4", "--ndf", "4", "--n-blocks", "5", "--netf-nc", "8", "--num-patches", "8"],
+         "fastcut": ["--ngf", "4", "--ndf", "4", "--n-blocks", "5", "--netf-nc", "8", "--num-patches", "8"],
+         "dcgan": ["--ngf", "4", "--ndf", "4", "--z-dim", "8", "--batch-size", "4"],
+         "cgan": ["--ngf", "4", "--ndf", "4", "--z-dim", "8", "--batch-size", "4"],
+         "stargan": ["--g-conv-dim", "4", "--d-conv-dim", "4", "--g-blocks", "1", "--batch-size", "2"]}
 
 
 class _FullDisk:
@@ -94,3 +105,55 @@ def test_a_file_that_is_no_checkpoint_is_one_line_without_torch_advice(tmp_path,
     if kind in ("truncated", "zip"):
         assert "damaged or truncated" in msg
     assert "weights_only" not in capfd.readouterr().err      # nor in a warning
+
+
+@pytest.mark.parametrize("variant,size", [("cyclegan", 30), ("cyclegan", 0), ("cut", 26), ("dcgan", 48),
+                                          ("cgan", 0), ("stargan", 10), ("stargan", -4)])
+def test_an_image_size_the_networks_do_not_take_is_refused_before_anything_is_built(
+        tmp_path, monkeypatch, capsys, variant, size):
+    """The size the user gives, not the demo set's own (digits: 32 px), is checked, and
+    before the data set or the networks are built."""
+    from pyganx.engine import trainer
+
+    def build(*args, **kwargs):
+        raise AssertionError("the data set was built")
+
+    monkeypatch.setattr(trainer, "build_dataset", build)
+    out = tmp_path / "run"
+    assert cli_main(["train", variant, "--demo", "digits", "--image-size", str(size), "--steps", "1",
+                     "-o", str(out), "--no-progress", *SMALL[variant]]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"pyganx train: --image-size {size}: {variant} trains at ") and err.count("\n") == 1, err
+    assert "nearest: " in err and not out.exists()
+
+
+def _smallest(sizes) -> int:
+    return sizes.start if isinstance(sizes, range) else min(sizes)
+
+
+@pytest.mark.parametrize("variant", sorted(SMALL))
+def test_every_variant_trains_at_the_smallest_size_it_declares(tmp_path, variant):
+    """``image_sizes`` holds what the networks take: a step at the smallest one trains,
+    and the grid shows images of that size."""
+    from PIL import Image
+
+    size = _smallest(registry.get(variant).image_sizes)
+    out = tmp_path / "run"
+    assert cli_main(["train", variant, "--demo", "digits", "--image-size", str(size), "--steps", "1",
+                     "-o", str(out), "--no-progress", *SMALL[variant]]) == 0
+    assert json.loads((out / "config.json").read_text())["data_info"]["image_size"] == size
+    assert load_checkpoint(latest_checkpoint(out / "checkpoints"))["data_info"]["image_size"] == size
+    grid = Image.open(next((out / "samples").iterdir()))
+    assert grid.height % size == 0 and grid.width % size == 0 and grid.height // size >= 1
+
+
+def test_a_demo_sets_own_size_is_checked_too(tmp_path):
+    """Without --image-size the demo set's size is used: one the plugin does not take is
+    refused before its networks are built, with the flag to give."""
+    cls = registry.get("dcgan")
+    only_64 = type("Only64", (cls,), {"image_sizes": frozenset({64})})
+    opts = TrainOptions(out=str(tmp_path / "run"), demo="digits", steps=1, progress=False)
+    with pytest.raises(UsageError, match=r"^dcgan cannot train at the data's 32 px, only at 64 px: "
+                                         r"give --image-size \(nearest: 64\)$"):
+        Trainer("dcgan", only_64, cls.Config(ngf=4, ndf=4, z_dim=8), opts)
+    assert not (tmp_path / "run").exists()
