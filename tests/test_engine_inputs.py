@@ -157,3 +157,56 @@ def test_a_demo_sets_own_size_is_checked_too(tmp_path):
                                          r"give --image-size \(nearest: 64\)$"):
         Trainer("dcgan", only_64, cls.Config(ngf=4, ndf=4, z_dim=8), opts)
     assert not (tmp_path / "run").exists()
+
+
+def test_progress_lines_every_5_percent_or_every_minute():
+    """LineProgress, on a clock the test sets: a line per further 5 % of the steps or per
+    minute without one, whichever comes first, the last step always; a resumed run counts
+    from where it resumed."""
+    import io
+
+    from pyganx.engine.reporting import LineProgress
+
+    now = [0.0]
+    out = io.StringIO()
+    p = LineProgress(100, 0, every=60.0, stream=out, clock=lambda: now[0])
+    for step in range(1, 101):
+        now[0] += 25.0 if step <= 10 else 1.0     # slow at first: lines by the minute
+        p.update(step, {"G": 1.0 / step})
+    p.close()
+    lines = out.getvalue().splitlines()
+    steps = [int(ln.split()[1].split("/")[0]) for ln in lines]
+    # a minute passed at step 3 (75 s), the 5 % mark at 5, a minute more at 8 (200 s), then the marks
+    assert steps == [3, 5, 8, 10, *range(15, 101, 5)]
+    assert lines[0] == "step 3/100 (3%), 0.04 it/s, 0:01:15 elapsed, 0:40:25 left; G 0.333"
+    assert lines[-1].startswith("step 100/100 (100%), ") and " 0:00:00 left; G 0.010" in lines[-1]
+    # resumed at 40 of 60, stopped at 47: marks at 42, 45 (stride 3), then the step it stopped at
+    out = io.StringIO()
+    p = LineProgress(60, 40, stream=out, clock=lambda: now[0])
+    for step in range(41, 48):
+        now[0] += 1.0
+        p.update(step, {})
+    p.close()
+    assert [ln.split(",")[0] for ln in out.getvalue().splitlines()] == [
+        "step 42/60 (70%)", "step 45/60 (75%)", "step 47/60 (78%)"]
+
+
+def test_progress_into_a_log_file_is_plain_lines(tmp_path):
+    """With stderr a file (no terminal), training writes a bounded number of plain
+    progress lines, not tqdm's bar redrawn with carriage returns at every step."""
+    import re
+    import subprocess
+    import sys
+
+    log = tmp_path / "train.log"
+    cmd = [sys.executable, "-m", "pyganx", "train", "dcgan", "--demo", "digits", "--steps", "40",
+           "-o", str(tmp_path / "run"), *SMALL["dcgan"]]
+    with open(log, "w") as err:
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=tmp_path, check=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    text = log.read_text()
+    assert "\r" not in text
+    steps = [int(m.group(1)) for m in re.finditer(r"^step (\d+)/40 \(\d+%\), [\d.]+ it/s, ", text, re.M)]
+    # one line per 2 steps (5 %); a step slower than a minute would add one
+    assert set(range(2, 41, 2)) <= set(steps) and len(steps) <= 25 and steps == sorted(steps)
+    assert max(len(ln) for ln in text.splitlines()) < 200
