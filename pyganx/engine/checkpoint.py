@@ -44,8 +44,7 @@ def save_checkpoint(folder: str | os.PathLike, step: int, state: dict, keep: int
         target = folder / "latest.txt"
         atomic_write_bytes(target, lambda f: f.write((path.name + "\n").encode()))
     except OSError as e:
-        reason = e.strerror[:1].lower() + e.strerror[1:] if e.strerror else str(e)
-        raise CheckpointError(f"cannot write checkpoint {target}: {reason} (the checkpoints written "
+        raise CheckpointError(f"cannot write checkpoint {target}: {_os_reason(e)} (the checkpoints written "
                               f"before are as they were)") from e
     if keep > 0:
         for old in sorted(p for p in folder.iterdir() if _NAME.match(p.name))[:-keep]:
@@ -74,6 +73,11 @@ def _torch_save(state: dict, f) -> None:
         if not isinstance(cause, OSError):
             raise
         raise cause from None
+
+
+def _os_reason(e: OSError) -> str:
+    """The system's words for ``e`` (ENOSPC: "no space left on device"), without errno and path."""
+    return e.strerror[:1].lower() + e.strerror[1:] if e.strerror else str(e)
 
 
 def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
@@ -116,7 +120,7 @@ def _unreadable(e: Exception, path: str | os.PathLike) -> str:
     torch gives, never its advice (which ends in "re-running with weights_only=False",
     and that would run whatever code the file holds)."""
     if isinstance(e, OSError):
-        return (e.strerror[:1].lower() + e.strerror[1:]) if e.strerror else str(e)
+        return _os_reason(e)
     text = str(e)
     blocked = re.search(r"\bGLOBAL ([\w.]*\w)", text)       # a class or function outside the allowlist
     if blocked:
