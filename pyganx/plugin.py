@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -124,6 +124,13 @@ class GANPlugin:
     #: the image size, as StarGAN's data loader does; random crops then never change the
     #: scale of what D learns from (test images are not rescaled).
     random_crop: ClassVar[bool] = True
+    #: The image sizes (px, square) the networks can train at, as a container: a
+    #: ``range`` (CycleGAN: ``range(24, 1 << 16, 4)``, two stride-2 downsamplings and a
+    #: 70x70 PatchGAN that needs 24 px) or a set (DCGAN: the powers of two from 8). The
+    #: engine refuses any other ``--image-size`` before it builds the data, and any other
+    #: size of a demo set before it builds the networks; a constructor may still refuse
+    #: sizes its config rules out (StarGAN's ``--d-layers``).
+    image_sizes: ClassVar[Container[int]] = range(1, 1 << 16)
 
     def __init__(self, config: Any, data_info: DataInfo) -> None:
         """Builds the networks and optimizers.

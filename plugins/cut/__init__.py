@@ -30,7 +30,7 @@ from pyganx.errors import UsageError
 from pyganx.losses import gan_loss, patch_nce_loss
 from pyganx.nn import PatchDiscriminator, PatchSampleMLP, ResnetGenerator, init_weights
 from pyganx.plugin import DataInfo, ExportSpec, GANPlugin, linear_decay_schedulers
-from pyganx_plugins.cyclegan import ResnetTranslationConfig
+from pyganx_plugins.cyclegan import RESNET_IMAGE_SIZES, ResnetTranslationConfig
 
 
 @dataclass
@@ -62,6 +62,7 @@ class CUT(GANPlugin):
     api_version = 1
     Config = CUTConfig
     data_kind = "unpaired"
+    image_sizes = RESNET_IMAGE_SIZES
 
     def __init__(self, config: CUTConfig, data_info: DataInfo) -> None:
         super().__init__(config, data_info)

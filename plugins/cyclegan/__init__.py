@@ -20,6 +20,10 @@ from pyganx.losses import ImagePool, gan_loss
 from pyganx.nn import PatchDiscriminator, ResnetGenerator, init_weights
 from pyganx.plugin import DataInfo, ExportSpec, GANPlugin, linear_decay_schedulers
 
+#: The sizes the ResNet generator gives back unchanged (multiples of 4: two stride-2
+#: downsamplings) and the 70x70 PatchGAN takes (at least 24 px, a 1x1 patch map).
+RESNET_IMAGE_SIZES = range(24, 1 << 16, 4)
+
 
 @dataclass
 class ResnetTranslationConfig(AugmentConfig):
@@ -57,6 +61,7 @@ class CycleGAN(GANPlugin):
     api_version = 1
     Config = CycleGANConfig
     data_kind = "unpaired"
+    image_sizes = RESNET_IMAGE_SIZES
 
     def __init__(self, config: CycleGANConfig, data_info: DataInfo) -> None:
         super().__init__(config, data_info)

@@ -60,6 +60,7 @@ class DCGAN(GANPlugin):
     Config = DCGANConfig
     data_kind = "noise"
     default_image_size = 64
+    image_sizes = frozenset(2 ** k for k in range(3, 17))     # G doubles 4 px up; D halves down to 4
 
     def __init__(self, config: DCGANConfig, data_info: DataInfo) -> None:
         super().__init__(config, data_info)

@@ -61,7 +61,8 @@ class StarGANConfig(AugmentConfig):
 def d_layers_for(image_size: int) -> int:
     """6 at 128 px and above (a 2x2 patch map at 128 px), one fewer per halving below."""
     if image_size < 8 or image_size & (image_size - 1):
-        raise UsageError(f"StarGAN needs a power-of-two image size of at least 8, got {image_size}")
+        raise UsageError(f"--image-size {image_size}: StarGAN trains at powers of two from 8 px (or at "
+                         f"multiples of 2**N with --d-layers N)")
     return min(6, int(math.log2(image_size)) - 1)
 
 
@@ -72,6 +73,9 @@ class StarGAN(GANPlugin):
     Config = StarGANConfig
     data_kind = "multi_domain"
     default_image_size = 128
+    #: G: multiples of 4 (two stride-2 downsamplings); D: a multiple of 2**d_layers, which
+    #: by default (d_layers_for) means a power of two
+    image_sizes = range(8, 1 << 16, 4)
     random_crop = False     # the paper's loader: resize (and flip), no random crop
 
     def __init__(self, config: StarGANConfig, data_info: DataInfo) -> None:

@@ -3,11 +3,13 @@
 same folder, flushed and fsynced, then renamed over the target, so a crash mid-save
 leaves the previous checkpoint as it was. ``latest.txt`` names the newest; the newest
 K are kept. The temporary file of a save that was killed (``.step-*.pt.*.tmp``) is
-removed by the next save into the folder."""
+removed by the next save into the folder; a save that fails (a full disk) removes its
+own and raises a CheckpointError."""
 from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -36,8 +38,14 @@ def save_checkpoint(folder: str | os.PathLike, step: int, state: dict, keep: int
                 except OSError:
                     continue
                 stale[p] = (st.st_mtime_ns, st.st_size)
-    atomic_write_bytes(path, lambda f: torch.save(state, f))
-    atomic_write_bytes(folder / "latest.txt", lambda f: f.write((path.name + "\n").encode()))
+    target = path
+    try:
+        atomic_write_bytes(path, lambda f: _torch_save(state, f))
+        target = folder / "latest.txt"
+        atomic_write_bytes(target, lambda f: f.write((path.name + "\n").encode()))
+    except OSError as e:
+        raise CheckpointError(f"cannot write checkpoint {target}: {_os_reason(e)} (the checkpoints written "
+                              f"before are as they were)") from e
     if keep > 0:
         for old in sorted(p for p in folder.iterdir() if _NAME.match(p.name))[:-keep]:
             old.unlink()
@@ -49,6 +57,27 @@ def save_checkpoint(folder: str | os.PathLike, step: int, state: dict, keep: int
         except OSError:
             pass
     return path
+
+
+def _torch_save(state: dict, f) -> None:
+    """``torch.save(state, f)``; an OSError of ``f``'s write (a full disk) is raised as
+    itself, not as the RuntimeError torch's zip writer turns it into ("[enforce fail at
+    inline_container.cc:672] . unexpected pos ...")."""
+    try:
+        torch.save(state, f)
+    except RuntimeError as e:
+        cause, seen = e.__cause__ or e.__context__, set()
+        while cause is not None and not isinstance(cause, OSError) and id(cause) not in seen:
+            seen.add(id(cause))
+            cause = cause.__cause__ or cause.__context__
+        if not isinstance(cause, OSError):
+            raise
+        raise cause from None
+
+
+def _os_reason(e: OSError) -> str:
+    """The system's words for ``e`` (ENOSPC: "no space left on device"), without errno and path."""
+    return e.strerror[:1].lower() + e.strerror[1:] if e.strerror else str(e)
 
 
 def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
@@ -70,7 +99,42 @@ def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """The checkpoint at ``path``, loaded with ``weights_only=True`` (tensors and plain
+    values only); a CheckpointError naming the file when it cannot be read or is no
+    pyganx checkpoint."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch's note on pickle protocols of foreign files points to weights_only=False
+            warnings.filterwarnings("ignore", message=".*weights_only", category=UserWarning)
+            st = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - corrupt or foreign file: one clear message
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path}: cannot read checkpoint: {_unreadable(e, path)}") from None
+    if not isinstance(st, dict):
+        raise CheckpointError(f"{path}: cannot read checkpoint: it holds a {type(st).__name__}, not the "
+                              f"dict of a pyganx checkpoint")
+    return st
+
+
+def _unreadable(e: Exception, path: str | os.PathLike) -> str:
+    """Why ``torch.load`` could not read ``path``: a few words of our own and the reason
+    torch gives, never its advice (which ends in "re-running with weights_only=False",
+    and that would run whatever code the file holds)."""
+    if isinstance(e, OSError):
+        return _os_reason(e)
+    text = str(e)
+    blocked = re.search(r"\bGLOBAL ([\w.]*\w)", text)       # a class or function outside the allowlist
+    if blocked:
+        return f"not a pyganx checkpoint: it refers to {blocked.group(1)}, Python code that pyganx does not load"
+    # the weights-only unpickler's own reason follows "WeightsUnpickler error:"; elsewhere
+    # the reason is the first sentence, after the "[enforce fail at FILE:LINE] ." of C++ checks
+    detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    first = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", text.strip()).split("\n")[0]
+    reason = re.split(r"(?<=\.)\s", detail.group(1) if detail else first)[0].strip().rstrip(".")
+    if "weights" in reason.lower():
+        reason = ""
+    elif len(reason) > 120:
+        reason = reason[:117] + "..."
+    if isinstance(e, EOFError) or not reason:
+        empty = os.path.isfile(path) and os.path.getsize(path) == 0
+        reason = "the file is empty" if empty else reason or "it ends too early"
+    return f"not a pyganx checkpoint, or a damaged or truncated one ({reason})"

@@ -58,7 +58,8 @@ class TrainOptions:
     checkpoint_every: int = _opt(500, "steps between checkpoints")
     keep: int = _opt(3, "checkpoints kept (0: all)")
     device: str | None = _opt(None, "cuda, mps or cpu (default: the first available)")
-    progress: bool = _opt(True, "a progress bar")
+    progress: bool = _opt(True, "a progress bar; when stderr is not a terminal (a log file), a plain "
+                                "line every 5 %% of the steps or every minute")
     skip_bad_images: bool = _opt(False, "warn about unreadable images and train on the others, "
                                         "instead of stopping")
     train_fraction: float = _opt(1.0, "train on this share of each domain's (class's) training images, "

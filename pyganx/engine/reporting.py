@@ -1,10 +1,15 @@
 """What a run writes for people to look at: losses.csv and losses.png, TensorBoard
-scalars (when TensorBoard is installed), the progress bar, and sample grids."""
+scalars (when TensorBoard is installed), the progress bar (plain lines when stderr is
+not a terminal), and sample grids."""
 from __future__ import annotations
 
 import csv
+import math
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
@@ -84,9 +89,57 @@ def tensorboard_writer(log_dir: Path):
     return SummaryWriter(log_dir=str(log_dir))
 
 
+def _clock_text(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+class LineProgress:
+    """Progress for a log file rather than a terminal: a plain line (no carriage return)
+    when a further 5 % of the steps is done or ``every`` seconds have passed since the
+    last line, whichever comes first, and at the last step::
+
+        step 120/2000 (6%), 3.52 it/s, 0:00:34 elapsed, 0:08:54 left; G 1.234, D 0.456
+    """
+
+    def __init__(self, total: int, initial: int = 0, every: float = 60.0, stream: TextIO | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.total, self.first, self.step, self.every = total, initial, initial, every
+        self.stream, self.clock = stream, clock
+        self.stride = max(1, math.ceil(total / 20))          # 5 % of the steps
+        self.start = self.last_time = clock()
+        self.next_step = (initial // self.stride + 1) * self.stride
+        self.printed = initial        # the step of the last line
+        self.losses: dict[str, float] = {}
+
+    def update(self, step: int, losses: dict[str, float]) -> None:
+        self.step, self.losses = step, losses
+        now = self.clock()
+        if step >= self.next_step or step >= self.total or now - self.last_time >= self.every:
+            self._line(now)
+
+    def _line(self, now: float) -> None:
+        elapsed = now - self.start
+        rate = (self.step - self.first) / elapsed if elapsed > 0 else 0.0
+        left = f", {_clock_text((self.total - self.step) / rate)} left" if rate > 0 else ""
+        losses = ", ".join(f"{k} {v:.3f}" for k, v in self.losses.items())
+        print(f"step {self.step}/{self.total} ({100 * self.step // max(1, self.total)}%), {rate:.2f} it/s, "
+              f"{_clock_text(elapsed)} elapsed{left}" + (f"; {losses}" if losses else ""),
+              file=self.stream or sys.stderr, flush=True)
+        self.last_time, self.printed = now, self.step
+        self.next_step = (self.step // self.stride + 1) * self.stride
+
+    def close(self) -> None:
+        """A last line for steps done since the last one (a run that stopped early)."""
+        if self.step > self.printed:
+            self._line(self.clock())
+
+
 class LossLog:
     """The losses of every step: a row of ``RUN/losses.csv`` (flushed at once),
-    TensorBoard scalars under ``RUN/tb`` and the progress bar's figures. Opened at
+    TensorBoard scalars under ``RUN/tb`` and the progress figures (tqdm's bar when stderr
+    is a terminal, else :class:`LineProgress`'s lines: tqdm would write every refresh of
+    the bar into a log file, as one line of carriage returns). Opened at
     ``step`` of ``total``; ``resumed`` drops rows past ``step`` first."""
 
     def __init__(self, run: Path, step: int, total: int, resumed: bool, progress: bool) -> None:
@@ -96,12 +149,16 @@ class LossLog:
             drop_rows_after(self.csv_path, step)
         self._file = open(self.csv_path, "a", newline="")
         self._csv: csv.DictWriter | None = None
-        self.bar = None
+        self.bar = None                             # tqdm's, on a terminal
+        self.lines: LineProgress | None = None      # else plain lines
         self.tb = None
         try:
-            if progress:
+            isatty = getattr(sys.stderr, "isatty", None)
+            if progress and isatty is not None and isatty():
                 from tqdm import tqdm
                 self.bar = tqdm(total=total, initial=step, unit="it", dynamic_ncols=True)
+            elif progress:
+                self.lines = LineProgress(total, step)
             self.tb = tensorboard_writer(run / "tb")
         except BaseException:
             self.close()
@@ -120,6 +177,8 @@ class LossLog:
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
+        if self.lines is not None:
+            self.lines.update(step, losses)
 
     def plot(self) -> None:
         """TensorBoard flushed, and losses.png drawn from the CSV so far."""
@@ -131,8 +190,10 @@ class LossLog:
         self._file.close()
         if self.bar is not None:
             self.bar.close()
+        if self.lines is not None:
+            self.lines.close()
         if self.tb is not None:
             self.tb.close()
 
 
-__all__ = ["LossLog", "drop_rows_after", "plot_losses", "save_grid", "tensorboard_writer"]
+__all__ = ["LineProgress", "LossLog", "drop_rows_after", "plot_losses", "save_grid", "tensorboard_writer"]

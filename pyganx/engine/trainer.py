@@ -48,11 +48,45 @@ def build_plugin(name: str, plugin_cls: type[GANPlugin], config: Any, info) -> G
         return plugin_cls(config, info)
 
 
+def check_image_size(name: str, plugin_cls: type[GANPlugin], size: int, given: bool = True) -> None:
+    """A UsageError naming ``--image-size`` when ``size`` is not among the plugin's
+    ``image_sizes``; ``given``: the user gave it (else it is the data set's own)."""
+    sizes = plugin_cls.image_sizes
+    if size in sizes:
+        return
+    what, near = _sizes_text(sizes, size)
+    nearest = f" (nearest: {', '.join(map(str, near))})" if near else ""
+    if given:
+        raise UsageError(f"--image-size {size}: {name} trains at {what}{nearest}")
+    raise UsageError(f"{name} cannot train at the data's {size} px, only at {what}: give --image-size{nearest}")
+
+
+def _sizes_text(sizes, size: int) -> tuple[str, list[int]]:
+    """How to say which sizes the container ``sizes`` holds, and those nearest to ``size``."""
+    if isinstance(sizes, range):
+        start, step = sizes.start, sizes.step
+        below = start + (size - start) // step * step
+        near = ([start] if size < start else [sizes[-1]] if size > sizes[-1] else
+                [v for v in (below, below + step) if v in sizes])
+        what = (f"sizes from {start}" if step == 1 else f"multiples of {step} from {start}"
+                if start % step == 0 else f"{start}, {start + step}, {start + 2 * step}, ...")
+        return what + (f" to {sizes[-1]} px" if size > sizes[-1] else " px"), near
+    try:
+        ordered = sorted(sizes)
+    except TypeError:         # a container that cannot list what it holds
+        return "other sizes", []
+    shown = ordered if len(ordered) <= 6 else [*ordered[:5], "...", ordered[-1]]
+    near = [x for x in ordered if x < size][-1:] + [x for x in ordered if x > size][:1]
+    return ", ".join(map(str, shown)) + " px", near
+
+
 class Trainer:
     """Trains one plugin instance into a run directory."""
 
     def __init__(self, name: str, plugin_cls: type[GANPlugin], config: Any, opts: TrainOptions):
         opts.check()
+        if opts.image_size is not None:      # before the data and the networks are built
+            check_image_size(name, plugin_cls, opts.image_size)
         self.name, self.opts, self.config = name, opts, config
         self.run = Path(opts.out)
         #: this process's rank among torchrun's processes (one process: rank 0 of 1)
@@ -69,6 +103,8 @@ class Trainer:
         configure_backends(self.device, opts.deterministic)
         tuning.check_device(self.device, opts.impl)      # --impl fused where it cannot run
         self.data = build_dataset(plugin_cls, opts.data_source(), config)
+        if opts.image_size is None:          # a demo set's own size (or the plugin's default)
+            check_image_size(name, plugin_cls, self.data.info.image_size, given=False)
         self.plugin = build_plugin(name, plugin_cls, config, self.data.info)
         self.nets = self.plugin.networks()
         fmt = torch.channels_last if opts.channels_last else torch.preserve_format
@@ -243,4 +279,4 @@ class Trainer:
                 "checkpoint": str(self._saved[1]) if self._saved else None}
 
 
-__all__ = ["Trainer", "build_plugin"]
+__all__ = ["Trainer", "build_plugin", "check_image_size"]
