@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from pathlib import Path
 
 import torch
@@ -17,6 +16,7 @@ import torch
 from pyganx_runtime.files import atomic_write_bytes
 
 from ..errors import CheckpointError
+from ..weights_file import UnreadableWeights, load_weights_only, os_reason
 
 _NAME = re.compile(r"^step-(\d{9})\.pt$")
 _TEMP = re.compile(r"^\.step-\d{9}\.pt\.[A-Za-z0-9_]+\.tmp$")   # atomic_write_bytes's, for a step
@@ -44,7 +44,7 @@ def save_checkpoint(folder: str | os.PathLike, step: int, state: dict, keep: int
         target = folder / "latest.txt"
         atomic_write_bytes(target, lambda f: f.write((path.name + "\n").encode()))
     except OSError as e:
-        raise CheckpointError(f"cannot write checkpoint {target}: {_os_reason(e)} (the checkpoints written "
+        raise CheckpointError(f"cannot write checkpoint {target}: {os_reason(e)} (the checkpoints written "
                               f"before are as they were)") from e
     if keep > 0:
         for old in sorted(p for p in folder.iterdir() if _NAME.match(p.name))[:-keep]:
@@ -75,9 +75,6 @@ def _torch_save(state: dict, f) -> None:
         raise cause from None
 
 
-def _os_reason(e: OSError) -> str:
-    """The system's words for ``e`` (ENOSPC: "no space left on device"), without errno and path."""
-    return e.strerror[:1].lower() + e.strerror[1:] if e.strerror else str(e)
 
 
 def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
@@ -101,40 +98,14 @@ def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """The checkpoint at ``path``, loaded with ``weights_only=True`` (tensors and plain
     values only); a CheckpointError naming the file when it cannot be read or is no
-    pyganx checkpoint."""
+    pyganx checkpoint (never with advice to load it unsafely)."""
     try:
-        with warnings.catch_warnings():
-            # torch's note on pickle protocols of foreign files points to weights_only=False
-            warnings.filterwarnings("ignore", message=".*weights_only", category=UserWarning)
-            st = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - corrupt or foreign file: one clear message
-        raise CheckpointError(f"{path}: cannot read checkpoint: {_unreadable(e, path)}") from None
+        st = load_weights_only(path, map_location)
+    except UnreadableWeights as e:
+        why = {"os": str(e), "code": f"not a pyganx checkpoint: {e}",
+               "damaged": f"not a pyganx checkpoint, or a damaged or truncated one ({e})"}[e.kind]
+        raise CheckpointError(f"{path}: cannot read checkpoint: {why}") from None
     if not isinstance(st, dict):
         raise CheckpointError(f"{path}: cannot read checkpoint: it holds a {type(st).__name__}, not the "
                               f"dict of a pyganx checkpoint")
     return st
-
-
-def _unreadable(e: Exception, path: str | os.PathLike) -> str:
-    """Why ``torch.load`` could not read ``path``: a few words of our own and the reason
-    torch gives, never its advice (which ends in "re-running with weights_only=False",
-    and that would run whatever code the file holds)."""
-    if isinstance(e, OSError):
-        return _os_reason(e)
-    text = str(e)
-    blocked = re.search(r"\bGLOBAL ([\w.]*\w)", text)       # a class or function outside the allowlist
-    if blocked:
-        return f"not a pyganx checkpoint: it refers to {blocked.group(1)}, Python code that pyganx does not load"
-    # the weights-only unpickler's own reason follows "WeightsUnpickler error:"; elsewhere
-    # the reason is the first sentence, after the "[enforce fail at FILE:LINE] ." of C++ checks
-    detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
-    first = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", text.strip()).split("\n")[0]
-    reason = re.split(r"(?<=\.)\s", detail.group(1) if detail else first)[0].strip().rstrip(".")
-    if "weights" in reason.lower():
-        reason = ""
-    elif len(reason) > 120:
-        reason = reason[:117] + "..."
-    if isinstance(e, EOFError) or not reason:
-        empty = os.path.isfile(path) and os.path.getsize(path) == 0
-        reason = "the file is empty" if empty else reason or "it ends too early"
-    return f"not a pyganx checkpoint, or a damaged or truncated one ({reason})"

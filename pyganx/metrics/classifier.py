@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from pyganx_runtime.files import atomic_write_bytes
 
 from .._paths import cache_dir
+from ..weights_file import load_weights_only
 
 #: Bump when the network or its training changes: old cache entries are then ignored.
 CLASSIFIER_VERSION = 1
@@ -143,7 +144,7 @@ def cached_classifier(name: str, key: str,
     path = cache_dir() / "classifiers" / f"{name}-{key}.pt"
     if path.is_file():
         try:
-            st = torch.load(path, map_location="cpu", weights_only=True)
+            st = load_weights_only(path)
             model = ConvClassifier(st["channels"], len(st["classes"]), st["width"])
             model.load_state_dict(st["model"])
             return TrainedClassifier(model.eval(), list(st["classes"]), float(st["test_accuracy"]), True)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UsageError
+from ..weights_file import UnreadableWeights, load_weights_only
 
 #: the weights file pytorch-fid and torch-fidelity download; its SHA-256 starts with 6726825d
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -222,9 +223,9 @@ def load_fid_inception(path: str | os.PathLike | None,
     digest = _sha256(p)
     net = FIDInceptionV3()
     try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - another kind of file: one line
-        raise UsageError(f"{p}: not a state dict ({type(e).__name__}); expected {expected}") from None
+        state = load_weights_only(p)
+    except UnreadableWeights as e:
+        raise UsageError(f"{p}: not a state dict ({e}); expected {expected}") from None
     # batch norm's step counters are not weights (files saved by older torch lack them)
     ours = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
     theirs = ({k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, UsageError
+from ..weights_file import UnreadableWeights, load_weights_only
 from .networks import ResnetGenerator, StarGANGenerator
 
 FORMATS = ("junyanz-cyclegan", "yunjey-stargan")
@@ -59,9 +60,9 @@ class ForeignGenerator:
 
 def _load_state(path: Path) -> dict:
     try:
-        st = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - one clear line for a foreign or broken file
-        raise CheckpointError(f"{path}: cannot read a state dict ({type(e).__name__}: {e})") from None
+        st = load_weights_only(path)
+    except UnreadableWeights as e:
+        raise CheckpointError(f"{path}: cannot read a state dict ({e})") from None
     if isinstance(st, dict) and "state_dict" in st and isinstance(st["state_dict"], dict):
         st = st["state_dict"]
     if not isinstance(st, dict) or not all(isinstance(v, torch.Tensor) for v in st.values()):
