@@ -27,7 +27,7 @@ import torch
 
 from pyganx.augment import DiscriminatorAugment, mid_of
 from pyganx.errors import UsageError
-from pyganx.losses import gan_loss, patch_nce_loss
+from pyganx.losses import check_gan_loss, gan_loss, patch_nce_loss
 from pyganx.nn import PatchDiscriminator, PatchSampleMLP, ResnetGenerator, init_weights
 from pyganx.plugin import DataInfo, ExportSpec, GANPlugin, linear_decay_schedulers
 from pyganx_plugins.cyclegan import ResnetTranslationConfig
@@ -67,8 +67,7 @@ class CUT(GANPlugin):
         super().__init__(config, data_info)
         c = data_info.channels
         blocks = config.generator_blocks(data_info.image_size)
-        if config.gan_loss not in ("lsgan", "bce", "hinge"):
-            raise UsageError(f"--gan-loss must be lsgan, bce or hinge, got {config.gan_loss!r}")
+        check_gan_loss(config.gan_loss)
         if config.num_patches < 2 or config.nce_t <= 0:
             raise UsageError("--num-patches must be at least 2 and --nce-t positive")
         self.G = init_weights(ResnetGenerator(c, c, config.ngf, blocks,

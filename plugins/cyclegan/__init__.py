@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from pyganx.augment import AugmentConfig, DiscriminatorAugment, mid_of
-from pyganx.losses import ImagePool, gan_loss
+from pyganx.losses import GAN_LOSSES, ImagePool, check_gan_loss, gan_loss
 from pyganx.nn import PatchDiscriminator, ResnetGenerator, init_weights
 from pyganx.plugin import DataInfo, ExportSpec, GANPlugin, linear_decay_schedulers
 
@@ -32,7 +32,7 @@ class ResnetTranslationConfig(AugmentConfig):
     lr: float = field(default=2e-4, metadata={"help": "Adam learning rate"})
     beta1: float = field(default=0.5, metadata={"help": "Adam beta1"})
     beta2: float = field(default=0.999, metadata={"help": "Adam beta2"})
-    gan_loss: str = field(default="lsgan", metadata={"help": "lsgan | bce | hinge"})
+    gan_loss: str = field(default="lsgan", metadata={"help": "adversarial loss", "choices": GAN_LOSSES})
     decay_start: float = field(default=0.5, metadata={"help": "fraction of training before the linear lr decay"})
     flip: bool = field(default=True, metadata={"help": "random horizontal flips (off where the data forbids them)"})
     fused: bool = field(default=True, metadata={"help": "pyganx's fused ops where they are faster "
@@ -60,6 +60,7 @@ class CycleGAN(GANPlugin):
 
     def __init__(self, config: CycleGANConfig, data_info: DataInfo) -> None:
         super().__init__(config, data_info)
+        check_gan_loss(config.gan_loss)
         c = data_info.channels
         blocks = config.generator_blocks(data_info.image_size)
         fused = "auto" if config.fused else False

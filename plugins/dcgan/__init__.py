@@ -22,11 +22,12 @@ import torch
 
 from pyganx.augment import AugmentConfig, DiscriminatorAugment, mid_of
 from pyganx.errors import UsageError
-from pyganx.losses import gan_loss, gradient_penalty
+from pyganx.losses import GAN_LOSSES, check_gan_loss, gan_loss, gradient_penalty
 from pyganx.nn import DCGANDiscriminator, DCGANGenerator, init_weights
 from pyganx.plugin import DataInfo, ExportSpec, GANPlugin
 
-LOSSES = ("bce", "lsgan", "hinge", "wgan-gp")
+#: The objectives of ``--loss``: pyganx.losses.GAN_LOSSES and WGAN-GP.
+LOSSES = (*GAN_LOSSES, "wgan-gp")
 #: The noise of the sample grids: the same z for every grid of a run, so grids compare.
 SAMPLE_SEED = 20160107
 
@@ -36,7 +37,8 @@ class DCGANConfig(AugmentConfig):
     z_dim: int = field(default=100, metadata={"help": "noise dimension"})
     ngf: int = field(default=128, metadata={"help": "generator width (128: 4x4x1024 at 64 px)"})
     ndf: int = field(default=64, metadata={"help": "discriminator width"})
-    loss: str = field(default="bce", metadata={"help": "bce (minimax, non-saturating G) | lsgan | hinge | wgan-gp"})
+    loss: str = field(default="bce", metadata={"help": "objective (bce: minimax, non-saturating G)",
+                                               "choices": LOSSES})
     lambda_gp: float = field(default=10.0, metadata={"help": "gradient-penalty weight (wgan-gp)"})
     n_critic: int = field(default=1, metadata={"help": "D updates per G update (5 for wgan-gp)"})
     d_norm: str = field(default="auto", metadata={"help": "D normalisation: batch | layer | none | auto "
@@ -63,8 +65,7 @@ class DCGAN(GANPlugin):
 
     def __init__(self, config: DCGANConfig, data_info: DataInfo) -> None:
         super().__init__(config, data_info)
-        if config.loss not in LOSSES:
-            raise UsageError(f"--loss must be one of {', '.join(LOSSES)}, got {config.loss!r}")
+        check_gan_loss(config.loss, LOSSES, "--loss")
         if config.n_critic < 1:
             raise UsageError(f"--n-critic must be at least 1, got {config.n_critic}")
         norm = config.d_norm

@@ -14,14 +14,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from pyganx.losses import gan_loss
+from pyganx.losses import GAN_LOSSES, check_gan_loss, gan_loss
 from pyganx.nn import PatchDiscriminator, init_weights
 from pyganx.plugin import DataInfo, ExportSpec, GANPlugin, linear_decay_schedulers
 
 from .networks import UNetGenerator, depth_for
-
-#: the adversarial losses that need nothing beyond D's output (no gradient penalty)
-GAN_LOSSES = ("bce", "lsgan", "hinge")
 
 
 @dataclass
@@ -34,7 +31,8 @@ class Pix2PixConfig:
     dropout: float = field(default=0.5, metadata={"help": "dropout in the first decoder layers"})
     dropout_layers: int = field(default=3, metadata={"help": "decoder layers with dropout"})
     lambda_l1: float = field(default=100.0, metadata={"help": "weight of the L1 loss to the target"})
-    gan_loss: str = field(default="bce", metadata={"help": "bce | lsgan | hinge"})
+    gan_loss: str = field(default="bce", metadata={"help": "adversarial loss (bce: the paper's)",
+                                                   "choices": GAN_LOSSES})
     lr: float = field(default=2e-4, metadata={"help": "Adam learning rate"})
     beta1: float = field(default=0.5, metadata={"help": "Adam beta1"})
     beta2: float = field(default=0.999, metadata={"help": "Adam beta2"})
@@ -52,8 +50,7 @@ class Pix2Pix(GANPlugin):
 
     def __init__(self, config: Pix2PixConfig, data_info: DataInfo) -> None:
         super().__init__(config, data_info)
-        if config.gan_loss not in GAN_LOSSES:
-            raise ValueError(f"--gan-loss must be bce, lsgan or hinge, got {config.gan_loss!r}")
+        check_gan_loss(config.gan_loss)
         c = data_info.channels
         depth = config.depth or depth_for(data_info.image_size)
         self.G = UNetGenerator(c, c, config.ngf, depth, config.dropout, config.dropout_layers)
