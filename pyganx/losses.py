@@ -1,7 +1,7 @@
 """GAN losses and the image pool, for plugins.
 
 ``gan_loss(kind, prediction, real)``: the adversarial objective of a discriminator
-output against the label real/fake:
+output against the label real/fake (:data:`LOSSES`):
 - ``"lsgan"``: least squares, (D - 1)^2 for real, D^2 for fake (Mao et al.; CycleGAN);
 - ``"bce"``: binary cross entropy on logits (Goodfellow et al.; with ``real=True`` for
   the generator this is the non-saturating loss);
@@ -9,6 +9,9 @@ output against the label real/fake:
   (pass ``for_generator=True``);
 - ``"wgan"`` (also ``"wgan-gp"``): -D for real, D for fake; add
   :func:`gradient_penalty` to the critic's loss (Gulrajani et al. 2017).
+
+:data:`GAN_LOSSES` are the ones a plugin's ``--gan-loss`` offers (the ``choices`` of its
+config field); :func:`check_gan_loss` refuses any other in a config built in Python.
 
 ``gradient_penalty(critic, real, fake)``: E[(||grad_x D(x_hat)||_2 - 1)^2] at random
 interpolates x_hat of real and fake images (one draw per sample).
@@ -19,11 +22,36 @@ input (keys, not trained through), per patch.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-LOSSES = ("lsgan", "bce", "hinge", "wgan", "wgan-gp")
+from .errors import UsageError
+
+#: The adversarial losses that need nothing beyond D's output (no gradient penalty): the
+#: ``choices`` of the plugins' ``--gan-loss``.
+GAN_LOSSES = ("lsgan", "bce", "hinge")
+#: Every kind :func:`gan_loss` takes.
+LOSSES = (*GAN_LOSSES, "wgan", "wgan-gp")
+
+
+def check_gan_loss(kind: str, choices: Sequence[str] = GAN_LOSSES, option: str = "--gan-loss") -> None:
+    """Refuses a loss outside ``choices`` with a UsageError naming ``option``: the check of
+    a plugin's ``__init__`` for a config built in Python (on the command line, the config
+    field's ``choices`` refuse it first).
+
+    Args:
+        kind: the configured loss.
+        choices: the losses the plugin offers (the ``choices`` of its config field).
+        option: the flag the message names.
+
+    Raises:
+        UsageError: ``kind`` is not one of ``choices``.
+    """
+    if kind not in choices:
+        raise UsageError(f"{option} must be one of {', '.join(choices)}, got {kind!r}")
 
 
 def gan_loss(kind: str, prediction: Tensor, real: bool, for_generator: bool = False) -> Tensor:

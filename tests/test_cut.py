@@ -3,6 +3,7 @@ the MLP heads, the paper's defaults, and a trained generator through export, tra
 eval and a checkpoint loaded as another plugin."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -12,7 +13,8 @@ from pyganx import registry
 from pyganx.cli import main as cli_main
 from pyganx.data import DataInfo
 from pyganx.engine import latest_checkpoint, load_checkpoint, load_run
-from pyganx.losses import patch_nce_loss
+from pyganx.errors import UsageError
+from pyganx.losses import GAN_LOSSES, LOSSES, patch_nce_loss
 from pyganx.nn import ResnetGenerator
 
 SMALL = ["--ngf", "8", "--ndf", "8", "--n-blocks", "5", "--no-progress", "--batch-size", "2"]
@@ -74,6 +76,27 @@ def test_the_papers_defaults():
             cut.nce_layers, cut.gan_loss, cut.lr, cut.beta1, cut.beta2) == \
         (1.0, True, False, 256, 256, 0.07, "0,4,8,12,16", "lsgan", 2e-4, 0.5, 0.999)
     assert (fast.lambda_nce, fast.nce_idt, fast.flip_equivariance, fast.decay_start) == (10.0, False, True, 0.75)
+
+
+@pytest.mark.parametrize("variant", ["cut", "fastcut", "cyclegan"])
+def test_gan_loss_offers_the_losses_of_pyganx_losses(variant):
+    cls = registry.get(variant)
+    (f,) = [f for f in dataclasses.fields(cls.Config) if f.name == "gan_loss"]
+    assert f.metadata["choices"] == GAN_LOSSES
+    # "wgan" is a loss gan_loss computes (it needs a gradient penalty), but not one offered
+    assert "wgan" in LOSSES and "wgan" not in GAN_LOSSES
+    with pytest.raises(UsageError, match=r"^--gan-loss must be one of lsgan, bce, hinge, got 'wgan'$"):
+        cls(cls.Config(ngf=8, ndf=8, gan_loss="wgan"), DataInfo(3, 32, 0, ("A", "B")))
+
+
+def test_the_command_line_refuses_a_gan_loss_not_offered(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli_main(["train", "cut", "--demo", "digits", "--steps", "1", "-o", str(tmp_path / "run"),
+                  *SMALL, "--gan-loss", "wgan"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    assert "argument --gan-loss: invalid choice: 'wgan'" in err and "lsgan" in err, err
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import importlib
 import math
 import os
@@ -22,6 +23,8 @@ from PIL import Image
 
 import pyganx
 from pyganx import registry
+from pyganx.errors import UsageError
+from pyganx.losses import GAN_LOSSES
 from pyganx.plugin import DataInfo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,6 +111,13 @@ def test_the_registry_finds_the_installed_plugin(p2p):
         plugin.optimizers()["G"].step()
         sched.step()
     assert factors[:5] == [1.0] * 5 and factors[5] > factors[9] > 0
+
+
+def test_gan_loss_offers_the_losses_of_pyganx_losses(p2p):
+    (f,) = [f for f in dataclasses.fields(p2p.Pix2PixConfig) if f.name == "gan_loss"]
+    assert f.metadata["choices"] == GAN_LOSSES
+    with pytest.raises(UsageError, match=r"^--gan-loss must be one of lsgan, bce, hinge, got 'wgan'$"):
+        p2p.Pix2Pix(p2p.Pix2PixConfig(ngf=4, ndf=4, gan_loss="wgan"), DataInfo(channels=3, image_size=SIZE))
 
 
 @pytest.mark.parametrize("size", [32, 64, 128, 256])

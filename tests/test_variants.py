@@ -5,6 +5,7 @@ generators, `translate --domain`, and `pyganx eval` figures that follow stand-in
 generators."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -17,8 +18,10 @@ from torch import nn
 
 import pyganx
 from pyganx.cli import main as cli_main
+from pyganx.data import DataInfo
 from pyganx.engine import latest_checkpoint, load_checkpoint, load_run
-from pyganx.losses import gan_loss, gradient_penalty
+from pyganx.errors import UsageError
+from pyganx.losses import GAN_LOSSES, gan_loss, gradient_penalty
 
 DC = ["--ngf", "8", "--ndf", "8", "--z-dim", "16", "--batch-size", "8", "--no-progress"]
 SG = ["--g-conv-dim", "8", "--d-conv-dim", "8", "--g-blocks", "1", "--batch-size", "4", "--no-progress"]
@@ -232,6 +235,21 @@ def test_dcgan_networks_follow_the_paper_and_the_alias_is_the_same_plugin():
     assert not any(isinstance(m, nn.BatchNorm2d) for m in wgan.D.modules())
     with pytest.raises(ValueError, match="per sample"):
         cls(cls.Config(loss="wgan-gp", d_norm="batch"), DataInfo(1, 32))
+
+
+@pytest.mark.parametrize("variant", ["gan", "cgan"])
+def test_loss_offers_pyganx_losses_and_wgan_gp(variant, tmp_path, capsys):
+    from pyganx import registry
+    cls = registry.get(variant)
+    (f,) = [f for f in dataclasses.fields(cls.Config) if f.name == "loss"]
+    assert f.metadata["choices"] == (*GAN_LOSSES, "wgan-gp")
+    with pytest.raises(UsageError, match=r"^--loss must be one of lsgan, bce, hinge, wgan-gp, got 'wgan'$"):
+        cls(cls.Config(ngf=8, ndf=8, loss="wgan"), DataInfo(1, 32, 10))
+    with pytest.raises(SystemExit) as e:
+        cli_main(["train", variant, "--demo", "digits", "--steps", "1", "-o", str(tmp_path / "run"),
+                  *DC, "--loss", "wgan"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "argument --loss: invalid choice: 'wgan'" in err, err
 
 
 def test_stargan_d_augment_shifts_each_image_and_passes_gradients():

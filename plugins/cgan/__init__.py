@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from pyganx.errors import UsageError
-from pyganx.plugin import ExportSpec
+from pyganx.plugin import Batch, ExportSpec
 from pyganx_plugins.dcgan import DCGAN, DCGANConfig
 
 
@@ -29,6 +29,7 @@ class CGAN(DCGAN):
 
     @property
     def num_classes(self) -> int:
+        """The data's number of classes; fewer than 2 is a UsageError."""
         n = self.data_info.num_classes
         if n < 2:
             raise UsageError(f"the conditional GAN needs labelled data with at least 2 classes, got {n}")
@@ -36,12 +37,14 @@ class CGAN(DCGAN):
 
     @property
     def classes(self) -> tuple[str, ...]:
+        """The class names (the data's sub-folders), else the class indices as strings."""
         return tuple(self.data_info.domains) or tuple(str(k) for k in range(self.num_classes))
 
-    def _labels(self, batch):
+    def _labels(self, batch: Batch) -> torch.Tensor:
+        """The batch's class labels."""
         return batch["label"]
 
-    def class_index(self, label) -> int:
+    def class_index(self, label: str | int) -> int:
         """A class given by name (its folder) or by index."""
         names = self.classes
         if str(label) in names:
@@ -54,7 +57,9 @@ class CGAN(DCGAN):
             return k
         raise UsageError(f"unknown class {label!r}; the classes are {', '.join(names)}")
 
-    def sample(self, batch, label=None):
+    def sample(self, batch: Batch, label: str | int | None = None) -> dict[str, torch.Tensor]:
+        """One row per class, the same z down each column; with ``label`` (a class name or index;
+        ``pyganx sample --label``), one row of that class."""
         n = batch["image"].shape[0]
         dev = next(self.G.parameters()).device
         if label is not None:
@@ -63,6 +68,7 @@ class CGAN(DCGAN):
         # one row per class, the same z down each column
         return {name: self.generate(n, torch.full((n,), k, device=dev)) for k, name in enumerate(self.classes)}
 
-    def export_specs(self):
+    def export_specs(self) -> dict[str, ExportSpec]:
+        """``G``: noise z and a class index -> image, with the class names."""
         return {"G": ExportSpec("G", ("z", "label"), self.classes, z_dim=self.config.z_dim,
                                 description="noise + class -> image")}

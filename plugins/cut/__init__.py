@@ -22,19 +22,22 @@ checkpointed, resumed and DDP-synchronised like every network. Every number is a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from pyganx.augment import DiscriminatorAugment, mid_of
 from pyganx.errors import UsageError
-from pyganx.losses import gan_loss, patch_nce_loss
+from pyganx.losses import check_gan_loss, gan_loss, patch_nce_loss
 from pyganx.nn import PatchDiscriminator, PatchSampleMLP, ResnetGenerator, init_weights
-from pyganx.plugin import DataInfo, ExportSpec, GANPlugin, linear_decay_schedulers
+from pyganx.plugin import Batch, DataInfo, ExportSpec, GANPlugin, StepContext, linear_decay_schedulers
 from pyganx_plugins.cyclegan import RESNET_IMAGE_SIZES, ResnetTranslationConfig
 
 
 @dataclass
 class CUTConfig(ResnetTranslationConfig):
+    """CUT's options: the translators' shared ones and the PatchNCE loss's."""
+
     lambda_gan: float = field(default=1.0, metadata={"help": "adversarial weight"})
     lambda_nce: float = field(default=1.0, metadata={"help": "PatchNCE weight"})
     nce_idt: bool = field(default=True, metadata={"help": "identity PatchNCE on real B (G(B) against B)"})
@@ -49,6 +52,9 @@ class CUTConfig(ResnetTranslationConfig):
 
 @dataclass
 class FastCUTConfig(CUTConfig):
+    """FastCUT's defaults: PatchNCE weight 10, no identity term, flip-equivariance, and
+    the learning rate decaying over the last quarter."""
+
     lambda_nce: float = field(default=10.0, metadata={"help": "PatchNCE weight"})
     nce_idt: bool = field(default=False, metadata={"help": "identity PatchNCE on real B (G(B) against B)"})
     flip_equivariance: bool = field(default=True, metadata={
@@ -65,11 +71,15 @@ class CUT(GANPlugin):
     image_sizes = RESNET_IMAGE_SIZES
 
     def __init__(self, config: CUTConfig, data_info: DataInfo) -> None:
+        """Builds G (the ResNet generator), D (a PatchGAN) and F (the MLP heads, one per
+        ``nce_layers`` layer, sized from G's features for the data's channels and size) with
+        N(0, 0.02) weights, one Adam each, and D's augmentation. Refuses a ``--gan-loss`` it does
+        not offer, fewer than 2 patches, a temperature that is not positive and a layer outside
+        G's encoder."""
         super().__init__(config, data_info)
         c = data_info.channels
         blocks = config.generator_blocks(data_info.image_size)
-        if config.gan_loss not in ("lsgan", "bce", "hinge"):
-            raise UsageError(f"--gan-loss must be lsgan, bce or hinge, got {config.gan_loss!r}")
+        check_gan_loss(config.gan_loss)
         if config.num_patches < 2 or config.nce_t <= 0:
             raise UsageError("--num-patches must be at least 2 and --nce-t positive")
         self.G = init_weights(ResnetGenerator(c, c, config.ngf, blocks,
@@ -84,17 +94,22 @@ class CUT(GANPlugin):
             probe = self.G(torch.zeros(1, c, data_info.image_size, data_info.image_size), self.layers)
         self.F = init_weights(PatchSampleMLP([f.shape[1] for f in probe], config.netf_nc))
         betas = (config.beta1, config.beta2)
-        self.opt = {name: torch.optim.Adam(net.parameters(), lr=config.lr, betas=betas)
-                    for name, net in (("G", self.G), ("D", self.D), ("F", self.F))}
+        self.opt: dict[str, torch.optim.Optimizer] = {
+            name: torch.optim.Adam(net.parameters(), lr=config.lr, betas=betas)
+            for name, net in (("G", self.G), ("D", self.D), ("F", self.F))}
         self.augment = DiscriminatorAugment.from_config(config, mid_of(config.gan_loss))
 
-    def networks(self):
+    def networks(self) -> dict[str, torch.nn.Module]:
+        """G (A -> B), D (which judges images of B) and F (the PatchNCE MLP heads)."""
         return {"G": self.G, "D": self.D, "F": self.F}
 
-    def optimizers(self):
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """``"G"``, ``"D"`` and ``"F"``, one Adam per network."""
         return self.opt
 
-    def schedulers(self, total_steps: int):
+    def schedulers(self, total_steps: int) -> dict[str, torch.optim.lr_scheduler.LRScheduler]:
+        """The learning rates constant, then linearly down to 0 from ``decay_start`` of the run
+        (CUT: half, FastCUT: three quarters)."""
         return linear_decay_schedulers(self.opt, total_steps, self.config.decay_start)
 
     def _nce(self, src: torch.Tensor, tgt: torch.Tensor, flipped: bool) -> torch.Tensor:
@@ -111,7 +126,17 @@ class CUT(GANPlugin):
         return sum(patch_nce_loss(q, k, n, cfg.nce_t).mean() * cfg.lambda_nce
                    for q, k in zip(queries, keys)) / len(self.layers)
 
-    def train_step(self, batch, ctx):
+    def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, float]:
+        """One update of D, then one of G and the MLP heads together, as in the paper.
+
+        D: real B against G(A), its loss halved. G: the adversarial loss times ``lambda_gan``
+        plus PatchNCE between G(A) and A times ``lambda_nce``; with ``nce_idt``, that averaged
+        with the identity PatchNCE between G(B) and B. With ``flip_equivariance`` the input is
+        flipped horizontally at random (one draw per step).
+
+        Logged: ``G_gan`` (the weighted adversarial term), ``NCE`` (the weighted PatchNCE of
+        A -> B), ``NCE_idt`` (the weighted identity PatchNCE, with ``nce_idt`` and a positive
+        ``lambda_nce``), ``D`` (D's halved loss) and, with ``--d-augment``, ``augment_p``."""
         cfg = self.config
         real_A, real_B = batch["A"], batch["B"]
         real = torch.cat([real_A, real_B]) if cfg.nce_idt else real_A
@@ -160,13 +185,16 @@ class CUT(GANPlugin):
             out["augment_p"] = self.augment.p
         return out
 
-    def extra_state(self):
+    def extra_state(self) -> dict[str, Any]:
+        """The augmentation's state (CUT has no image pool)."""
         return {"augment": self.augment.state_dict()}
 
-    def load_extra_state(self, state):
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restores the augmentation's state."""
         self.augment.load_state_dict(state.get("augment", {}))
 
-    def sample(self, batch):
+    def sample(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Rows real A, fake B, real B and, with ``nce_idt``, identity B (G(B)); G in eval mode."""
         was = self.G.training
         self.G.eval()
         try:
@@ -178,7 +206,8 @@ class CUT(GANPlugin):
         finally:
             self.G.train(was)
 
-    def export_specs(self):
+    def export_specs(self) -> dict[str, ExportSpec]:
+        """``G``: A -> B, image to image."""
         return {"G": ExportSpec("G", ("image",), ("A", "B"), description="A -> B")}
 
 

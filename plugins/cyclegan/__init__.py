@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from pyganx.augment import AugmentConfig, DiscriminatorAugment, mid_of
-from pyganx.losses import ImagePool, gan_loss
+from pyganx.losses import GAN_LOSSES, ImagePool, check_gan_loss, gan_loss
 from pyganx.nn import PatchDiscriminator, ResnetGenerator, init_weights
-from pyganx.plugin import DataInfo, ExportSpec, GANPlugin, linear_decay_schedulers
+from pyganx.plugin import Batch, DataInfo, ExportSpec, GANPlugin, StepContext, linear_decay_schedulers
 
 #: The sizes the ResNet generator gives back unchanged (multiples of 4: two stride-2
 #: downsamplings) and the 70x70 PatchGAN takes (at least 24 px, a 1x1 patch map).
@@ -36,7 +37,7 @@ class ResnetTranslationConfig(AugmentConfig):
     lr: float = field(default=2e-4, metadata={"help": "Adam learning rate"})
     beta1: float = field(default=0.5, metadata={"help": "Adam beta1"})
     beta2: float = field(default=0.999, metadata={"help": "Adam beta2"})
-    gan_loss: str = field(default="lsgan", metadata={"help": "lsgan | bce | hinge"})
+    gan_loss: str = field(default="lsgan", metadata={"help": "adversarial loss", "choices": GAN_LOSSES})
     decay_start: float = field(default=0.5, metadata={"help": "fraction of training before the linear lr decay"})
     flip: bool = field(default=True, metadata={"help": "random horizontal flips (off where the data forbids them)"})
     fused: bool = field(default=True, metadata={"help": "pyganx's fused ops where they are faster "
@@ -50,6 +51,9 @@ class ResnetTranslationConfig(AugmentConfig):
 
 @dataclass
 class CycleGANConfig(ResnetTranslationConfig):
+    """CycleGAN's options: the translators' shared ones, the cycle and identity weights and
+    the image pool."""
+
     lambda_cycle: float = field(default=10.0, metadata={"help": "cycle-consistency weight"})
     lambda_identity: float = field(default=0.5, metadata={"help": "identity weight, x lambda_cycle"})
     pool_size: int = field(default=50, metadata={"help": "image pool size (0: off)"})
@@ -64,7 +68,11 @@ class CycleGAN(GANPlugin):
     image_sizes = RESNET_IMAGE_SIZES
 
     def __init__(self, config: CycleGANConfig, data_info: DataInfo) -> None:
+        """Builds G_AB, G_BA (ResNet generators), D_A, D_B (PatchGANs) with N(0, 0.02) weights,
+        one Adam for both generators and one for both discriminators, an image pool per
+        discriminator and D's augmentation. A ``--gan-loss`` it does not offer is refused."""
         super().__init__(config, data_info)
+        check_gan_loss(config.gan_loss)
         c = data_info.channels
         blocks = config.generator_blocks(data_info.image_size)
         fused = "auto" if config.fused else False
@@ -75,7 +83,7 @@ class CycleGAN(GANPlugin):
         for m in (self.G_AB, self.G_BA, self.D_A, self.D_B):
             init_weights(m)
         betas = (config.beta1, config.beta2)
-        self.opt = {
+        self.opt: dict[str, torch.optim.Optimizer] = {
             "G": torch.optim.Adam(itertools.chain(self.G_AB.parameters(), self.G_BA.parameters()),
                                   lr=config.lr, betas=betas),
             "D": torch.optim.Adam(itertools.chain(self.D_A.parameters(), self.D_B.parameters()),
@@ -86,16 +94,29 @@ class CycleGAN(GANPlugin):
         #: one augmentation (and ADA probability) for what D_A and D_B see
         self.augment = DiscriminatorAugment.from_config(config, mid_of(config.gan_loss))
 
-    def networks(self):
+    def networks(self) -> dict[str, torch.nn.Module]:
+        """G_AB (A -> B), G_BA (B -> A), D_A and D_B (which judge images of A and of B)."""
         return {"G_AB": self.G_AB, "G_BA": self.G_BA, "D_A": self.D_A, "D_B": self.D_B}
 
-    def optimizers(self):
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """``"G"`` over both generators, ``"D"`` over both discriminators."""
         return self.opt
 
-    def schedulers(self, total_steps: int):
+    def schedulers(self, total_steps: int) -> dict[str, torch.optim.lr_scheduler.LRScheduler]:
+        """Both learning rates constant, then linearly down to 0 from ``decay_start`` of the run."""
         return linear_decay_schedulers(self.opt, total_steps, self.config.decay_start)
 
-    def train_step(self, batch, ctx):
+    def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, float]:
+        """One update of both generators, then one of both discriminators, as in the paper.
+
+        G: the adversarial loss of G_AB(A) under D_B and of G_BA(B) under D_A, plus the cycle
+        L1 of G_BA(G_AB(A)) to A and of G_AB(G_BA(B)) to B times ``lambda_cycle``, plus the
+        identity L1 of G_AB(B) to B and of G_BA(A) to A times ``lambda_cycle * lambda_identity``.
+        D: each discriminator on real images against fakes drawn through its image pool, its
+        loss halved.
+
+        Logged: ``G_gan``, ``G_cycle``, ``G_idt`` (the weighted terms of G's loss), ``D_A``,
+        ``D_B`` (each discriminator's halved loss) and, with ``--d-augment``, ``augment_p``."""
         cfg = self.config
         aug = self.augment
         real_A, real_B = batch["A"], batch["B"]
@@ -136,18 +157,23 @@ class CycleGAN(GANPlugin):
             out["augment_p"] = aug.p
         return out
 
-    def extra_state(self):
+    def extra_state(self) -> dict[str, Any]:
+        """The two image pools (images and random state) and the augmentation's state."""
         return {"pool_A": self.pool_A.state_dict(), "pool_B": self.pool_B.state_dict(),
                 "augment": self.augment.state_dict()}
 
-    def load_extra_state(self, state):
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restores the pools (where the checkpoint has them) onto the generators' device, and
+        the augmentation's state."""
         dev = next(self.G_AB.parameters()).device
         if "pool_A" in state:
             self.pool_A.load_state_dict(state["pool_A"], dev)
             self.pool_B.load_state_dict(state["pool_B"], dev)
         self.augment.load_state_dict(state.get("augment", {}))
 
-    def sample(self, batch):
+    def sample(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Rows real A, fake B, recovered A, real B, fake A, recovered B: each translation and
+        its way back, the generators in eval mode."""
         was = self.G_AB.training, self.G_BA.training
         self.G_AB.eval()
         self.G_BA.eval()
@@ -160,6 +186,7 @@ class CycleGAN(GANPlugin):
             self.G_AB.train(was[0])
             self.G_BA.train(was[1])
 
-    def export_specs(self):
+    def export_specs(self) -> dict[str, ExportSpec]:
+        """``G_AB`` (A -> B, the default) and ``G_BA`` (B -> A), image to image."""
         return {"G_AB": ExportSpec("G_AB", ("image",), ("A", "B"), description="A -> B"),
                 "G_BA": ExportSpec("G_BA", ("image",), ("B", "A"), description="B -> A")}

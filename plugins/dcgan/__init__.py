@@ -17,26 +17,32 @@ penalty, weight ``--lambda-gp``, is void when samples are normalised together) a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from pyganx.augment import AugmentConfig, DiscriminatorAugment, mid_of
 from pyganx.errors import UsageError
-from pyganx.losses import gan_loss, gradient_penalty
+from pyganx.losses import GAN_LOSSES, check_gan_loss, gan_loss, gradient_penalty
 from pyganx.nn import DCGANDiscriminator, DCGANGenerator, init_weights
-from pyganx.plugin import DataInfo, ExportSpec, GANPlugin
+from pyganx.plugin import Batch, DataInfo, ExportSpec, GANPlugin, StepContext
 
-LOSSES = ("bce", "lsgan", "hinge", "wgan-gp")
+#: The objectives of ``--loss``: pyganx.losses.GAN_LOSSES and WGAN-GP.
+LOSSES = (*GAN_LOSSES, "wgan-gp")
 #: The noise of the sample grids: the same z for every grid of a run, so grids compare.
 SAMPLE_SEED = 20160107
 
 
 @dataclass
 class DCGANConfig(AugmentConfig):
+    """DCGAN's options (the conditional GAN's too): the paper's widths, objective and Adam,
+    and WGAN-GP's penalty weight and critic steps."""
+
     z_dim: int = field(default=100, metadata={"help": "noise dimension"})
     ngf: int = field(default=128, metadata={"help": "generator width (128: 4x4x1024 at 64 px)"})
     ndf: int = field(default=64, metadata={"help": "discriminator width"})
-    loss: str = field(default="bce", metadata={"help": "bce (minimax, non-saturating G) | lsgan | hinge | wgan-gp"})
+    loss: str = field(default="bce", metadata={"help": "objective (bce: minimax, non-saturating G)",
+                                               "choices": LOSSES})
     lambda_gp: float = field(default=10.0, metadata={"help": "gradient-penalty weight (wgan-gp)"})
     n_critic: int = field(default=1, metadata={"help": "D updates per G update (5 for wgan-gp)"})
     d_norm: str = field(default="auto", metadata={"help": "D normalisation: batch | layer | none | auto "
@@ -63,9 +69,12 @@ class DCGAN(GANPlugin):
     image_sizes = frozenset(2 ** k for k in range(3, 17))     # G doubles 4 px up; D halves down to 4
 
     def __init__(self, config: DCGANConfig, data_info: DataInfo) -> None:
+        """Builds G and D (DCGAN networks for the data's channels and size, conditioned on
+        :attr:`num_classes` classes when there are any; D's normalisation from ``--d-norm``)
+        with N(0, 0.02) weights, one Adam each, and D's augmentation. Refuses a ``--loss`` it
+        does not offer, ``--n-critic`` below 1 and batch norm in a WGAN-GP critic."""
         super().__init__(config, data_info)
-        if config.loss not in LOSSES:
-            raise UsageError(f"--loss must be one of {', '.join(LOSSES)}, got {config.loss!r}")
+        check_gan_loss(config.loss, LOSSES, "--loss")
         if config.n_critic < 1:
             raise UsageError(f"--n-critic must be at least 1, got {config.n_critic}")
         norm = config.d_norm
@@ -80,8 +89,9 @@ class DCGAN(GANPlugin):
         self.D = init_weights(DCGANDiscriminator(data_info.channels, config.ndf, data_info.image_size,
                                                  num_classes=n, norm=norm))
         betas = (config.beta1, config.beta2)
-        self.opt = {"G": torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=betas),
-                    "D": torch.optim.Adam(self.D.parameters(), lr=config.lr, betas=betas)}
+        self.opt: dict[str, torch.optim.Optimizer] = {
+            "G": torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=betas),
+            "D": torch.optim.Adam(self.D.parameters(), lr=config.lr, betas=betas)}
         self.d_steps = 0
         self.last_g = 0.0
         self.augment = DiscriminatorAugment.from_config(config, mid_of(config.loss))
@@ -89,19 +99,34 @@ class DCGAN(GANPlugin):
     # --- what the conditional GAN changes ------------------------------------------
     @property
     def num_classes(self) -> int:
+        """The number of classes G and D are conditioned on: 0, none (the conditional GAN
+        overrides this with the data's)."""
         return 0
 
-    def _labels(self, batch):
+    def _labels(self, batch: Batch) -> torch.Tensor | None:
+        """The batch's class labels that G and D are conditioned on: None, none (the
+        conditional GAN overrides this)."""
         return None
 
     # --- plugin API ------------------------------------------------------------------
-    def networks(self):
+    def networks(self) -> dict[str, torch.nn.Module]:
+        """G (noise -> image) and D (image -> one logit)."""
         return {"G": self.G, "D": self.D}
 
-    def optimizers(self):
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """``"G"`` and ``"D"``, one Adam each."""
         return self.opt
 
-    def train_step(self, batch, ctx):
+    def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, float]:
+        """One update of D on the real batch against G(z), z ~ N(0, I); then, on the first step
+        and every ``n_critic``-th after, one update of G against the updated D (with bce, the
+        non-saturating loss). With wgan-gp, D's loss adds ``lambda_gp`` times the gradient
+        penalty.
+
+        Logged: ``D`` (D's loss, the penalty included), ``G`` (G's last loss, repeated on the
+        steps without a G update), ``D_gp`` (the penalty, with wgan-gp), ``augment_p`` (with
+        ``--d-augment``), and ``D_real``, ``D_fake``: D's mean output on real and generated
+        images, as probabilities with bce and raw scores otherwise."""
         cfg = self.config
         real = batch["image"]
         y = self._labels(batch)
@@ -139,10 +164,13 @@ class DCGAN(GANPlugin):
         return {"D": loss_D.item(), "G": self.last_g, **losses,
                 "D_real": _score(cfg.loss, d_real), "D_fake": _score(cfg.loss, d_fake)}
 
-    def extra_state(self):
+    def extra_state(self) -> dict[str, Any]:
+        """The count of D steps (which paces G's updates), G's last loss and the augmentation's
+        state."""
         return {"d_steps": self.d_steps, "last_g": self.last_g, "augment": self.augment.state_dict()}
 
-    def load_extra_state(self, state):
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restores them; a checkpoint without them leaves a new run's values."""
         self.d_steps = int(state.get("d_steps", 0))
         self.last_g = float(state.get("last_g", 0.0))
         self.augment.load_state_dict(state.get("augment", {}))
@@ -157,16 +185,21 @@ class DCGAN(GANPlugin):
         finally:
             self.G.train(was)
 
-    def sample(self, batch):
+    def sample(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Rows: the real batch, then images from the fixed sample noise, as many as the batch
+        and as many again (the next rows of the same noise)."""
         real = batch["image"]
         n = real.shape[0]
         return {"real": real, "generated": self.generate(n),
                 "generated (more)": self.generate(2 * n)[n:]}
 
-    def export_specs(self):
+    def export_specs(self) -> dict[str, ExportSpec]:
+        """``G``: noise z of ``z_dim`` -> image."""
         return {"G": ExportSpec("G", ("z",), z_dim=self.config.z_dim, description="noise -> image")}
 
 
 def _score(loss: str, d: torch.Tensor) -> float:
+    """D's mean output on a batch: a probability (the mean sigmoid) with bce, the mean raw
+    score with the other losses."""
     d = d.detach().float()
     return float(torch.sigmoid(d).mean()) if loss == "bce" else float(d.mean())

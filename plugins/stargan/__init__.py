@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,11 +31,13 @@ from pyganx.augment import AugmentConfig, DiscriminatorAugment
 from pyganx.errors import UsageError
 from pyganx.losses import gradient_penalty
 from pyganx.nn import StarGANDiscriminator, StarGANGenerator, init_weights, one_hot
-from pyganx.plugin import DataInfo, ExportSpec, GANPlugin, linear_decay_schedulers
+from pyganx.plugin import Batch, DataInfo, ExportSpec, GANPlugin, StepContext, linear_decay_schedulers
 
 
 @dataclass
 class StarGANConfig(AugmentConfig):
+    """StarGAN's options, with the paper's defaults."""
+
     g_conv_dim: int = field(default=64, metadata={"help": "generator width"})
     d_conv_dim: int = field(default=64, metadata={"help": "discriminator width"})
     g_blocks: int = field(default=6, metadata={"help": "generator residual blocks"})
@@ -79,6 +82,9 @@ class StarGAN(GANPlugin):
     random_crop = False     # the paper's loader: resize (and flip), no random crop
 
     def __init__(self, config: StarGANConfig, data_info: DataInfo) -> None:
+        """Builds G and D for the data's domains (D's depth from the image size unless
+        ``--d-layers``) with N(0, 0.02) weights, one Adam each, and D's augmentation. Refuses
+        fewer than two domains and ``--n-critic`` below 1."""
         super().__init__(config, data_info)
         self.domains = tuple(data_info.domains)
         if len(self.domains) < 2:
@@ -92,22 +98,28 @@ class StarGAN(GANPlugin):
         self.D = init_weights(StarGANDiscriminator(size, k, config.d_conv_dim, layers, in_ch=c,
                                                    src_per_domain=config.d_per_domain))
         betas = (config.beta1, config.beta2)
-        self.opt = {"G": torch.optim.Adam(self.G.parameters(), lr=config.g_lr, betas=betas),
-                    "D": torch.optim.Adam(self.D.parameters(), lr=config.d_lr, betas=betas)}
+        self.opt: dict[str, torch.optim.Optimizer] = {
+            "G": torch.optim.Adam(self.G.parameters(), lr=config.g_lr, betas=betas),
+            "D": torch.optim.Adam(self.D.parameters(), lr=config.d_lr, betas=betas)}
         self.d_steps = 0
         self.last_g = {"G_adv": 0.0, "G_cls": 0.0, "G_rec": 0.0}
         self.augment = DiscriminatorAugment.from_config(config, mid=0.0)   # WGAN scores
 
-    def networks(self):
+    def networks(self) -> dict[str, torch.nn.Module]:
+        """G (image and target domain -> image) and D (image -> real/fake patch map and domain
+        logits)."""
         return {"G": self.G, "D": self.D}
 
-    def optimizers(self):
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """``"G"`` (learning rate ``g_lr``) and ``"D"`` (``d_lr``), one Adam each."""
         return self.opt
 
-    def schedulers(self, total_steps: int):
+    def schedulers(self, total_steps: int) -> dict[str, torch.optim.lr_scheduler.LRScheduler]:
+        """Both learning rates constant, then linearly down to 0 from ``decay_start`` of the run."""
         return linear_decay_schedulers(self.opt, total_steps, self.config.decay_start)
 
     def _onehot(self, labels: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Domain indices as one-hot rows over the domains, in ``like``'s dtype."""
         return one_hot(labels, len(self.domains), like.dtype)
 
     def _critic(self, src: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -116,7 +128,8 @@ class StarGAN(GANPlugin):
             return src
         return src[torch.arange(src.shape[0], device=src.device), labels.to(src.device)]
 
-    def _d_adv(self, src_real, c_org, src_fake, c_trg) -> torch.Tensor:
+    def _d_adv(self, src_real: torch.Tensor, c_org: torch.Tensor, src_fake: torch.Tensor,
+               c_trg: torch.Tensor) -> torch.Tensor:
         """The critic's WGAN loss E[D(fake)] - E[D(real)]. With per-domain critics each
         domain's two means are taken on its own and the differences averaged over the
         domains the batch has both of: the real and fake counts of a domain differ within a
@@ -131,7 +144,20 @@ class StarGAN(GANPlugin):
                  if bool((c_trg == k).any()) and bool((c_org == k).any())]
         return torch.stack(terms).mean() if terms else fake.new_zeros(())   # GP and cls still train D
 
-    def train_step(self, batch, ctx):
+    def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, float]:
+        """One update of D; then, on the first step and every ``n_critic``-th after, one of G,
+        as in the paper. Each image's target domain is drawn uniformly from all domains.
+
+        D: the WGAN loss of real images against G(x, target) (per domain with
+        ``--d-per-domain``), plus ``lambda_cls`` times the cross entropy of its domain logits on
+        the real images' domains, plus ``lambda_gp`` times the gradient penalty. G: the WGAN
+        loss of its fakes, plus ``lambda_cls`` times D's cross entropy of them against their
+        target domains, plus ``lambda_rec`` times the L1 of the translation back to the source
+        domain against the input.
+
+        Logged, unweighted: ``D_adv``, ``D_cls``, ``D_gp`` (the terms of D's loss), ``G_adv``,
+        ``G_cls``, ``G_rec`` (those of G's last update, repeated on the steps between) and,
+        with an adaptive ``--d-augment``, ``augment_p``."""
         cfg = self.config
         x, c_org = batch["image"], batch["label"].long()
         c_trg = torch.randint(len(self.domains), c_org.shape, device=x.device)
@@ -175,20 +201,25 @@ class StarGAN(GANPlugin):
             out["augment_p"] = aug.p
         return out
 
-    def extra_state(self):
+    def extra_state(self) -> dict[str, Any]:
+        """The count of D steps (which paces G's updates), G's last losses and the augmentation's
+        state."""
         return {"d_steps": self.d_steps, "last_g": dict(self.last_g), "augment": self.augment.state_dict()}
 
-    def load_extra_state(self, state):
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restores them; a checkpoint without them leaves a new run's values."""
         self.d_steps = int(state.get("d_steps", 0))
         self.last_g = dict(state.get("last_g", self.last_g))
         self.augment.load_state_dict(state.get("augment", {}))
 
-    def domain_index(self, domain) -> int:
+    def domain_index(self, domain: str) -> int:
+        """The index of a domain given by name; an unknown name is a UsageError that lists the
+        domains."""
         if str(domain) in self.domains:
             return self.domains.index(str(domain))
         raise UsageError(f"unknown domain {domain!r}; the domains are {', '.join(self.domains)}")
 
-    def translate(self, x: torch.Tensor, domain) -> torch.Tensor:
+    def translate(self, x: torch.Tensor, domain: str | int) -> torch.Tensor:
         """Images into one domain (by name or index), in eval mode."""
         k = domain if isinstance(domain, int) else self.domain_index(domain)
         labels = torch.full((x.shape[0],), k, device=x.device, dtype=torch.long)
@@ -199,7 +230,7 @@ class StarGAN(GANPlugin):
         finally:
             self.G.train(was)
 
-    def sample(self, batch, domain=None):
+    def sample(self, batch: Batch, domain: str | None = None) -> dict[str, torch.Tensor]:
         """The inputs, then each translated into every domain (or into ``domain``)."""
         x = batch["image"]
         targets = [self.domain_index(domain)] if domain is not None else range(len(self.domains))
@@ -208,6 +239,7 @@ class StarGAN(GANPlugin):
             rows[f"to {self.domains[k]}"] = self.translate(x, k)
         return rows
 
-    def export_specs(self):
+    def export_specs(self) -> dict[str, ExportSpec]:
+        """``G``: an image and a target domain index -> image, with the domain names."""
         return {"G": ExportSpec("G", ("image", "domain"), self.domains,
                                 description="image + target domain -> image")}

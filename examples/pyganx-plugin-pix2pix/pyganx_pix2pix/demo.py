@@ -98,6 +98,7 @@ def write_pairs(root: str | Path, size: int = 64, n_train: int = 400, n_test: in
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m pyganx_pix2pix.demo``: writes the data set; returns the exit status."""
     ap = argparse.ArgumentParser(prog="python -m pyganx_pix2pix.demo", description=(
         "Write a paired data set (line drawings | photo crops, side by side) for pix2pix."))
     ap.add_argument("folder", help="where to write train/ and test/")

@@ -37,6 +37,7 @@ class UNetGenerator(nn.Module):
 
     def __init__(self, in_ch: int = 3, out_ch: int = 3, ngf: int = 64, depth: int = 8,
                  dropout: float = 0.5, dropout_layers: int = 3) -> None:
+        """Builds the ``depth`` encoder and decoder levels; a depth below 1 is a ValueError."""
         super().__init__()
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
@@ -66,6 +67,8 @@ class UNetGenerator(nn.Module):
             self.up.append(nn.Sequential(*layers))
 
     def forward(self, x: Tensor) -> Tensor:
+        """G(x) for x (N, in_ch, H, W), H and W multiples of ``2 ** depth`` (else a ValueError):
+        (N, out_ch, H, W) in [-1, 1]."""
         m = 2 ** self.depth
         if x.dim() != 4 or x.shape[-2] % m or x.shape[-1] % m:
             raise ValueError(f"UNetGenerator of depth {self.depth}: expected (N, C, H, W) with H "

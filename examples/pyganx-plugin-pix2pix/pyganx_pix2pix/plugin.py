@@ -14,18 +14,17 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from pyganx.losses import gan_loss
+from pyganx.losses import GAN_LOSSES, check_gan_loss, gan_loss
 from pyganx.nn import PatchDiscriminator, init_weights
-from pyganx.plugin import DataInfo, ExportSpec, GANPlugin, linear_decay_schedulers
+from pyganx.plugin import Batch, DataInfo, ExportSpec, GANPlugin, StepContext, linear_decay_schedulers
 
 from .networks import UNetGenerator, depth_for
-
-#: the adversarial losses that need nothing beyond D's output (no gradient penalty)
-GAN_LOSSES = ("bce", "lsgan", "hinge")
 
 
 @dataclass
 class Pix2PixConfig:
+    """pix2pix's options, with the paper's defaults."""
+
     ngf: int = field(default=64, metadata={"help": "generator width (channels of the first level)"})
     ndf: int = field(default=64, metadata={"help": "discriminator width"})
     depth: int = field(default=0, metadata={
@@ -34,7 +33,8 @@ class Pix2PixConfig:
     dropout: float = field(default=0.5, metadata={"help": "dropout in the first decoder layers"})
     dropout_layers: int = field(default=3, metadata={"help": "decoder layers with dropout"})
     lambda_l1: float = field(default=100.0, metadata={"help": "weight of the L1 loss to the target"})
-    gan_loss: str = field(default="bce", metadata={"help": "bce | lsgan | hinge"})
+    gan_loss: str = field(default="bce", metadata={"help": "adversarial loss (bce: the paper's)",
+                                                   "choices": GAN_LOSSES})
     lr: float = field(default=2e-4, metadata={"help": "Adam learning rate"})
     beta1: float = field(default=0.5, metadata={"help": "Adam beta1"})
     beta2: float = field(default=0.999, metadata={"help": "Adam beta2"})
@@ -51,9 +51,11 @@ class Pix2Pix(GANPlugin):
     data_kind = "paired"
 
     def __init__(self, config: Pix2PixConfig, data_info: DataInfo) -> None:
+        """Builds G (the U-Net, its depth from the image size unless ``--depth``) and D (a
+        PatchGAN on input and image stacked) with N(0, 0.02) weights and one Adam each. A
+        ``--gan-loss`` it does not offer is refused."""
         super().__init__(config, data_info)
-        if config.gan_loss not in GAN_LOSSES:
-            raise ValueError(f"--gan-loss must be bce, lsgan or hinge, got {config.gan_loss!r}")
+        check_gan_loss(config.gan_loss)
         c = data_info.channels
         depth = config.depth or depth_for(data_info.image_size)
         self.G = UNetGenerator(c, c, config.ngf, depth, config.dropout, config.dropout_layers)
@@ -61,19 +63,30 @@ class Pix2Pix(GANPlugin):
         init_weights(self.G)
         init_weights(self.D)
         betas = (config.beta1, config.beta2)
-        self.opt = {"G": torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=betas),
-                    "D": torch.optim.Adam(self.D.parameters(), lr=config.lr, betas=betas)}
+        self.opt: dict[str, torch.optim.Optimizer] = {
+            "G": torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=betas),
+            "D": torch.optim.Adam(self.D.parameters(), lr=config.lr, betas=betas)}
 
-    def networks(self):
+    def networks(self) -> dict[str, torch.nn.Module]:
+        """G (A -> B) and D (which judges (A, image of B) pairs)."""
         return {"G": self.G, "D": self.D}
 
-    def optimizers(self):
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """``"G"`` and ``"D"``, one Adam each."""
         return self.opt
 
-    def schedulers(self, total_steps: int):
+    def schedulers(self, total_steps: int) -> dict[str, torch.optim.lr_scheduler.LRScheduler]:
+        """Both learning rates constant, then linearly down to 0 from ``decay_start`` of the run."""
         return linear_decay_schedulers(self.opt, total_steps, self.config.decay_start)
 
-    def train_step(self, batch, ctx):
+    def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, float]:
+        """One update of D, then one of G against the updated D, as in the paper.
+
+        D: real pairs (A, B) against generated pairs (A, G(A)), its loss halved. G: the
+        adversarial loss plus ``lambda_l1`` times the L1 of G(A) to B.
+
+        Logged: ``G_gan`` (G's adversarial loss), ``G_L1`` (the weighted L1), ``D_real`` and
+        ``D_fake`` (D's losses on real and generated pairs, before halving)."""
         cfg = self.config
         real_A, real_B = batch["A"], batch["B"]
         with ctx.autocast():
@@ -101,7 +114,8 @@ class Pix2Pix(GANPlugin):
         return {"G_gan": loss_gan.item(), "G_L1": loss_l1.item(),
                 "D_real": loss_D_real.item(), "D_fake": loss_D_fake.item()}
 
-    def sample(self, batch):
+    def sample(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Rows input (A), output (G(A), G in eval mode) and target (B)."""
         was = self.G.training
         self.G.eval()
         try:
@@ -109,5 +123,6 @@ class Pix2Pix(GANPlugin):
         finally:
             self.G.train(was)
 
-    def export_specs(self):
+    def export_specs(self) -> dict[str, ExportSpec]:
+        """``G``: input (A) -> target (B), image to image."""
         return {"G": ExportSpec("G", ("image",), ("A", "B"), description="input -> target")}
