@@ -13,7 +13,8 @@ A field's ``metadata`` may refine its flag:
 - ``cli``: False keeps the field off the command line.
 
 Field types are bool (``--flag`` / ``--no-flag``), int, float and str, each optionally
-``| None``.
+``| None``. :func:`check_choices` holds a dataclass built in Python (not parsed from the
+command line, where argparse refuses them) to its fields' ``choices``.
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ import dataclasses
 import types
 import typing
 from typing import Any
+
+from .errors import UsageError
 
 _SCALARS = (int, float, str)
 
@@ -90,4 +93,14 @@ def dataclass_from_arguments(cls: type, args: argparse.Namespace, **fixed: Any) 
     return cls(**{**values, **fixed})
 
 
-__all__ = ["add_dataclass_arguments", "dataclass_from_arguments", "flag_name"]
+def check_choices(obj: Any) -> None:
+    """A UsageError naming the flag when a field of the dataclass instance ``obj`` holds a
+    value outside its metadata's ``choices`` (None, for an optional field, is allowed)."""
+    for f in dataclasses.fields(obj):
+        choices = f.metadata.get("choices")
+        value = getattr(obj, f.name)
+        if choices is not None and value is not None and value not in choices:
+            raise UsageError(f"{flag_name(f.name)} must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+__all__ = ["add_dataclass_arguments", "check_choices", "dataclass_from_arguments", "flag_name"]

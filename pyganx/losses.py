@@ -11,7 +11,7 @@ output against the label real/fake (:data:`LOSSES`):
   :func:`gradient_penalty` to the critic's loss (Gulrajani et al. 2017).
 
 :data:`GAN_LOSSES` are the ones a plugin's ``--gan-loss`` offers (the ``choices`` of its
-config field); :func:`check_gan_loss` refuses any other in a config built in Python.
+config field, which GANPlugin's constructor also holds a config built in Python to).
 
 ``gradient_penalty(critic, real, fake)``: E[(||grad_x D(x_hat)||_2 - 1)^2] at random
 interpolates x_hat of real and fake images (one draw per sample).
@@ -22,36 +22,15 @@ input (keys, not trained through), per patch.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from .errors import UsageError
 
 #: The adversarial losses that need nothing beyond D's output (no gradient penalty): the
 #: ``choices`` of the plugins' ``--gan-loss``.
 GAN_LOSSES = ("lsgan", "bce", "hinge")
 #: Every kind :func:`gan_loss` takes.
 LOSSES = (*GAN_LOSSES, "wgan", "wgan-gp")
-
-
-def check_gan_loss(kind: str, choices: Sequence[str] = GAN_LOSSES, option: str = "--gan-loss") -> None:
-    """Refuses a loss outside ``choices`` with a UsageError naming ``option``: the check of
-    a plugin's ``__init__`` for a config built in Python (on the command line, the config
-    field's ``choices`` refuse it first).
-
-    Args:
-        kind: the configured loss.
-        choices: the losses the plugin offers (the ``choices`` of its config field).
-        option: the flag the message names.
-
-    Raises:
-        UsageError: ``kind`` is not one of ``choices``.
-    """
-    if kind not in choices:
-        raise UsageError(f"{option} must be one of {', '.join(choices)}, got {kind!r}")
 
 
 def gan_loss(kind: str, prediction: Tensor, real: bool, for_generator: bool = False) -> Tensor:

@@ -14,6 +14,7 @@ plugin owns its networks, losses and one training step, which it runs through th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 from collections.abc import Container, Mapping
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor, nn, optim
 
 from .data.build import KINDS, DataInfo
+from .flags import check_choices
 
 #: The version of this API. A plugin sets ``api_version`` to the version it was
 #: written for; the registry refuses a plugin whose version differs.
@@ -142,9 +144,13 @@ class GANPlugin:
                 names.
 
         Raises:
+            UsageError: a config field outside the ``choices`` of its metadata
+                (checked here, by the base class, for a config built in Python).
             ValueError: for a config value the plugin refuses; ``pyganx train``
                 reports it as a usage error naming the plugin.
         """
+        if dataclasses.is_dataclass(config) and not isinstance(config, type):
+            check_choices(config)
         self.config = config
         self.data_info = data_info
 

@@ -38,7 +38,8 @@ LAYERS = [
     ["pyganx.ops"],
     ["pyganx._extension"],
     ["pyganx._build_meta"],                        # written by setup.py
-    ["pyganx.flags", "pyganx.errors", "pyganx._version", "pyganx._paths", "pyganx.weights_file"],
+    ["pyganx.flags"],                              # dataclass -> CLI flags (its check raises UsageError)
+    ["pyganx.errors", "pyganx._version", "pyganx._paths", "pyganx.weights_file"],
     ["pyganx_runtime.__main__"],
     ["pyganx_runtime.cli"],
     ["pyganx_runtime.serve"],

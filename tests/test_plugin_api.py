@@ -13,6 +13,7 @@ import torch
 
 from pyganx import flags, plugin, registry
 from pyganx.engine.context import TrainContext
+from pyganx.errors import UsageError
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -109,3 +110,21 @@ def test_every_built_in_plugin_declares_its_class_attributes():
             warnings.simplefilter("error")
             sig = inspect.signature(cls.train_step)
         assert list(sig.parameters)[1:] == ["batch", "ctx"], name
+
+
+def test_a_config_built_in_python_is_held_to_its_fields_choices():
+    @dataclasses.dataclass
+    class Cfg:
+        loss: str = dataclasses.field(default="a", metadata={"choices": ("a", "b")})
+        size: int | None = dataclasses.field(default=None, metadata={"choices": (1, 2)})
+
+    class Variant(plugin.GANPlugin):
+        Config = Cfg
+
+    info = plugin.DataInfo(1, 8)
+    Variant(Cfg(loss="b", size=2), info)
+    Variant(Cfg(), info)                    # None: an optional field left unset
+    with pytest.raises(UsageError, match=r"^--loss must be one of a, b, got 'c'$"):
+        Variant(Cfg(loss="c"), info)
+    with pytest.raises(UsageError, match=r"^--size must be one of 1, 2, got 3$"):
+        Variant(Cfg(size=3), info)

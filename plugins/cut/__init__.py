@@ -28,7 +28,7 @@ import torch
 
 from pyganx.augment import DiscriminatorAugment, mid_of
 from pyganx.errors import UsageError
-from pyganx.losses import check_gan_loss, gan_loss, patch_nce_loss
+from pyganx.losses import gan_loss, patch_nce_loss
 from pyganx.nn import PatchDiscriminator, PatchSampleMLP, ResnetGenerator, init_weights
 from pyganx.plugin import Batch, DataInfo, ExportSpec, GANPlugin, StepContext, linear_decay_schedulers
 from pyganx_plugins.cyclegan import RESNET_IMAGE_SIZES, ResnetTranslationConfig
@@ -79,7 +79,6 @@ class CUT(GANPlugin):
         super().__init__(config, data_info)
         c = data_info.channels
         blocks = config.generator_blocks(data_info.image_size)
-        check_gan_loss(config.gan_loss)
         if config.num_patches < 2 or config.nce_t <= 0:
             raise UsageError("--num-patches must be at least 2 and --nce-t positive")
         self.G = init_weights(ResnetGenerator(c, c, config.ngf, blocks,

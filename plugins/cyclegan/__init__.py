@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from pyganx.augment import AugmentConfig, DiscriminatorAugment, mid_of
-from pyganx.losses import GAN_LOSSES, ImagePool, check_gan_loss, gan_loss
+from pyganx.losses import GAN_LOSSES, ImagePool, gan_loss
 from pyganx.nn import PatchDiscriminator, ResnetGenerator, init_weights
 from pyganx.plugin import Batch, DataInfo, ExportSpec, GANPlugin, StepContext, linear_decay_schedulers
 
@@ -72,7 +72,6 @@ class CycleGAN(GANPlugin):
         one Adam for both generators and one for both discriminators, an image pool per
         discriminator and D's augmentation. A ``--gan-loss`` it does not offer is refused."""
         super().__init__(config, data_info)
-        check_gan_loss(config.gan_loss)
         c = data_info.channels
         blocks = config.generator_blocks(data_info.image_size)
         fused = "auto" if config.fused else False

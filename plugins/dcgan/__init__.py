@@ -23,7 +23,7 @@ import torch
 
 from pyganx.augment import AugmentConfig, DiscriminatorAugment, mid_of
 from pyganx.errors import UsageError
-from pyganx.losses import GAN_LOSSES, check_gan_loss, gan_loss, gradient_penalty
+from pyganx.losses import GAN_LOSSES, gan_loss, gradient_penalty
 from pyganx.nn import DCGANDiscriminator, DCGANGenerator, init_weights
 from pyganx.plugin import Batch, DataInfo, ExportSpec, GANPlugin, StepContext
 
@@ -45,8 +45,8 @@ class DCGANConfig(AugmentConfig):
                                                "choices": LOSSES})
     lambda_gp: float = field(default=10.0, metadata={"help": "gradient-penalty weight (wgan-gp)"})
     n_critic: int = field(default=1, metadata={"help": "D updates per G update (5 for wgan-gp)"})
-    d_norm: str = field(default="auto", metadata={"help": "D normalisation: batch | layer | none | auto "
-                                                          "(batch, none with wgan-gp)"})
+    d_norm: str = field(default="auto", metadata={"help": "D normalisation (auto: batch, none with wgan-gp)",
+                                                  "choices": ("batch", "layer", "none", "auto")})
     lr: float = field(default=2e-4, metadata={"help": "Adam learning rate"})
     beta1: float = field(default=0.5, metadata={"help": "Adam beta1"})
     beta2: float = field(default=0.999, metadata={"help": "Adam beta2"})
@@ -74,7 +74,6 @@ class DCGAN(GANPlugin):
         with N(0, 0.02) weights, one Adam each, and D's augmentation. Refuses a ``--loss`` it
         does not offer, ``--n-critic`` below 1 and batch norm in a WGAN-GP critic."""
         super().__init__(config, data_info)
-        check_gan_loss(config.loss, LOSSES, "--loss")
         if config.n_critic < 1:
             raise UsageError(f"--n-critic must be at least 1, got {config.n_critic}")
         norm = config.d_norm

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from ..data import DataSource
 from ..errors import UsageError
-from ..flags import add_dataclass_arguments, dataclass_from_arguments
+from ..flags import add_dataclass_arguments, check_choices, dataclass_from_arguments
 from ..tuning import MODES
 
 
@@ -67,6 +67,7 @@ class TrainOptions:
 
     def check(self) -> None:
         """A UsageError for options that cannot make a run."""
+        check_choices(self)
         if (self.steps is None) == (self.epochs is None):
             raise UsageError("give exactly one of --steps N and --epochs N")
         for flag, value, least in (("steps", self.steps, 1), ("epochs", self.epochs, 1),

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from pyganx.losses import GAN_LOSSES, check_gan_loss, gan_loss
+from pyganx.losses import GAN_LOSSES, gan_loss
 from pyganx.nn import PatchDiscriminator, init_weights
 from pyganx.plugin import Batch, DataInfo, ExportSpec, GANPlugin, StepContext, linear_decay_schedulers
 
@@ -55,7 +55,6 @@ class Pix2Pix(GANPlugin):
         PatchGAN on input and image stacked) with N(0, 0.02) weights and one Adam each. A
         ``--gan-loss`` it does not offer is refused."""
         super().__init__(config, data_info)
-        check_gan_loss(config.gan_loss)
         c = data_info.channels
         depth = config.depth or depth_for(data_info.image_size)
         self.G = UNetGenerator(c, c, config.ngf, depth, config.dropout, config.dropout_layers)
