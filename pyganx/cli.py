@@ -127,12 +127,12 @@ def _eval(args) -> int:
 
 def _export(args) -> int:
     from .export import export_generator
-    res = export_generator(args.source, args.out, args.generator, static=args.static,
+    res = export_generator(args.source, args.out, generator=args.generator, static=args.static,
                            with_preprocessing=args.with_preprocessing,
                            from_format=args.from_format, image_size=args.image_size,
                            int8=args.int8, calibrate=args.calibrate, fp16=args.fp16,
                            winograd=args.winograd,
-                           foreign_domains=tuple(args.domains.split(",")) if args.domains else None)
+                           domains=tuple(args.domains.split(",")) if args.domains else None)
     m = res.metadata
     inputs, domains = json.loads(m[keys.INPUTS]), json.loads(m[keys.DOMAINS])
     if inputs == ["image"]:

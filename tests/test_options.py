@@ -53,3 +53,35 @@ def test_a_bool_positional_or_a_list_of_other_things_is_refused():
         _parser(BoolPositional)
     with pytest.raises(TypeError, match="Ints.sizes: config fields must be bool, int, float or str"):
         _parser(Ints)
+
+
+@pytest.mark.parametrize("flags,message", [
+    ({"int8": True}, "--int8 needs --calibrate DIR"),
+    ({"fp16": True, "int8": True, "calibrate": "d"}, "--fp16 and --int8 are alternatives"),
+    ({"int8": True, "calibrate": "d", "with_preprocessing": True}, "--int8 with --with-preprocessing"),
+    ({"winograd": True, "fp16": True}, "--winograd is a float32 graph"),
+    ({"winograd": True, "int8": True, "calibrate": "d"}, "--winograd is a float32 graph"),
+    ({"domains": ("a", "b")}, "--domains names the labels of a --from yunjey-stargan generator"),
+])
+def test_export_flags_that_do_not_combine_are_refused_before_anything_is_read(tmp_path, flags, message):
+    from pyganx.errors import UsageError
+    from pyganx.export import ExportOptions, export_generator
+    opts = ExportOptions(str(tmp_path / "missing"), str(tmp_path / "m.onnx"), **flags)
+    with pytest.raises(UsageError, match=message):
+        opts.check()
+    pytest.importorskip("onnx")
+    for call in (lambda: export_generator(opts), lambda: export_generator(tmp_path / "missing", tmp_path / "m.onnx",
+                                                                          **flags)):
+        with pytest.raises(UsageError, match=message):      # not "no such run directory"
+            call()
+    ExportOptions("run", "m.onnx", domains=("a", "b"), from_format="yunjey-stargan").check()
+
+
+def test_export_generator_takes_options_or_keywords_not_both(tmp_path):
+    from pyganx.export import ExportOptions, export_generator
+    with pytest.raises(TypeError, match="not both"):
+        export_generator(ExportOptions("run", "m.onnx"), static=True)
+    with pytest.raises(TypeError, match="needs out"):
+        export_generator("run")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'foreign'"):
+        export_generator("run", "m.onnx", foreign=True)
