@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass, field
 
 import pytest
@@ -85,3 +86,66 @@ def test_export_generator_takes_options_or_keywords_not_both(tmp_path):
         export_generator("run")
     with pytest.raises(TypeError, match="unexpected keyword argument 'foreign'"):
         export_generator("run", "m.onnx", foreign=True)
+
+
+@pytest.mark.parametrize("flags,message", [
+    ({"real": "r"}, "give RUN_DIR, or --real DIR and --fake DIR (two image folders), not both"),
+    ({"run": "run", "real": "r", "fake": "f"}, "give RUN_DIR, or --real DIR and --fake DIR (two image folders)"),
+    ({}, "give RUN_DIR, or --real DIR --fake DIR"),
+    ({"run": "run", "out": "f.json"}, "--out names the JSON file of --real/--fake"),
+    ({"run": "run", "all_checkpoints": True, "model": "m.onnx"}, "--all-checkpoints evaluates the run's"),
+])
+def test_eval_arguments_that_do_not_combine_are_one_line_before_anything_loads(tmp_path, capsys, flags, message):
+    from pyganx.cli import main as cli_main
+    from pyganx.errors import UsageError
+    from pyganx.metrics.options import EvalOptions
+    with pytest.raises(UsageError, match=re.escape(message)):
+        EvalOptions(**flags).check()
+    argv = ["eval", "--inception-weights", str(tmp_path / "nowhere.pth")]       # never read
+    for key, value in flags.items():
+        argv += [value] if key == "run" else [f"--{key.replace('_', '-')}"] + ([] if value is True else [value])
+    assert cli_main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "nowhere" not in err, err
+
+
+def test_sample_and_train_options_refuse_what_cannot_run(tmp_path, capsys):
+    from pyganx.cli import main as cli_main
+    from pyganx.engine import TrainOptions
+    from pyganx.engine.sample import SampleOptions
+    from pyganx.errors import UsageError
+    with pytest.raises(UsageError, match="--n must be at least 1, got 0"):
+        SampleOptions("run", n=0).check()
+    assert cli_main(["sample", str(tmp_path / "nope"), "--n", "0"]) == 1
+    assert "--n must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="give --data DIR, --data-a DIR --data-b DIR, or --demo NAME"):
+        TrainOptions(out="r", steps=1, data_a="a").check()
+    with pytest.raises(UsageError, match="give exactly one of --steps N and --epochs N"):
+        TrainOptions(out="r", demo="digits").check()
+    # on the command line, what is missing is a usage error (status 2), what is out of range is not
+    for argv, message in ((["--demo", "digits"], "give exactly one of --steps N and --epochs N"),
+                          (["--steps", "1", "--data-a", "a"], "give --data DIR, --data-a DIR --data-b DIR")):
+        with pytest.raises(SystemExit) as e:
+            cli_main(["train", "cyclegan", "-o", str(tmp_path / "r"), *argv])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and message in err and "--help" in err, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_every_command_lists_every_option_with_its_help(capsys):
+    import dataclasses
+
+    from pyganx.cli import COMMANDS
+    from pyganx.cli import main as cli_main
+    from pyganx.flags import flag_name
+    for name, cmd in COMMANDS.items():
+        with pytest.raises(SystemExit) as e:
+            cli_main([name, "--help"])
+        text = re.sub(r"\s+", " ", capsys.readouterr().out)
+        assert e.value.code == 0 and "--debug show tracebacks" in text, (name, text)
+        if not dataclasses.is_dataclass(cmd.arguments):
+            continue
+        for f in dataclasses.fields(cmd.arguments):
+            shown = f.metadata.get("metavar") if f.metadata.get("positional") else \
+                f.metadata.get("flag", flag_name(f.name))
+            assert f" {shown}" in text and re.sub(r"\s+", " ", f.metadata["help"]) in text, (name, f.name)
