@@ -1,24 +1,35 @@
 """The `pyganx` command: `info`, `plugins`, `train`, `sample`, `eval`, `export`,
 `translate`, `serve`, `data` and `bench`.
 
-`translate` and `serve` are pyganx-runtime's own commands (the same arguments and
-code as `pyganx-runtime translate|serve`). Every command reports errors as
-pyganx_runtime.cli.run_command does: a PyganxError or OSError as one line, anything
-else as one line naming its type (and whether memory ran out), `--debug` for the
-traceback."""
+:data:`COMMANDS` is the table of sub-commands: each one's help, its options (a
+dataclass, whose flags pyganx.flags generates and whose ``check()`` holds the rules
+about them, or a function adding its arguments) and its handler. `train` is parsed per
+variant (the engine's TrainOptions and the plugin's Config); `translate` and `serve`
+are pyganx-runtime's own commands (the same arguments and code as
+`pyganx-runtime translate|serve`); `bench` has its own entry. Every command reports
+errors as pyganx_runtime.cli.run_command does: a PyganxError or OSError as one line,
+anything else as one line naming its type (and whether memory ran out), `--debug` for
+the traceback."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pyganx_runtime import metadata as keys
 from pyganx_runtime.cli import Parser, add_runtime_commands, run_command, runtime_command
 from pyganx_runtime.files import atomic_write_text
 
+from .engine.sample import SampleOptions, sample_run
 from .errors import UsageError
+from .export.options import ExportOptions
+from .flags import add_dataclass_arguments, dataclass_from_arguments
+from .metrics.options import EvalOptions
 
 
 def _info(_args) -> int:
@@ -67,6 +78,14 @@ def _plugins(_args) -> int:
     return 0
 
 
+def _data_arguments(p: argparse.ArgumentParser) -> None:
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    exp = data_sub.add_parser("export", help="write a bundled set as image folders",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    exp.add_argument("name", choices=["digits", "photos"], help="which set")
+    exp.add_argument("folder", help="where to write trainA/ trainB/ testA/ testB/ (...)")
+
+
 def _data(args) -> int:
     from .data import demo
 
@@ -78,16 +97,14 @@ def _data(args) -> int:
     return 2
 
 
-def _sample(args) -> int:
-    from .engine.sample import sample_run
-
-    folder, counts = sample_run(args.run, args.out, args.n, args.device, label=args.label, domain=args.domain)
+def _sample(opts: SampleOptions) -> int:
+    folder, counts = sample_run(opts)
     print(f"wrote {folder / 'grid.png'} and " + ", ".join(f"{v} {k!r}" for k, v in counts.items())
           + f" images under {folder}")
     return 0
 
 
-def _eval(args) -> int:
+def _eval(opts: EvalOptions) -> int:
     from .metrics.evaluate import eval_file, evaluate_checkpoints, evaluate_run, format_result
     from .metrics.fid import InceptionScorer, evaluate_folders, format_inception, format_setup
     from .metrics.inception import WEIGHTS_ENV
@@ -95,49 +112,35 @@ def _eval(args) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr)
 
-    folders = args.real or args.fake
-    if folders and (args.run or not (args.real and args.fake)):
-        raise UsageError("give RUN_DIR, or --real DIR and --fake DIR (two image folders), not both")
-    if not folders and not args.run:
-        raise UsageError("give RUN_DIR, or --real DIR --fake DIR")
-    wants_inception = bool(folders or args.inception_weights or os.environ.get(WEIGHTS_ENV))
-    if args.out and not folders:
-        raise UsageError("--out names the JSON file of --real/--fake; a run's figures go to RUN_DIR/eval.json")
-    inception = (InceptionScorer.load(args.inception_weights, args.device, resize=args.inception_resize,
-                                      batch_size=args.batch_size, kid_subsets=args.kid_subsets,
-                                      kid_subset_size=args.kid_subset_size) if wants_inception else None)
-    if folders:
-        result = evaluate_folders(args.real, args.fake, inception, args.skip_bad_images)
-        print(f"{args.fake} against {args.real}: {format_inception(result)}\n  {format_setup(result['inception'])}")
-        if args.out:
-            atomic_write_text(Path(args.out), json.dumps(result, indent=2) + "\n")
-            print(f"figures written to {args.out}")
+    wants_inception = bool(opts.folders or opts.inception_weights or os.environ.get(WEIGHTS_ENV))
+    inception = (InceptionScorer.load(opts.inception_weights, opts.device, resize=opts.inception_resize,
+                                      batch_size=opts.batch_size, kid_subsets=opts.kid_subsets,
+                                      kid_subset_size=opts.kid_subset_size) if wants_inception else None)
+    if opts.folders:
+        result = evaluate_folders(opts.real, opts.fake, inception, opts.skip_bad_images)
+        print(f"{opts.fake} against {opts.real}: {format_inception(result)}\n  {format_setup(result['inception'])}")
+        if opts.out:
+            atomic_write_text(Path(opts.out), json.dumps(result, indent=2) + "\n")
+            print(f"figures written to {opts.out}")
         return 0
-    if args.all_checkpoints:
-        if args.model:
-            raise UsageError("--all-checkpoints evaluates the run's checkpoints, not a --model")
-        evaluate_checkpoints(args.run, device=args.device, log=log, inception=inception)
-        print(f"figures written to {Path(args.run) / 'eval-checkpoints.json'} and eval-checkpoints.png")
+    if opts.all_checkpoints:
+        evaluate_checkpoints(opts.run, device=opts.device, log=log, inception=inception)
+        print(f"figures written to {Path(opts.run) / 'eval-checkpoints.json'} and eval-checkpoints.png")
         return 0
-    result = evaluate_run(args.run, device=args.device, log=log, model=args.model, inception=inception)
+    result = evaluate_run(opts.run, device=opts.device, log=log, model=opts.model, inception=inception)
     print(format_result(result))
-    print(f"figures written to {eval_file(result['run'], args.model)}")
+    print(f"figures written to {eval_file(result['run'], opts.model)}")
     return 0
 
 
-def _export(args) -> int:
+def _export(opts: ExportOptions) -> int:
     from .export import export_generator
-    res = export_generator(args.source, args.out, args.generator, static=args.static,
-                           with_preprocessing=args.with_preprocessing,
-                           from_format=args.from_format, image_size=args.image_size,
-                           int8=args.int8, calibrate=args.calibrate, fp16=args.fp16,
-                           winograd=args.winograd,
-                           foreign_domains=tuple(args.domains.split(",")) if args.domains else None)
+    res = export_generator(opts)
     m = res.metadata
     inputs, domains = json.loads(m[keys.INPUTS]), json.loads(m[keys.DOMAINS])
     if inputs == ["image"]:
         what = f"{' -> '.join(domains)}, {m[keys.IO_LAYOUT]}, " + \
-            (f"static {res.checked_shapes[0]}" if args.static else "dynamic N, H, W") + \
+            (f"static {res.checked_shapes[0]}" if opts.static else "dynamic N, H, W") + \
             f" (H, W multiples of {m[keys.SIZE_MULTIPLE]})"
     else:
         what = f"inputs {', '.join(inputs)}" + (f"; {'classes' if 'label' in inputs else 'domains'} "
@@ -158,7 +161,6 @@ def _train_parser(variant: str, cls) -> Parser:
     """``pyganx train VARIANT``'s parser: the engine's flags (engine.options.TrainOptions)
     and the plugin's (its Config), both generated from their dataclasses."""
     from .engine.options import add_train_arguments
-    from .flags import add_dataclass_arguments
 
     ap = Parser(prog=f"pyganx train {variant}", description=(cls.__doc__ or "").strip().splitlines()[0],
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -188,16 +190,15 @@ def _train_variant(variant: str, argv: list[str]) -> int:
     from . import registry
     from .engine import Trainer
     from .engine.options import options_from_arguments
-    from .flags import dataclass_from_arguments
 
     cls = registry.get(variant)
     ap = _train_parser(variant, cls)
     args = ap.parse_args(argv)
-    if args.steps is None and args.epochs is None:
-        ap.error("give --steps N or --epochs N")
-    if not (args.data or args.demo or (args.data_a and args.data_b)):
-        ap.error("give --data DIR, --data-a DIR --data-b DIR, or --demo NAME")
-    result = Trainer(variant, cls, dataclass_from_arguments(cls.Config, args), options_from_arguments(args)).fit()
+    opts = options_from_arguments(args)
+    missing = opts.missing()        # a usage error of the command line (exit status 2)
+    if missing:
+        ap.error(missing)
+    result = Trainer(variant, cls, dataclass_from_arguments(cls.Config, args), opts).fit()
     if os.environ.get("RANK", "0") != "0":     # torchrun: rank 0 speaks for the run
         return 130 if result.get("interrupted") else 0
     if result.get("interrupted"):
@@ -211,88 +212,70 @@ def _train_variant(variant: str, argv: list[str]) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """A sub-command of ``pyganx``."""
+    help: str
+    #: an options dataclass (its flags generated by pyganx.flags), a function adding the
+    #: command's arguments to its parser, or None
+    arguments: type | Callable[[argparse.ArgumentParser], None] | None
+    #: gets the options built from the arguments and checked (their ``check()``), or the
+    #: parsed arguments; returns the exit status
+    handler: Callable[[Any], int]
+
+
+COMMANDS: dict[str, Command] = {
+    "info": Command("build information, torch version, devices", None, _info),
+    "plugins": Command("the installed GAN variants (entry points pyganx.gans)", None, _plugins),
+    "data": Command("bundled demo data: `pyganx data export NAME DIR`", _data_arguments, _data),
+    "sample": Command("a trained run's generators on its test images", SampleOptions, _sample),
+    "eval": Command("quality figures of a trained run (writes RUN_DIR/eval.json), or FID/KID of two image folders",
+                    EvalOptions, _eval),
+    "export": Command("a trained generator as an ONNX model", ExportOptions, _export),
+}
+
+
+def _parser() -> Parser:
+    """``pyganx``'s parser: the commands of :data:`COMMANDS`, then translate, serve, bench and
+    train (whose arguments their own entries parse)."""
     parser = Parser(prog="pyganx", description="pyganx: image GANs for PyTorch")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("info", help="build information, torch version, devices")
-    sub.add_parser("plugins", help="the installed GAN variants (entry points pyganx.gans)")
-    data = sub.add_parser("data", help="bundled demo data: `pyganx data export NAME DIR`")
-    data_sub = data.add_subparsers(dest="data_command", required=True)
-    exp = data_sub.add_parser("export", help="write a bundled set as image folders",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    exp.add_argument("name", choices=["digits", "photos"], help="which set")
-    exp.add_argument("folder", help="where to write trainA/ trainB/ testA/ testB/ (...)")
-    smp = sub.add_parser("sample", help="a trained run's generators on its test images",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    smp.add_argument("run", metavar="RUN_DIR", help="run directory (or one checkpoint in it)")
-    smp.add_argument("-o", "--out", help="output folder (default: RUN_DIR/generated/step-N)")
-    smp.add_argument("--n", type=int, default=8, help="test items to sample")
-    smp.add_argument("--label", help="class name or index, for conditional variants")
-    smp.add_argument("--domain", help="target domain name, for multi-domain variants")
-    smp.add_argument("--device", help="cuda, mps or cpu (default: the first available)")
-    smp.add_argument("--debug", action="store_true", help="show tracebacks")
-    ev = sub.add_parser("eval", help="quality figures of a trained run (writes RUN_DIR/eval.json), or FID/KID "
-                                     "of two image folders", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ev.add_argument("run", metavar="RUN_DIR", nargs="?", help="run directory (or one checkpoint in it)")
-    ev.add_argument("--real", metavar="DIR", help="with --fake: FID and KID of the images of two folders")
-    ev.add_argument("--fake", metavar="DIR", help="the generated images, against --real")
-    ev.add_argument("--inception-weights", metavar="PATH",
-                    help="pt_inception-2015-12-05-6726825d.pth (pytorch-fid's FID Inception weights; default: "
-                         "$PYGANX_INCEPTION_WEIGHTS): adds FID and KID on its features")
-    ev.add_argument("--inception-resize", choices=["pytorch-fid", "clean"], default="pytorch-fid",
-                    help="how images reach 299x299: bilinear as pytorch-fid, or PIL bicubic as Clean-FID")
-    ev.add_argument("--kid-subsets", type=int, default=100, help="KID on Inception features: random subsets")
-    ev.add_argument("--kid-subset-size", type=int, default=1000, help="KID: images per subset")
-    ev.add_argument("--batch-size", type=int, default=50, help="images per Inception run")
-    ev.add_argument("--skip-bad-images", action="store_true",
-                    help="--real/--fake: warn about unreadable images and leave them out")
-    ev.add_argument("-o", "--out", metavar="FILE.json", help="--real/--fake: also write the figures here")
-    ev.add_argument("--model", metavar="MODEL.onnx",
-                    help="judge this model exported from the run instead of its PyTorch generator")
-    ev.add_argument("--all-checkpoints", action="store_true",
-                    help="evaluate every kept checkpoint: the figures over training (eval-checkpoints.json/.png)")
-    ev.add_argument("--device", help="cuda, mps or cpu (default: the first available)")
-    ev.add_argument("--debug", action="store_true", help="show tracebacks")
-    onx = sub.add_parser("export", help="a trained generator as an ONNX model",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    onx.add_argument("source", metavar="RUN_DIR|CHECKPOINT", help="run directory or one checkpoint")
-    onx.add_argument("-o", "--out", required=True, help="the .onnx file to write")
-    onx.add_argument("--generator", help="an export spec or network name (default: the plugin's first)")
-    onx.add_argument("--static", action="store_true", help="fixed 1 x C x S x S input instead of dynamic N, H, W")
-    onx.add_argument("--with-preprocessing", action="store_true",
-                     help="uint8 NHWC images in and out, any H and W; scaling and padding in the graph")
-    onx.add_argument("--fp16", action="store_true",
-                     help="half-precision weights and compute (GPU deployment), float32 in/out")
-    onx.add_argument("--int8", action="store_true",
-                     help="onnxruntime static int8 quantisation of the convolutions (CPU deployment)")
-    onx.add_argument("--calibrate", metavar="DIR", help="sample images for --int8")
-    onx.add_argument("--winograd", action="store_true",
-                     help="3x3 convolutions as Winograd F(4x4, 3x3) in standard ops: faster on "
-                          "onnxruntime's CPU provider, not on GPUs (docs/export.md)")
-    onx.add_argument("--from", dest="from_format", choices=["junyanz-cyclegan", "yunjey-stargan"],
-                     help="SOURCE is a generator checkpoint saved by this other code base")
-    onx.add_argument("--domains", metavar="A,B,...",
-                     help="with --from yunjey-stargan: the names of the generator's labels, in order")
-    onx.add_argument("--image-size", type=int,
-                     help="the size the model is checked at and records (default: the run's; "
-                          "with --from 256 for CycleGAN, 128 for StarGAN)")
-    onx.add_argument("--debug", action="store_true", help="show tracebacks")
+    for name, cmd in COMMANDS.items():
+        p = sub.add_parser(name, help=cmd.help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        if dataclasses.is_dataclass(cmd.arguments):
+            add_dataclass_arguments(p, cmd.arguments, f"{name} options")
+        elif cmd.arguments is not None:
+            cmd.arguments(p)
+        p.add_argument("--debug", action="store_true", help="show tracebacks")
     add_runtime_commands(sub)
     sub.add_parser("bench", help="benchmarks: `pyganx bench ops [--quick] [--device D]`", add_help=False)
     sub.add_parser("train", help="train a GAN variant: `pyganx train VARIANT --help`", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "train":
         return _train(argv[1:])
     if argv and argv[0] == "bench":
         from .bench.cli import main as bench_main
         return bench_main(argv[1:])
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     name = f"pyganx {args.command}" + (f" {args.data_command}" if args.command == "data" else "")
     if args.command in ("translate", "serve"):
         return runtime_command(args, name)
-    handlers = {"info": _info, "plugins": _plugins, "data": _data, "sample": _sample, "eval": _eval,
-                "export": _export}
-    return run_command(name, handlers[args.command], args)
+    cmd = COMMANDS[args.command]
+    return run_command(name, lambda a: cmd.handler(_options(cmd, a)), args)
+
+
+def _options(cmd: Command, args: argparse.Namespace) -> Any:
+    """What ``cmd``'s handler gets: its options dataclass built from ``args`` and checked
+    (a UsageError, reported as one line, for flags that do not combine), or ``args``."""
+    if not dataclasses.is_dataclass(cmd.arguments):
+        return args
+    opts = dataclass_from_arguments(cmd.arguments, args)
+    opts.check()
+    return opts
 
 
 if __name__ == "__main__":

@@ -6,6 +6,10 @@ A field's ``metadata`` may refine its flag:
 
 - ``help``: the help text;
 - ``flags``: extra option strings, e.g. ``("-o",)``;
+- ``flag``: the option's name instead of ``--kebab-case``, e.g. ``"--from"`` for
+  ``from_format``;
+- ``positional``: True makes the field a positional argument (optional when the field
+  has a default);
 - ``choices``, ``metavar``, ``required``: as for ``argparse``;
 - ``optional_value``: the flag may be given without a value, which then means this
   value (``--resume`` alone resumes from the latest checkpoint);
@@ -13,8 +17,10 @@ A field's ``metadata`` may refine its flag:
 - ``cli``: False keeps the field off the command line.
 
 Field types are bool (``--flag`` / ``--no-flag``), int, float and str, each optionally
-``| None``. :func:`check_choices` holds a dataclass built in Python (not parsed from the
-command line, where argparse refuses them) to its fields' ``choices``.
+``| None``, and ``tuple[str, ...]`` (``| None``), given as one comma-separated value
+(``--domains happy,sad``). :func:`option` writes such a field in one line.
+:func:`check_choices` holds a dataclass built in Python (not parsed from the command
+line, where argparse refuses them) to its fields' ``choices``.
 """
 from __future__ import annotations
 
@@ -29,15 +35,29 @@ from .errors import UsageError
 _SCALARS = (int, float, str)
 
 
+def option(default: Any, help: str, **meta: Any) -> Any:
+    """A dataclass field with ``default`` whose flag has the help text ``help`` and the
+    other ``meta`` keys of the module doc."""
+    return dataclasses.field(default=default, metadata={"help": help, **meta})
+
+
 def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
+def _names(value: str) -> tuple[str, ...]:
+    """A ``tuple[str, ...]`` field's value from its comma-separated flag."""
+    return tuple(value.split(","))
+
+
 def _scalar_type(kind: Any) -> Any:
-    """``int`` for ``int`` and ``int | None`` (likewise float, str and bool); None otherwise."""
+    """``int`` for ``int`` and ``int | None`` (likewise float, str and bool), the parser of
+    a comma-separated value for ``tuple[str, ...]`` (``| None``); None otherwise."""
     if typing.get_origin(kind) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(kind) if a is not type(None)]
         kind = args[0] if len(args) == 1 else None
+    if typing.get_origin(kind) is tuple and typing.get_args(kind) == (str, ...):
+        return _names
     return kind if kind is bool or kind in _SCALARS else None
 
 
@@ -56,16 +76,21 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type,
         kind = _scalar_type(hints.get(f.name, f.type))
         if kind is None:
             raise TypeError(f"{cls.__name__}.{f.name}: config fields must be bool, int, float or str "
-                            f"(or one of them | None) to become CLI flags, got {hints.get(f.name, f.type)!r}")
+                            f"(or one of them | None), or tuple[str, ...], to become CLI flags, "
+                            f"got {hints.get(f.name, f.type)!r}")
+        has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        if meta.get("positional"):
+            _add_positional(group, cls, f, kind, default if has_default else dataclasses.MISSING)
+            continue
         where = group
         if "exclusive" in meta:
             name = meta["exclusive"]
             if name not in exclusive:
                 exclusive[name] = group.add_mutually_exclusive_group()
             where = exclusive[name]
-        names = [*meta.get("flags", ()), flag_name(f.name)]
+        names = [*meta.get("flags", ()), meta.get("flag", flag_name(f.name))]
         kw: dict[str, Any] = {"dest": f.name, "default": default}
         help_text = meta.get("help", "")
         if kind is bool:
@@ -83,6 +108,19 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type,
             help_text = f"{help_text} (default: %(default)s)".strip()
         where.add_argument(*names, help=help_text, **kw)
     return group
+
+
+def _add_positional(group: argparse._ArgumentGroup, cls: type, f: dataclasses.Field, kind: Any,
+                    default: Any) -> None:
+    """The positional argument of field ``f`` (optional when it has a ``default``)."""
+    if kind is bool:
+        raise TypeError(f"{cls.__name__}.{f.name}: a bool field cannot be a positional argument")
+    kw: dict[str, Any] = {"type": kind, "help": f.metadata.get("help", "")}
+    if "metavar" in f.metadata:
+        kw["metavar"] = f.metadata["metavar"]
+    if default is not dataclasses.MISSING:
+        kw.update(nargs="?", default=default)
+    group.add_argument(f.name, **kw)
 
 
 def dataclass_from_arguments(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
@@ -103,4 +141,4 @@ def check_choices(obj: Any) -> None:
             raise UsageError(f"{flag_name(f.name)} must be one of {', '.join(map(str, choices))}, got {value!r}")
 
 
-__all__ = ["add_dataclass_arguments", "check_choices", "dataclass_from_arguments", "flag_name"]
+__all__ = ["add_dataclass_arguments", "check_choices", "dataclass_from_arguments", "flag_name", "option"]

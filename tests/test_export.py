@@ -18,7 +18,8 @@ from pyganx.cli import main as cli_main  # noqa: E402
 from pyganx.data import load_image, to_pil, to_tensor  # noqa: E402
 from pyganx.errors import CheckpointError  # noqa: E402
 from pyganx.export import custom_domains, read_metadata  # noqa: E402
-from pyganx.export.exporter import FP32_TOLERANCE, ort_session, to_onnx  # noqa: E402
+from pyganx.export.convert import ort_session, to_onnx  # noqa: E402
+from pyganx.export.selfcheck import FP32_TOLERANCE  # noqa: E402
 from pyganx.nn import InstanceNormReLU, ResidualBlock  # noqa: E402
 from pyganx_runtime import Translator  # noqa: E402
 
@@ -319,7 +320,7 @@ def test_eval_judges_an_exported_model_like_its_generator(run, model, capsys):
 
 
 def test_fp16_export_keeps_instance_norm_in_float32(run, tmp_path):
-    from pyganx.export.exporter import half_error
+    from pyganx.export.selfcheck import half_error
     path = tmp_path / "h.onnx"
     assert cli_main(["export", str(run), "-o", str(path), "--fp16"]) == 0
     m = onnx.load(str(path))

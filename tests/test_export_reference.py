@@ -16,7 +16,9 @@ onnx = pytest.importorskip("onnx")
 from pyganx.cli import main as cli_main  # noqa: E402
 from pyganx.errors import ExportError  # noqa: E402
 from pyganx.export import exporter  # noqa: E402
-from pyganx.export.exporter import FP32_MULTIPLE, ImageGenerator, export_generator, reference  # noqa: E402
+from pyganx.export.exporter import export_generator  # noqa: E402
+from pyganx.export.selfcheck import FP32_MULTIPLE, plain_copy, reference  # noqa: E402
+from pyganx.export.wrappers import ImageGenerator  # noqa: E402
 from pyganx.nn import ResidualBlock  # noqa: E402
 
 
@@ -47,7 +49,7 @@ def test_the_reference_is_float64_without_winograd_and_float32_error_is_the_plai
     compiled.net.fused = True
     with torch.no_grad():
         exact = compiled(x.double()).numpy()           # the compiled op's float64 path
-        eager = exporter.plain_copy(model)(x).double().numpy()
+        eager = plain_copy(model)(x).double().numpy()
     assert ref.exact and np.abs(ref.outputs[0] - exact).max() < 1e-10
     assert ref.float32_error == pytest.approx(np.abs(eager - exact).max(), rel=1e-6)
     assert 0 < ref.float32_error < 1e-5
@@ -129,3 +131,31 @@ def test_a_network_without_a_float64_run_falls_back_to_float32_with_the_fixed_bo
     np.testing.assert_array_equal(ref.outputs[0], torch.tanh(x * 0.5).double().numpy())
     with pytest.raises(ValueError, match="without float32's error"):
         ref.bound(FP32_MULTIPLE)
+
+
+def test_check_export_bounds_each_kind_of_graph_and_refuses_a_wrong_one():
+    from pyganx.export.convert import to_onnx
+    from pyganx.export.selfcheck import check_export
+    from pyganx.export.wrappers import WithPreprocessing
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3, padding=1), torch.nn.Tanh()).eval()
+    model = ImageGenerator(net).eval()
+    checks = [(torch.rand(1, 3, 8, 8) * 2 - 1,), (torch.rand(2, 3, 12, 8) * 2 - 1,)]
+    proto = to_onnx(model, checks[1][0], size_multiple=1)
+    got = check_export(model, proto.SerializeToString(), checks)
+    ref = reference(model, checks)
+    assert got.reference.exact and got.bound == pytest.approx(ref.bound(FP32_MULTIPLE))
+    assert 0 <= got.error <= got.bound
+    wide = check_export(model, proto.SerializeToString(), checks, winograd=True)
+    assert wide.bound == pytest.approx(ref.bound(32)) and wide.error == got.error
+    half = check_export(model, proto.SerializeToString(), checks, fp16=True)
+    assert half.bound >= 1e-3 and half.reference.float32_error is None
+    pre = WithPreprocessing(net, 1).eval()
+    pixels = [(torch.randint(0, 256, (1, 8, 8, 3), dtype=torch.uint8),)]
+    pre_proto = to_onnx(pre, pixels[0][0], size_multiple=1)
+    assert check_export(pre, pre_proto.SerializeToString(), pixels, with_preprocessing=True).bound == 1
+    # a bias moved by 1e-3 in the graph: beyond every float32 bound, one line naming both errors
+    bias = next(t for t in proto.graph.initializer if len(t.dims) == 1)
+    bias.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(bias) + 1e-3, bias.name))
+    with pytest.raises(ExportError, match=r"while PyTorch float32 is off by .* more than 8 x that .* not written"):
+        check_export(model, proto.SerializeToString(), checks)

@@ -11,7 +11,8 @@ pytest.importorskip("onnxruntime", reason="the ONNX extra (pip install 'pyganx[c
 onnx = pytest.importorskip("onnx")
 
 from pyganx.cli import main as cli_main  # noqa: E402
-from pyganx.export.exporter import ImageGenerator, ort_session, to_onnx  # noqa: E402
+from pyganx.export.convert import ort_session, to_onnx  # noqa: E402
+from pyganx.export.wrappers import ImageGenerator  # noqa: E402
 from pyganx.nn import ResnetGenerator, init_weights  # noqa: E402
 from pyganx_runtime import Translator  # noqa: E402
 from pyganx_runtime.tiling import Tiler, stats_model, tile_starts, tiled_model  # noqa: E402

@@ -31,9 +31,10 @@ def _onnx_sessions(model: torch.nn.Module, size: int, with_int8: bool, cuda: boo
     on a GPU the float32 and float16 graphs on ORT CUDA."""
     import onnxruntime as ort
 
-    from ..export.exporter import HalfPrecision, ImageGenerator, ort_session, to_onnx
+    from ..export.convert import ort_session, to_onnx
     from ..export.quantize import quantize
     from ..export.winograd import winograd
+    from ..export.wrappers import HalfPrecision, ImageGenerator
 
     example = torch.rand(2, 3, size, size) * 2 - 1
     blob = to_onnx(ImageGenerator(model).eval(), example, size_multiple=4).SerializeToString()

@@ -36,7 +36,8 @@ SERVERS = {"pyganx-runtime": "pyganx_runtime", "pyganx": "pyganx"}
 def export_default_model(path: Path, size: int) -> None:
     import torch
 
-    from ..export.exporter import ImageGenerator, size_multiple, to_onnx
+    from ..export.convert import to_onnx
+    from ..export.wrappers import ImageGenerator, size_multiple
     from ..nn import ResnetGenerator
     torch.manual_seed(0)
     net = ResnetGenerator(3, 3, 64, 6).eval()

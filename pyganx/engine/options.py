@@ -8,68 +8,75 @@ from dataclasses import dataclass, field
 
 from ..data import DataSource
 from ..errors import UsageError
-from ..flags import add_dataclass_arguments, check_choices, dataclass_from_arguments
+from ..flags import add_dataclass_arguments, check_choices, dataclass_from_arguments, option
 from ..tuning import MODES
-
-
-def _opt(default, help: str, **meta):
-    return field(default=default, metadata={"help": help, **meta})
 
 
 @dataclass
 class TrainOptions:
     out: str = field(metadata={"help": "run directory", "flags": ("-o",), "required": True})
-    data: str | None = _opt(None, "data folder (trainA/ trainB/ [testA/ testB/], class folders, ...)",
-                            exclusive="source")
-    demo: str | None = _opt(None, "a bundled offline data set", choices=["digits", "photos"], exclusive="source")
-    data_a: str | None = _opt(None, "domain A folder (unpaired data)")
-    data_b: str | None = _opt(None, "domain B folder (unpaired data)")
-    steps: int | None = _opt(None, "training iterations", exclusive="length")
-    epochs: int | None = _opt(None, "passes over the training set", exclusive="length")
-    resume: str | None = _opt(None, "continue from CKPT, or from the run's latest checkpoint",
-                              optional_value="", metavar="CKPT")   # "": the run's latest checkpoint
-    image_size: int | None = _opt(None, "training size (default: the data set's, or the plugin's)")
-    batch_size: int = _opt(1, "per process")
-    channels: int | None = _opt(None, "1 grey or 3 RGB (default: RGB unless every image is grey)",
-                                choices=[1, 3])
-    precision: str = _opt("auto", "autocast dtype (fp16 with a GradScaler); auto: bf16 or fp16 on a GPU, "
-                                  "fp32 elsewhere", choices=["auto", "fp32", "bf16", "fp16"])
-    channels_last: bool = _opt(False, "networks and batches in channels_last memory format "
-                                      "(fast on tensor-core GPUs)")
-    checkpoint_activations: bool = _opt(False, "keep only segment inputs of the generators for backward "
-                                               "and recompute the rest (less memory, about one more "
-                                               "forward of time)")
-    impl: str | None = _opt(None, "which implementation the layers run: auto measures pyganx's fused ops "
-                             "against plain PyTorch per shape and keeps the fastest accurate one "
-                             "(docs/ops.md); fused or reference force one (default: $PYGANX_IMPL, "
-                             "else auto)", choices=list(MODES))
-    compile: bool = _opt(False, "torch.compile the networks' forward passes in the training step "
-                                "(TorchInductor, default mode); checkpoints, samples and exports are "
-                                "those of an eager run")
-    cuda_graphs: bool = _opt(False, "on CUDA: --compile with mode reduce-overhead (CUDA graphs; "
-                                    "for fixed batch and image sizes)")
-    sync_bn: bool = _opt(False, "under torchrun on GPUs: batch-norm statistics over all processes "
-                                "(SyncBatchNorm)")
-    seed: int = _opt(0, "seed of weights, noise, data order and augmentation")
-    deterministic: bool = _opt(False, "deterministic algorithms")
-    workers: int = _opt(0, "data-loader worker processes")
-    ema: float | None = _opt(None, "keep an EMA of the generators with this decay")
-    sample_every: int = _opt(200, "steps between sample grids")
-    checkpoint_every: int = _opt(500, "steps between checkpoints")
-    keep: int = _opt(3, "checkpoints kept (0: all)")
-    device: str | None = _opt(None, "cuda, mps or cpu (default: the first available)")
-    progress: bool = _opt(True, "a progress bar; when stderr is not a terminal (a log file), a plain "
-                                "line every 5 %% of the steps or every minute")
-    skip_bad_images: bool = _opt(False, "warn about unreadable images and train on the others, "
-                                        "instead of stopping")
-    train_fraction: float = _opt(1.0, "train on this share of each domain's (class's) training images, "
-                                      "evenly spread (small-data experiments); the test split stays whole")
+    data: str | None = option(None, "data folder (trainA/ trainB/ [testA/ testB/], class folders, ...)",
+                              exclusive="source")
+    demo: str | None = option(None, "a bundled offline data set", choices=["digits", "photos"], exclusive="source")
+    data_a: str | None = option(None, "domain A folder (unpaired data)")
+    data_b: str | None = option(None, "domain B folder (unpaired data)")
+    steps: int | None = option(None, "training iterations", exclusive="length")
+    epochs: int | None = option(None, "passes over the training set", exclusive="length")
+    resume: str | None = option(None, "continue from CKPT, or from the run's latest checkpoint",
+                                optional_value="", metavar="CKPT")   # "": the run's latest checkpoint
+    image_size: int | None = option(None, "training size (default: the data set's, or the plugin's)")
+    batch_size: int = option(1, "per process")
+    channels: int | None = option(None, "1 grey or 3 RGB (default: RGB unless every image is grey)",
+                                  choices=[1, 3])
+    precision: str = option("auto", "autocast dtype (fp16 with a GradScaler); auto: bf16 or fp16 on a GPU, "
+                                    "fp32 elsewhere", choices=["auto", "fp32", "bf16", "fp16"])
+    channels_last: bool = option(False, "networks and batches in channels_last memory format "
+                                        "(fast on tensor-core GPUs)")
+    checkpoint_activations: bool = option(False, "keep only segment inputs of the generators for backward "
+                                                 "and recompute the rest (less memory, about one more "
+                                                 "forward of time)")
+    impl: str | None = option(None, "which implementation the layers run: auto measures pyganx's fused ops "
+                               "against plain PyTorch per shape and keeps the fastest accurate one "
+                               "(docs/ops.md); fused or reference force one (default: $PYGANX_IMPL, "
+                               "else auto)", choices=list(MODES))
+    compile: bool = option(False, "torch.compile the networks' forward passes in the training step "
+                                  "(TorchInductor, default mode); checkpoints, samples and exports are "
+                                  "those of an eager run")
+    cuda_graphs: bool = option(False, "on CUDA: --compile with mode reduce-overhead (CUDA graphs; "
+                                      "for fixed batch and image sizes)")
+    sync_bn: bool = option(False, "under torchrun on GPUs: batch-norm statistics over all processes "
+                                  "(SyncBatchNorm)")
+    seed: int = option(0, "seed of weights, noise, data order and augmentation")
+    deterministic: bool = option(False, "deterministic algorithms")
+    workers: int = option(0, "data-loader worker processes")
+    ema: float | None = option(None, "keep an EMA of the generators with this decay")
+    sample_every: int = option(200, "steps between sample grids")
+    checkpoint_every: int = option(500, "steps between checkpoints")
+    keep: int = option(3, "checkpoints kept (0: all)")
+    device: str | None = option(None, "cuda, mps or cpu (default: the first available)")
+    progress: bool = option(True, "a progress bar; when stderr is not a terminal (a log file), a plain "
+                                  "line every 5 %% of the steps or every minute")
+    skip_bad_images: bool = option(False, "warn about unreadable images and train on the others, "
+                                          "instead of stopping")
+    train_fraction: float = option(1.0, "train on this share of each domain's (class's) training images, "
+                                        "evenly spread (small-data experiments); the test split stays whole")
+
+    def missing(self) -> str | None:
+        """What a run needs and was not given (its length, its data), as a usage message;
+        None when nothing is missing."""
+        if (self.steps is None) == (self.epochs is None):
+            return "give exactly one of --steps N and --epochs N"
+        if not (self.data or self.demo or (self.data_a and self.data_b)):
+            return "give --data DIR, --data-a DIR --data-b DIR, or --demo NAME"
+        return None
 
     def check(self) -> None:
-        """A UsageError for options that cannot make a run."""
+        """A UsageError for options that cannot make a run: :meth:`missing`, and counts
+        below their minimum, and fields outside their choices."""
         check_choices(self)
-        if (self.steps is None) == (self.epochs is None):
-            raise UsageError("give exactly one of --steps N and --epochs N")
+        missing = self.missing()
+        if missing:
+            raise UsageError(missing)
         for flag, value, least in (("steps", self.steps, 1), ("epochs", self.epochs, 1),
                                    ("batch-size", self.batch_size, 1),
                                    ("sample-every", self.sample_every, 1),

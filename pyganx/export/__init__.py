@@ -1,4 +1,9 @@
 """ONNX export of trained generators (``pyganx export``); needs the ``cpu`` or ``gpu`` extra."""
-from .exporter import ExportResult, custom_domains, export_generator, read_metadata, size_multiple
+from pyganx_runtime.metadata import read_metadata
 
-__all__ = ["ExportResult", "custom_domains", "export_generator", "read_metadata", "size_multiple"]
+from .convert import custom_domains
+from .exporter import ExportResult, export_generator
+from .options import ExportOptions
+from .wrappers import size_multiple
+
+__all__ = ["ExportOptions", "ExportResult", "custom_domains", "export_generator", "read_metadata", "size_multiple"]

@@ -22,7 +22,7 @@ Only onnxruntime's CPU provider gains: GPU libraries pick Winograd or implicit G
 themselves, and would run these ops slower than one Conv. The float32 result differs
 from the direct convolution by about 1e-5 relative (the transform points 0, +-1, +-2
 and infinity); ``pyganx export`` checks the whole model against the generator in float64,
-allowing 32 times float32's own error instead of 8 (exporter.WINOGRAD_MULTIPLE).
+allowing 32 times float32's own error instead of 8 (selfcheck.WINOGRAD_MULTIPLE).
 docs/export.md has the measured speed.
 """
 from __future__ import annotations
