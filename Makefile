@@ -6,7 +6,8 @@
 #                 the runtime's tests in a second, torch-free venv (.venv-runtime) holding only
 #                 pyganx-runtime (installs chromium + chromium-driver with apt when missing:
 #                 the browser test)
-#   make lint     ruff, mypy on the plugin API and pyganx-runtime, clang-format on csrc/ (make test
+#   make lint     ruff, mypy on the plugin API, the built-in plugins and pyganx-runtime, clang-format
+#                 on csrc/ (make test
 #                 runs it first)
 #   make bench    the benchmark suites (results go to benchmarks/RESULTS.md by hand)
 #
@@ -54,7 +55,7 @@ DEPS := numpy ninja setuptools wheel pillow tqdm pytest pytest-benchmark scikit-
 
 # Lint: pinned tools, installed into the same environment (mypy reads torch's types there).
 LINT_DEPS := ruff==0.17.6 mypy==2.4.1 clang-format==19.1.7
-MYPY_FILES := pyganx/plugin.py pyganx/registry.py pyganx/flags.py pyganx/engine/context.py runtime/pyganx_runtime
+MYPY_FILES := pyganx/plugin.py pyganx/registry.py pyganx/flags.py pyganx/engine/context.py plugins runtime/pyganx_runtime
 CLANG_FORMAT = $(PY) -c 'import sys, clang_format; sys.exit(clang_format.clang_format())'
 
 .PHONY: help setup build lint test pytest runtime-test cmake-test browser demo demo-dcgan demo-cgan demo-cut demo-fastcut \

@@ -264,8 +264,8 @@ def linear_decay(total_steps: int, decay_start: float):
     return factor
 
 
-def linear_decay_schedulers(optimizers: dict[str, optim.Optimizer], total_steps: int,
-                            decay_start: float) -> dict[str, optim.lr_scheduler.LambdaLR]:
+def linear_decay_schedulers(optimizers: Mapping[str, optim.Optimizer], total_steps: int,
+                            decay_start: float) -> dict[str, optim.lr_scheduler.LRScheduler]:
     """One :func:`linear_decay` ``LambdaLR`` per optimizer: what ``schedulers()`` returns
     for the papers that decay the learning rate linearly over the end of training.
 
@@ -278,7 +278,7 @@ def linear_decay_schedulers(optimizers: dict[str, optim.Optimizer], total_steps:
         Schedulers by the optimizers' names.
     """
     f = linear_decay(total_steps, decay_start)
-    return {k: optim.lr_scheduler.LambdaLR(o, f) for k, o in optimizers.items()}
+    return {k: optim.lr_scheduler.LambdaLR(o, f) for k, o in optimizers.items()}   # LambdaLRs
 
 
 # Names this module offered before its __all__ was limited to the API: still importable,

@@ -165,7 +165,7 @@ class CUT(GANPlugin):
             loss_nce = (self._nce(real_A, fake_B, flipped) if cfg.lambda_nce > 0
                         else torch.zeros((), device=fake.device))
             loss_nce_y = None
-            if cfg.nce_idt and cfg.lambda_nce > 0:
+            if idt_B is not None and cfg.lambda_nce > 0:
                 loss_nce_y = self._nce(real_B, idt_B, flipped)
                 loss_nce_both = (loss_nce + loss_nce_y) * 0.5
             else:

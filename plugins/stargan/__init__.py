@@ -122,9 +122,9 @@ class StarGAN(GANPlugin):
         """Domain indices as one-hot rows over the domains, in ``like``'s dtype."""
         return one_hot(labels, len(self.domains), like.dtype)
 
-    def _critic(self, src: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _critic(self, src: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """The patch map of each image's own domain (``--d-per-domain``), else the one map."""
-        if not self.config.d_per_domain:
+        if not self.config.d_per_domain or labels is None:
             return src
         return src[torch.arange(src.shape[0], device=src.device), labels.to(src.device)]
 

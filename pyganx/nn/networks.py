@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +20,8 @@ from torch import Tensor, nn
 from .. import tuning
 from ..ops import reference, residual_block, winograd_applies, winograd_local
 from .norm import InstanceNormReLU, check_fused
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 def _norm_act(channels: int, affine: bool, fused: bool | str) -> nn.Module:
@@ -407,7 +410,7 @@ class DCGANDiscriminator(nn.Module):
         return self.model(x).flatten(1)
 
 
-def init_weights(module: nn.Module, std: float = 0.02) -> nn.Module:
+def init_weights(module: ModuleT, std: float = 0.02) -> ModuleT:
     """The papers' initialisation: conv weights N(0, std), norm weights N(1, std), biases 0."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
