@@ -7,8 +7,7 @@
 #                 pyganx-runtime (installs chromium + chromium-driver with apt when missing:
 #                 the browser test)
 #   make lint     ruff, mypy on the plugin API, the built-in plugins and pyganx-runtime, clang-format
-#                 on csrc/ (make test
-#                 runs it first)
+#                 on csrc/ (make test runs it first)
 #   make bench    the benchmark suites (results go to benchmarks/RESULTS.md by hand)
 #
 # Options: USE_SYSTEM_TORCH=1 builds into the interpreter's own environment and uses
