@@ -27,7 +27,8 @@ def fsync_dir(folder: str | os.PathLike) -> None:
 def atomic_write_bytes(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
     """Calls ``write(fileobj)`` on a temporary file beside ``path`` (named
     ``.<name>.<random>.tmp``), then renames it over ``path``. On any error the
-    temporary file is removed and ``path`` is left as it was."""
+    temporary file is removed and ``path`` is left as it was; an OSError that names no
+    file (a full disk) is raised again naming ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -37,11 +38,13 @@ def atomic_write_bytes(path: str | os.PathLike, write: Callable[[BinaryIO], obje
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
     fsync_dir(path.parent)
 
