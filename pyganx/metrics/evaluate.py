@@ -32,7 +32,7 @@ from ..errors import UsageError
 from .fid import InceptionScorer, format_inception, format_setup
 from .generative import evaluate_multi_domain, evaluate_noise, format_generative
 from .judges import JUDGE_SIZE, RunDomains, digit_classifier, domain_classifier, judge_size, translate
-from .kid import kid
+from .kid import format_kid, kid_figures, kid_mean
 
 
 class _OnnxGenerator:
@@ -108,7 +108,7 @@ def _evaluate_loaded(run: LoadedRun, log, model, inception: InceptionScorer | No
     result = {
         **head,
         "classifiers": {"domain": {"test_accuracy": judge.test_accuracy, "held_out": dom.held_out}},
-        "kid_real_domains": kid(feats["A"], feats["B"])[0],
+        **kid_mean(feats["A"], feats["B"], "kid_real_domains"),
         "translations": {},
     }
     if digits is not None:
@@ -117,7 +117,6 @@ def _evaluate_loaded(run: LoadedRun, log, model, inception: InceptionScorer | No
     if inception is not None:
         result["inception"] = inception.describe()
         for dst in dict.fromkeys(s.domains[1] for s in specs.values()):   # in the specs' order
-            inception.check_count(len(test[dst][0]), f"the run's {dst} test split")
             real_inception[dst] = inception.image_features(test[dst][0], f"real {dst}")
     for key, spec in specs.items():
         src, dst = spec.domains
@@ -129,8 +128,7 @@ def _evaluate_loaded(run: LoadedRun, log, model, inception: InceptionScorer | No
                "target_domain": float((judge.predict(fake) == target).double().mean())}
         if digits is not None and test[src][1] is not None:
             row["digit_kept"] = float((digits.predict(fake) == torch.tensor(test[src][1])).double().mean())
-        mean, std = kid(judge.features(fake), feats[dst])
-        row["kid"], row["kid_std"] = mean, std
+        row.update(kid_figures(judge.features(fake), feats[dst]))
         if inception is not None:
             row["inception"] = inception.compare(inception.image_features(translated, key), real_inception[dst])
         result["translations"][key] = row
@@ -150,13 +148,12 @@ def format_result(r: dict) -> str:
                  + ("" if c["domain"]["held_out"] else " (no held-out test split: measured on training images)"))
     if "digit" in c:
         lines.append(f"  digit classifier on real test images:  {100 * c['digit']['test_accuracy']:.1f} %")
-    lines.append(f"  KID real A vs real B: {r['kid_real_domains']:.4f}")
+    lines.append(f"  KID real A vs real B: {format_kid(r, 'kid_real_domains', label='')}")
     for k, t in r["translations"].items():
         s = f"  {k} ({t['from']}->{t['to']}, {t['n']} images): in target domain {100 * t['target_domain']:.1f} %"
         if "digit_kept" in t:
             s += f", digit kept {100 * t['digit_kept']:.1f} %"
-        s += f", KID {t['kid']:.4f} +- {t['kid_std']:.4f}"
-        lines.append(s)
+        lines.append(f"{s}, {format_kid(t)}")
         if "inception" in t:
             lines.append(f"    {format_inception(t['inception'])}")
     return "\n".join(lines)
@@ -172,7 +169,7 @@ def headline(r: dict) -> dict[str, float]:
         for m in ("kid", "target_domain", "digit_kept", "class_accuracy", "fid"):
             if m in row:
                 out[f"{k} {m}"] = float(row[m])
-        if "inception" in row:
+        if "fid" in row.get("inception", {}):
             out[f"{k} fid"] = float(row["inception"]["fid"])
     return out
 

@@ -40,7 +40,7 @@ from .judges import (
     stack_items,
     translate,
 )
-from .kid import kid
+from .kid import format_kid, kid_figures, kid_mean
 
 #: Images generated per evaluation (noise models), per class (conditional ones), and test
 #: images translated into every other domain (multi-domain ones).
@@ -107,8 +107,6 @@ def evaluate_noise(run: LoadedRun, key: str, spec, size: int, log=None,
     data = run.data()
     real_images = stack_items(data.test, spread(range(len(data.test)), 2 * MAX_TEST))[0]
     real = judge_size(real_images, size)
-    if inception is not None:
-        inception.check_count(len(real_images), "the run's test split")
     if conditional:
         opts = run.train_options()
         judge = digit_classifier(size, log) if opts.demo == "digits" else class_classifier(run, data, size, log)
@@ -126,9 +124,9 @@ def evaluate_noise(run: LoadedRun, key: str, spec, size: int, log=None,
                                          inception=inception)
         row = {"n": len(fake)}
     feats_real = judge.features(real)
-    row["kid"], row["kid_std"] = kid(judge.features(fake), feats_real)
+    row.update(kid_figures(judge.features(fake), feats_real))
     half = len(feats_real) // 2
-    row["kid_real_halves"] = kid(feats_real[:half], feats_real[half:])[0]
+    row.update(kid_mean(feats_real[:half], feats_real[half:], "kid_real_halves"))
     if inception is not None:
         row["inception"] = inception.compare(fake_inception, inception.image_features(real_images, "real"))
     return {"classifiers": {"judge": {"classes": judge.classes, "test_accuracy": judge.test_accuracy}},
@@ -169,8 +167,6 @@ def evaluate_multi_domain(run: LoadedRun, key: str, spec, size: int, log=None,
     real = judge_size(x, size)
     feats = {d: judge.features(real[dom == k]) for k, d in enumerate(domains)}
     if inception is not None:
-        for k, d in enumerate(domains):
-            inception.check_count(int((dom == k).sum()), f"the test split of domain {d}")
         real_inception = {d: inception.image_features(x[dom == k], f"real {d}") for k, d in enumerate(domains)}
     rows = {}
     for k, d in enumerate(domains):
@@ -182,13 +178,13 @@ def evaluate_multi_domain(run: LoadedRun, key: str, spec, size: int, log=None,
         row = {"n": len(fake), "target_domain": float((judge.predict(fake) == k).double().mean())}
         if digits is not None:
             row["digit_kept"] = float((digit_judge.predict(fake) == digits[src]).double().mean())
-        row["kid"], row["kid_std"] = kid(judge.features(fake), feats[d])
+        row.update(kid_figures(judge.features(fake), feats[d]))
         if inception is not None:
             row["inception"] = inception.compare(inception.image_features(translated, f"into {d}"), real_inception[d])
         rows[d] = row
     mean = {m: sum(r[m] for r in rows.values()) / len(rows) for m in ("target_domain", "digit_kept", "kid")
             if rows and all(m in r for r in rows.values())}
-    if inception is not None and rows:
+    if inception is not None and rows and all("fid" in r["inception"] for r in rows.values()):
         mean["fid"] = sum(r["inception"]["fid"] for r in rows.values()) / len(rows)
     out = {"classifiers": {"domain": {"classes": judge.classes, "test_accuracy": judge.test_accuracy}},
            "generators": {key: {"into": rows, "mean": mean}}}
@@ -208,7 +204,7 @@ def format_generative(r: dict) -> list[str]:
                 s = f"  {key} into {d} ({row['n']} images): in target domain {100 * row['target_domain']:.1f} %"
                 if "digit_kept" in row:
                     s += f", digit kept {100 * row['digit_kept']:.1f} %"
-                lines.append(s + f", KID {row['kid']:.4f} +- {row['kid_std']:.4f}")
+                lines.append(f"{s}, {format_kid(row)}")
                 if "inception" in row:
                     lines.append(f"    {format_inception(row['inception'])}")
             m = g["mean"]
@@ -220,7 +216,7 @@ def format_generative(r: dict) -> list[str]:
             s = f"  {key} ({g['n']} generated images):"
             if "class_accuracy" in g:
                 s += f" class accuracy {100 * g['class_accuracy']:.1f} %,"
-            lines.append(s + f" KID {g['kid']:.4f} +- {g['kid_std']:.4f} (real vs real: {g['kid_real_halves']:.4f})")
+            lines.append(f"{s} {format_kid(g)} (real vs real: {format_kid(g, 'kid_real_halves', label='')})")
             if "inception" in g:
                 lines.append(f"    {format_inception(g['inception'])}")
     return lines
