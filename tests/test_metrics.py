@@ -13,10 +13,12 @@ from torch import nn
 
 import pyganx
 from pyganx.cli import main as cli_main
-from pyganx.engine import latest_checkpoint, load_checkpoint
+from pyganx.data import demo
+from pyganx.engine import latest_checkpoint, list_checkpoints, load_checkpoint
 from pyganx.errors import UsageError
-from pyganx.metrics import cached_classifier, judges, kid, polynomial_mmd2, train_classifier
+from pyganx.metrics import cached_classifier, eval_data, kid, polynomial_mmd2, train_classifier
 from pyganx.metrics import evaluate as ev
+from pyganx.metrics.eval_data import MAX_TEST, EvalData
 from pyganx.metrics.kid import format_kid, kid_figures, kid_mean
 
 SMALL = ["--ngf", "8", "--ndf", "8", "--n-blocks", "1", "--no-progress"]
@@ -156,7 +158,7 @@ def _evaluate_with(monkeypatch, run_dir, g_ab, g_ba):
 
 
 def _by_digit(dom, side):
-    x, labels = dom.test_images(side)
+    x, labels = dom.test[side], dom.digits[side]
     out = {}
     for t, d in zip(x, labels):
         out.setdefault(d, []).append(t)
@@ -174,7 +176,7 @@ def test_eval_figures_follow_what_the_generators_do(run, monkeypatch):
         assert t["kid"] == pytest.approx(identity["kid_real_domains"], rel=0.2)
     assert json.loads((run / "eval.json").read_text()) == identity
 
-    dom = judges.RunDomains(ev.load_run(run))
+    dom = EvalData(ev.load_run(run)).domains
     xa, la, a_by_digit = _by_digit(dom, "A")
     xb, lb, b_by_digit = _by_digit(dom, "B")
     same = Lookup((a, b_by_digit[d][i % len(b_by_digit[d])]) for i, (a, d) in enumerate(zip(xa, la)))
@@ -186,6 +188,22 @@ def test_eval_figures_follow_what_the_generators_do(run, monkeypatch):
     assert r["G_AB"]["kid"] < 0.1 * identity["kid_real_domains"]
     # real A images of the next digit: in the target domain, but the digit is lost
     assert r["G_BA"]["target_domain"] > 0.95 and r["G_BA"]["digit_kept"] < 0.05
+
+
+def test_all_checkpoints_read_the_data_once_and_give_each_checkpoints_figures(tmp_path, monkeypatch):
+    out = tmp_path / "ck"
+    assert cli_main(["train", "cyclegan", "--demo", "digits", "--steps", "2", "--checkpoint-every", "1",
+                     "--keep", "0", "-o", str(out), *SMALL]) == 0
+    ckpts = list_checkpoints(out / "checkpoints")
+    assert len(ckpts) == 2
+    alone = [ev.headline(ev.evaluate_run(ck)) for ck in ckpts]          # the judges are cached now
+    reads = []
+    load_item = eval_data.load_item
+    monkeypatch.setattr(eval_data, "load_item", lambda item, channels: reads.append(item) or load_item(item, channels))
+    res = ev.evaluate_checkpoints(out)
+    assert [{k: v for k, v in row.items() if k != "step"} for row in res["checkpoints"]] == alone
+    ds = demo.load("digits")
+    assert len(reads) == sum(min(len(t), MAX_TEST) for t in (ds.test_a, ds.test_b))   # each test image once
 
 
 def test_eval_and_sample_cli(run, capsys, tmp_path):

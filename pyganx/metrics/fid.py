@@ -82,7 +82,7 @@ def kernel_inception_distance(features_1: Tensor | np.ndarray, features_2: Tenso
     return float(np.mean(mmds)), float(np.std(mmds))
 
 
-@dataclass
+@dataclass(eq=False)   # one scorer is one network: equal only to itself, and a key for features kept per scorer
 class InceptionScorer:
     """The FID network on a device, and how it reads images."""
 
@@ -181,7 +181,7 @@ class InceptionScorer:
             return {"n_fake": n_fake, "n_real": n_real,
                     "note": f"no FID or KID: they need at least 2 images per set, got {n_fake} and {n_real}"}
         mean, std = kernel_inception_distance(fake, real, self.kid_subsets, self.kid_subset_size)
-        fig = {"fid": frechet_distance(*feature_statistics(fake), *feature_statistics(real)),
+        fig: dict = {"fid": frechet_distance(*feature_statistics(fake), *feature_statistics(real)),
                "kid": mean, "kid_std": std, "n_fake": n_fake, "n_real": n_real}
         size = min(n_fake, n_real)
         if size < self.kid_subset_size:

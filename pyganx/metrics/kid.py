@@ -44,7 +44,7 @@ def kid_figures(x: Tensor, y: Tensor, subsets: int = 50, subset_size: int = 100,
     if n < 2:
         return {"kid_note": f"no KID: it needs at least 2 images per set, got {len(x)} and {len(y)}"}
     mean, std = kid(x, y, subsets, subset_size, seed)
-    fig = {"kid": mean, "kid_std": std}
+    fig: dict = {"kid": mean, "kid_std": std}
     if n < subset_size:
         fig["kid_note"] = f"KID on subsets of {n} images (a set has fewer than {subset_size})"
     return fig
