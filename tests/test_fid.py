@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from pyganx.cli import main as cli_main
-from pyganx.errors import UsageError
+from pyganx.errors import DataError, UsageError
 from pyganx.metrics import fid as fidmod
 from pyganx.metrics import inception as incmod
 from pyganx.metrics.fid import InceptionScorer, frechet_distance, kernel_inception_distance
@@ -97,8 +97,49 @@ def test_kid_equals_torch_fidelitys():
     ref32 = tf.kid_features_to_metric(a, b, kid_subsets=20, kid_subset_size=50, rng_seed=2020, verbose=False)
     assert mean == pytest.approx(ref32[tf.KEY_METRIC_KID_MEAN], rel=1e-5)
     assert mean > 0.01                                       # the sets differ: not a vanishing figure
-    with pytest.raises(Exception, match="KID draws subsets of 100 images, but the sets have 120 and 90"):
-        kernel_inception_distance(a, b, subsets=2, subset_size=100)
+
+
+def _numpy_kid(x: np.ndarray, y: np.ndarray) -> float:
+    """The unbiased MMD^2 of the cubic polynomial kernel, one pair at a time."""
+    d = x.shape[1]
+
+    def k(a, b):
+        return (a @ b / d + 1) ** 3
+    m, n = len(x), len(y)
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    return xx + yy - 2 * sum(k(a, b) for a in x for b in y) / (m * n)
+
+
+def test_kid_on_sets_smaller_than_the_subset_size_uses_the_smaller_sets_size():
+    tf = pytest.importorskip("torch_fidelity.metric_kid", reason="pip install torch-fidelity (the test extra)")
+    from cleanfid.fid import kernel_distance
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(50, 16, generator=g).double(), (torch.randn(37, 16, generator=g) * 1.2 + 0.3).double()
+    mean, std = kernel_inception_distance(a, b, subsets=10, subset_size=1000, seed=2020)
+    # torch-fidelity refuses subsets larger than a set; asked for the size used, it gives the same figures
+    ref = tf.kid_features_to_metric(a, b, kid_subsets=10, kid_subset_size=37, rng_seed=2020, verbose=False)
+    assert mean == pytest.approx(ref[tf.KEY_METRIC_KID_MEAN], rel=1e-9)
+    assert std == pytest.approx(ref[tf.KEY_METRIC_KID_STD], rel=1e-9) and std > 0
+    # two sets of 37: every subset is the whole set, so the figure is one number, whatever the RNG draws:
+    # Clean-FID's (which shrinks its subsets the same way) and a direct sum over the pairs
+    whole, spread = kernel_inception_distance(a[:37], b, subsets=3, subset_size=1000)
+    assert spread == pytest.approx(0, abs=1e-12) and whole > 0.01
+    assert whole == pytest.approx(kernel_distance(a[:37].numpy(), b.numpy(), num_subsets=3), rel=1e-9)
+    assert whole == pytest.approx(_numpy_kid(a[:37].numpy(), b.numpy()), rel=1e-9)
+    # the figures say so; a set of one image has neither FID nor KID, only the note
+    scorer = InceptionScorer(net=None, weights="test", kid_subsets=10)
+    fig = scorer.compare(b, a)
+    assert (fig["kid"], fig["kid_std"]) == kernel_inception_distance(b, a, 10, 37) and fig["fid"] > 0
+    assert fig["kid_subset_size"] == 37
+    assert fig["note"] == "KID on subsets of 37 images (fewer than --kid-subset-size 1000)"
+    assert fig["note"] in fidmod.format_inception(fig)
+    assert "note" not in InceptionScorer(net=None, weights="test", kid_subset_size=37).compare(b, a)
+    one = scorer.compare(b, a[:1])
+    assert set(one) == {"n_fake", "n_real", "note"} and "at least 2 images per set, got 37 and 1" in one["note"]
+    assert "no FID or KID" in fidmod.format_inception(one)
+    with pytest.raises(DataError, match="KID needs at least 2 images per set, got 1 and 37"):
+        kernel_inception_distance(a[:1], b)
 
 
 def test_clean_resize_equals_clean_fids():
@@ -183,8 +224,18 @@ def test_eval_on_two_folders(weights, tmp_path, capsys):
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
         for w in words:
             assert w in err, (w, err)
-    one_line_error(["eval", "--inception-weights", str(weights), "--real", str(real), "--fake", str(fake)],
-                   "has 6 images; KID draws subsets of 1000")
+    # fewer images than --kid-subset-size (1000): KID on subsets of 5, and the figures say so
+    assert cli_main(["eval", "--inception-weights", str(weights), "--real", str(real), "--fake", str(fake),
+                     "--kid-subsets", "5", "-o", str(tmp_path / "small.json")]) == 0
+    note = "KID on subsets of 5 images (fewer than --kid-subset-size 1000)"
+    small = json.loads((tmp_path / "small.json").read_text())
+    assert small["note"] == note and small["kid_subset_size"] == 5 and note in capsys.readouterr().out
+    scorer = InceptionScorer.load(weights, "cpu", progress=False)
+    ref = kernel_inception_distance(scorer.folder_features(fake), scorer.folder_features(real), 5, 5)
+    assert (small["kid"], small["kid_std"]) == pytest.approx(ref, rel=1e-9) and small["fid"] == pytest.approx(r["fid"])
+    _folder(tmp_path / "one", [("0.png", (32, 32), "RGB")])
+    one_line_error([*base, "--real", str(real), "--fake", str(tmp_path / "one")],
+                   "one: FID and KID need at least 2 images, it has 1")
     one_line_error([*base, "--real", str(real), "--fake", str(tmp_path / "nowhere")], "nowhere: not a folder")
     one_line_error(["eval", "--real", str(real), "--fake", str(fake), "--inception-weights", str(tmp_path / "w.pth")],
                    "w.pth: no such file", "pt_inception-2015-12-05-6726825d.pth")
@@ -217,13 +268,21 @@ def test_eval_run_adds_inception_figures_and_keeps_the_judges(weights, tmp_path,
     out = capsys.readouterr().out
     r = json.loads((run / "eval.json").read_text())
     assert r["inception"]["weights"].startswith("other")
+    fid = {k: t["inception"]["fid"] for k, t in r["translations"].items()}
     for key, row in r["translations"].items():
         inc = row.pop("inception")
         assert inc["n_fake"] == inc["n_real"] == 6 and inc["fid"] > 0
         assert f"FID {inc['fid']:.3f}" in out
         assert row == plain["translations"][key]             # the judges' figures mean what they meant
-    assert cli_main(["eval", str(run), "--inception-weights", str(weights)]) == 1   # 6 test images < 1000
-    assert "the run's B test split has 6 images; KID draws subsets of 1000" in capsys.readouterr().err
+    # 6 test images, fewer than --kid-subset-size 1000: KID on subsets of 6, noted; FID as before
+    assert cli_main(["eval", str(run), "--inception-weights", str(weights), "--kid-subsets", "3"]) == 0
+    out = capsys.readouterr().out
+    small = json.loads((run / "eval.json").read_text())
+    for key, row in small["translations"].items():
+        inc = row.pop("inception")
+        assert inc["note"] == "KID on subsets of 6 images (fewer than --kid-subset-size 1000)" and inc["note"] in out
+        assert inc["fid"] == pytest.approx(fid[key]) and inc["kid_subset_size"] == 6
+        assert row == plain["translations"][key]
 
 
 def test_eval_noise_run_with_inception(weights, tmp_path, monkeypatch, capsys):

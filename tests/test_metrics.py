@@ -13,10 +13,13 @@ from torch import nn
 
 import pyganx
 from pyganx.cli import main as cli_main
-from pyganx.engine import latest_checkpoint, load_checkpoint
+from pyganx.data import demo
+from pyganx.engine import latest_checkpoint, list_checkpoints, load_checkpoint
 from pyganx.errors import UsageError
-from pyganx.metrics import cached_classifier, judges, kid, polynomial_mmd2, train_classifier
+from pyganx.metrics import cached_classifier, eval_data, kid, polynomial_mmd2, train_classifier
 from pyganx.metrics import evaluate as ev
+from pyganx.metrics.eval_data import MAX_TEST, EvalData
+from pyganx.metrics.kid import format_kid, kid_figures, kid_mean
 
 SMALL = ["--ngf", "8", "--ndf", "8", "--n-blocks", "1", "--no-progress"]
 
@@ -52,6 +55,42 @@ def test_kid_is_near_zero_for_one_distribution_and_grows_with_the_shift():
         polynomial_mmd2(a[:1], b)
     with pytest.raises(ValueError, match="one width"):
         polynomial_mmd2(a, b[:, :3])
+
+
+def test_kid_on_small_sets_takes_the_largest_subsets_and_says_so():
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.randn(37, 8, generator=g), torch.randn(50, 8, generator=g) + 0.5
+    fig = kid_figures(a, b)
+    assert (fig["kid"], fig["kid_std"]) == kid(a, b, 50, 37)        # subsets of the smaller set's size
+    assert fig["kid_note"] == "KID on subsets of 37 images (a set has fewer than 100)"
+    assert format_kid(fig) == f"KID {fig['kid']:.4f} +- {fig['kid_std']:.4f}; {fig['kid_note']}"
+    assert kid_figures(a, b, subset_size=37) == {"kid": fig["kid"], "kid_std": fig["kid_std"]}
+    # a set of one image has no KID: a note, not an error
+    assert kid_figures(a[:1], b) == {"kid_note": "no KID: it needs at least 2 images per set, got 1 and 50"}
+    assert kid_mean(a, a[:1], "kid_real") == {"kid_real_note": "no KID: it needs at least 2 images per set, "
+                                                                "got 37 and 1"}
+    assert kid_mean(a, b, "kid_real") == {"kid_real": fig["kid"], "kid_real_note": fig["kid_note"]}
+
+
+def test_eval_of_a_run_with_a_one_image_test_split(tmp_path, capsys):
+    from pyganx.data import demo
+    ds = demo.load("digits")
+    for side, samples in (("trainA", ds.train_a[:6]), ("trainB", ds.train_b[:6]), ("testA", ds.test_a[:1]),
+                          ("testB", ds.test_b[:5])):
+        (tmp_path / "d" / side).mkdir(parents=True)
+        for i, smp in enumerate(samples):
+            smp.image.save(tmp_path / "d" / side / f"{i}.png")
+    out = tmp_path / "run"
+    assert cli_main(["train", "cyclegan", "--data", str(tmp_path / "d"), "--image-size", "32", "--steps", "1",
+                     "-o", str(out), *SMALL]) == 0
+    assert cli_main(["eval", str(out)]) == 0
+    r = json.loads((out / "eval.json").read_text())
+    no_kid = "no KID: it needs at least 2 images per set"
+    assert "kid_real_domains" not in r and r["kid_real_domains_note"] == f"{no_kid}, got 1 and 5"
+    assert r["translations"]["G_AB"]["n"] == 1 and "kid" not in r["translations"]["G_AB"]
+    assert r["translations"]["G_BA"]["kid_note"] == f"{no_kid}, got 5 and 1"
+    assert 0 <= r["translations"]["G_BA"]["target_domain"] <= 1
+    assert f"KID real A vs real B: {no_kid}, got 1 and 5" in capsys.readouterr().out
 
 
 def _stripes(n: int, seed: int):
@@ -119,7 +158,7 @@ def _evaluate_with(monkeypatch, run_dir, g_ab, g_ba):
 
 
 def _by_digit(dom, side):
-    x, labels = dom.test_images(side)
+    x, labels = dom.test[side], dom.digits[side]
     out = {}
     for t, d in zip(x, labels):
         out.setdefault(d, []).append(t)
@@ -137,7 +176,7 @@ def test_eval_figures_follow_what_the_generators_do(run, monkeypatch):
         assert t["kid"] == pytest.approx(identity["kid_real_domains"], rel=0.2)
     assert json.loads((run / "eval.json").read_text()) == identity
 
-    dom = judges.RunDomains(ev.load_run(run))
+    dom = EvalData(ev.load_run(run)).domains
     xa, la, a_by_digit = _by_digit(dom, "A")
     xb, lb, b_by_digit = _by_digit(dom, "B")
     same = Lookup((a, b_by_digit[d][i % len(b_by_digit[d])]) for i, (a, d) in enumerate(zip(xa, la)))
@@ -149,6 +188,22 @@ def test_eval_figures_follow_what_the_generators_do(run, monkeypatch):
     assert r["G_AB"]["kid"] < 0.1 * identity["kid_real_domains"]
     # real A images of the next digit: in the target domain, but the digit is lost
     assert r["G_BA"]["target_domain"] > 0.95 and r["G_BA"]["digit_kept"] < 0.05
+
+
+def test_all_checkpoints_read_the_data_once_and_give_each_checkpoints_figures(tmp_path, monkeypatch):
+    out = tmp_path / "ck"
+    assert cli_main(["train", "cyclegan", "--demo", "digits", "--steps", "2", "--checkpoint-every", "1",
+                     "--keep", "0", "-o", str(out), *SMALL]) == 0
+    ckpts = list_checkpoints(out / "checkpoints")
+    assert len(ckpts) == 2
+    alone = [ev.headline(ev.evaluate_run(ck)) for ck in ckpts]          # the judges are cached now
+    reads = []
+    load_item = eval_data.load_item
+    monkeypatch.setattr(eval_data, "load_item", lambda item, channels: reads.append(item) or load_item(item, channels))
+    res = ev.evaluate_checkpoints(out)
+    assert [{k: v for k, v in row.items() if k != "step"} for row in res["checkpoints"]] == alone
+    ds = demo.load("digits")
+    assert len(reads) == sum(min(len(t), MAX_TEST) for t in (ds.test_a, ds.test_b))   # each test image once
 
 
 def test_eval_and_sample_cli(run, capsys, tmp_path):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -29,10 +30,11 @@ from pyganx_runtime.files import atomic_write_bytes, atomic_write_text
 from ..engine.checkpoint import list_checkpoints
 from ..engine.run import LoadedRun, load_run
 from ..errors import UsageError
+from .eval_data import EvalData, judge_size
 from .fid import InceptionScorer, format_inception, format_setup
 from .generative import evaluate_multi_domain, evaluate_noise, format_generative
-from .judges import JUDGE_SIZE, RunDomains, digit_classifier, domain_classifier, judge_size, translate
-from .kid import kid
+from .judges import JUDGE_SIZE, digit_classifier, domain_classifier, translate
+from .kid import format_kid, kid_figures, kid_mean
 
 
 class _OnnxGenerator:
@@ -65,7 +67,7 @@ def evaluate_run(path: str | Path, device: str | None = None,
     ``"inception"``."""
     t0 = time.time()
     run = load_run(path, device=device)
-    result = _evaluate_loaded(run, log, model, inception)
+    result = _evaluate_loaded(run, EvalData(run), log, model, inception)
     result["seconds"] = round(time.time() - t0, 1)
     if model:
         result["model"] = str(model)
@@ -73,9 +75,11 @@ def evaluate_run(path: str | Path, device: str | None = None,
     return result
 
 
-def _evaluate_loaded(run: LoadedRun, log, model, inception: InceptionScorer | None = None) -> dict:
+def _evaluate_loaded(run: LoadedRun, data: EvalData, log, model, inception: InceptionScorer | None = None) -> dict:
+    """The figures of one loaded checkpoint, judged on ``data`` (the run's)."""
+    size = min(run.info.image_size, JUDGE_SIZE)
     head = {"run": str(run.run_dir), "plugin": run.name, "checkpoint": run.checkpoint.name, "step": run.step,
-            "weights": run.weights, "judge_size": min(run.info.image_size, JUDGE_SIZE)}
+            "weights": run.weights, "judge_size": size}
     all_specs = run.plugin.export_specs()
     specs = {k: s for k, s in all_specs.items()
              if tuple(s.inputs) == ("image",) and len(s.domains) == 2 and set(s.domains) <= {"A", "B"}}
@@ -87,9 +91,9 @@ def _evaluate_loaded(run: LoadedRun, log, model, inception: InceptionScorer | No
         if inception is not None:
             head["inception"] = inception.describe()
         if spec.inputs and spec.inputs[0] == "z":
-            return {**head, **evaluate_noise(run, key, spec, head["judge_size"], log, inception)}
+            return {**head, **evaluate_noise(run, data, key, spec, size, log, inception)}
         if tuple(spec.inputs) == ("image", "domain"):
-            return {**head, **evaluate_multi_domain(run, key, spec, head["judge_size"], log, inception)}
+            return {**head, **evaluate_multi_domain(run, data, key, spec, size, log, inception)}
     onnx_gen = _OnnxGenerator(model) if model else None
     if onnx_gen is not None:
         if onnx_gen.key not in specs:
@@ -98,17 +102,20 @@ def _evaluate_loaded(run: LoadedRun, log, model, inception: InceptionScorer | No
     if not specs:
         raise UsageError(f"pyganx eval judges A/B image translation; {run.name} "
                          f"({type(run.plugin).data_kind} data) has no A->B or B->A generator")
-    dom = RunDomains(run)
-    size = min(run.info.image_size, JUDGE_SIZE)
-    judge = domain_classifier(dom, size, log)
-    digits = digit_classifier(size, log) if dom.labels else None
-    test = {s: dom.test_images(s) for s in "AB"}
-    real = {s: judge_size(test[s][0], size) for s in "AB"}
-    feats = {s: judge.features(real[s]) for s in "AB"}
+    gens = {k: onnx_gen if onnx_gen is not None else run.plugin.networks()[s.network] for k, s in specs.items()}
+    return {**head, **_evaluate_ab(data, specs, gens, run.device, size, log, inception)}
+
+
+def _evaluate_ab(data: EvalData, specs: dict, gens: dict, device, size: int, log,
+                 inception: InceptionScorer | None) -> dict:
+    """The figures of A <-> B generators ``gens`` (by spec name) on ``data.domains``."""
+    dom = data.domains
+    judge = domain_classifier(data, size, log)
+    digits = digit_classifier(size, log) if data.demo == "digits" else None
+    feats = {s: judge.features(judge_size(dom.test[s], size)) for s in "AB"}
     result = {
-        **head,
         "classifiers": {"domain": {"test_accuracy": judge.test_accuracy, "held_out": dom.held_out}},
-        "kid_real_domains": kid(feats["A"], feats["B"])[0],
+        **kid_mean(feats["A"], feats["B"], "kid_real_domains"),
         "translations": {},
     }
     if digits is not None:
@@ -117,20 +124,18 @@ def _evaluate_loaded(run: LoadedRun, log, model, inception: InceptionScorer | No
     if inception is not None:
         result["inception"] = inception.describe()
         for dst in dict.fromkeys(s.domains[1] for s in specs.values()):   # in the specs' order
-            inception.check_count(len(test[dst][0]), f"the run's {dst} test split")
-            real_inception[dst] = inception.image_features(test[dst][0], f"real {dst}")
+            real_inception[dst] = data.once(("inception", inception, dst),
+                                            partial(inception.image_features, dom.test[dst], f"real {dst}"))
     for key, spec in specs.items():
         src, dst = spec.domains
-        gen = onnx_gen if onnx_gen is not None else run.plugin.networks()[spec.network]
-        translated = translate(gen, test[src][0], run.device)
+        translated = translate(gens[key], dom.test[src], device)
         fake = judge_size(translated, size)
         target = 0 if dst == "A" else 1
         row = {"from": src, "to": dst, "n": len(fake),
                "target_domain": float((judge.predict(fake) == target).double().mean())}
-        if digits is not None and test[src][1] is not None:
-            row["digit_kept"] = float((digits.predict(fake) == torch.tensor(test[src][1])).double().mean())
-        mean, std = kid(judge.features(fake), feats[dst])
-        row["kid"], row["kid_std"] = mean, std
+        if digits is not None and dom.digits[src] is not None:
+            row["digit_kept"] = float((digits.predict(fake) == torch.tensor(dom.digits[src])).double().mean())
+        row.update(kid_figures(judge.features(fake), feats[dst]))
         if inception is not None:
             row["inception"] = inception.compare(inception.image_features(translated, key), real_inception[dst])
         result["translations"][key] = row
@@ -150,13 +155,12 @@ def format_result(r: dict) -> str:
                  + ("" if c["domain"]["held_out"] else " (no held-out test split: measured on training images)"))
     if "digit" in c:
         lines.append(f"  digit classifier on real test images:  {100 * c['digit']['test_accuracy']:.1f} %")
-    lines.append(f"  KID real A vs real B: {r['kid_real_domains']:.4f}")
+    lines.append(f"  KID real A vs real B: {format_kid(r, 'kid_real_domains', label='')}")
     for k, t in r["translations"].items():
         s = f"  {k} ({t['from']}->{t['to']}, {t['n']} images): in target domain {100 * t['target_domain']:.1f} %"
         if "digit_kept" in t:
             s += f", digit kept {100 * t['digit_kept']:.1f} %"
-        s += f", KID {t['kid']:.4f} +- {t['kid_std']:.4f}"
-        lines.append(s)
+        lines.append(f"{s}, {format_kid(t)}")
         if "inception" in t:
             lines.append(f"    {format_inception(t['inception'])}")
     return "\n".join(lines)
@@ -172,7 +176,7 @@ def headline(r: dict) -> dict[str, float]:
         for m in ("kid", "target_domain", "digit_kept", "class_accuracy", "fid"):
             if m in row:
                 out[f"{k} {m}"] = float(row[m])
-        if "inception" in row:
+        if "fid" in row.get("inception", {}):
             out[f"{k} fid"] = float(row["inception"]["fid"])
     return out
 
@@ -187,9 +191,12 @@ def evaluate_checkpoints(run_dir: str | Path, device: str | None = None,
     ckpts = list_checkpoints(run_dir / "checkpoints")
     if not ckpts:
         raise UsageError(f"{run_dir}: no checkpoints to evaluate")
-    rows = []
+    rows, data = [], None
     for ck in ckpts:
-        r = _evaluate_loaded(load_run(ck, device=device), log, None, inception)
+        run = load_run(ck, device=device)
+        if data is None or not data.fits(run):      # the data, and the judges, read once for the run
+            data = EvalData(run)
+        r = _evaluate_loaded(run, data, log, None, inception)
         rows.append({"step": r["step"], **headline(r)})
         if log:
             log(f"step {r['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in rows[-1].items() if k != "step"))

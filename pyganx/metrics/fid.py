@@ -8,7 +8,9 @@ figures papers report, from a weights file the user gives.
 - KID (Binkowski et al. 2018) as torch-fidelity computes it: the unbiased MMD^2 under
   k(x, y) = (x.y / d + 1)^3 over ``subsets`` (100) random subsets of ``subset_size``
   (1000) features of each set, drawn without replacement by
-  ``numpy.random.RandomState(seed)`` (2020); mean and standard deviation.
+  ``numpy.random.RandomState(seed)`` (2020); mean and standard deviation. When a set
+  has fewer images than ``subset_size``, the subsets are as large as they can be (the
+  smaller set's size), as Clean-FID does, and the figures carry a note saying so.
 
 Images are read as pytorch-fid reads them: ``PIL.Image.open(path).convert("RGB")``
 (grey replicated to three channels, alpha dropped), any size, each resized to 299 x 299.
@@ -61,25 +63,26 @@ def _poly_mmd2(x: np.ndarray, y: np.ndarray) -> float:
 def kernel_inception_distance(features_1: Tensor | np.ndarray, features_2: Tensor | np.ndarray,
                               subsets: int = KID_SUBSETS, subset_size: int = KID_SUBSET_SIZE,
                               seed: int = KID_SEED) -> tuple[float, float]:
-    """KID (mean, std over subsets) as torch-fidelity computes it (see the module doc)."""
+    """KID (mean, std over subsets) as torch-fidelity computes it (see the module doc), on
+    subsets of ``min(subset_size, n1, n2)`` features; a DataError when a set has fewer than 2."""
     f1, f2 = np.asarray(features_1, dtype=np.float64), np.asarray(features_2, dtype=np.float64)
     n1, n2 = len(f1), len(f2)
     if subsets < 1 or subset_size < 2:
         raise UsageError(f"KID needs at least 1 subset of at least 2 images, got --kid-subsets {subsets} "
                          f"--kid-subset-size {subset_size}")
-    if min(n1, n2) < subset_size:
-        raise DataError(f"KID draws subsets of {subset_size} images, but the sets have {n1} and {n2}: "
-                        f"give more images or a smaller --kid-subset-size")
+    size = min(subset_size, n1, n2)
+    if size < 2:
+        raise DataError(f"KID needs at least 2 images per set, got {n1} and {n2}")
     rng = np.random.RandomState(seed)
     mmds = np.zeros(subsets)
     for i in range(subsets):
-        a = f1[rng.choice(n1, subset_size, replace=False)]
-        b = f2[rng.choice(n2, subset_size, replace=False)]
+        a = f1[rng.choice(n1, size, replace=False)]
+        b = f2[rng.choice(n2, size, replace=False)]
         mmds[i] = _poly_mmd2(a, b)
     return float(np.mean(mmds)), float(np.std(mmds))
 
 
-@dataclass
+@dataclass(eq=False)   # one scorer is one network: equal only to itself, and a key for features kept per scorer
 class InceptionScorer:
     """The FID network on a device, and how it reads images."""
 
@@ -168,25 +171,31 @@ class InceptionScorer:
             raise DataError(f"{folder}: no readable images")
         return torch.cat(out)
 
-    def check_count(self, n: int, what: str) -> None:
-        """A DataError, before any work, when ``what`` has too few images for KID."""
-        if n < max(2, self.kid_subset_size):
-            raise DataError(f"{what} has {n} images; KID draws subsets of {self.kid_subset_size} "
-                            f"(--kid-subset-size): give more images or a smaller subset size")
-
     def compare(self, fake: Tensor, real: Tensor) -> dict:
-        """FID and KID of fake against real features, with the set sizes."""
-        if min(len(fake), len(real)) < 2:
-            raise DataError(f"FID needs at least 2 images per set, got {len(fake)} and {len(real)}")
+        """FID and KID of fake against real features, with the set sizes. KID on sets
+        smaller than ``kid_subset_size`` uses subsets of the smaller set's size and says so
+        in ``"note"`` (``"kid_subset_size"`` is the size used); with fewer than 2 images in
+        a set there is neither FID nor KID, only the note."""
+        n_fake, n_real = len(fake), len(real)
+        if min(n_fake, n_real) < 2:
+            return {"n_fake": n_fake, "n_real": n_real,
+                    "note": f"no FID or KID: they need at least 2 images per set, got {n_fake} and {n_real}"}
         mean, std = kernel_inception_distance(fake, real, self.kid_subsets, self.kid_subset_size)
-        return {"fid": frechet_distance(*feature_statistics(fake), *feature_statistics(real)),
-                "kid": mean, "kid_std": std, "n_fake": len(fake), "n_real": len(real)}
+        fig: dict = {"fid": frechet_distance(*feature_statistics(fake), *feature_statistics(real)),
+               "kid": mean, "kid_std": std, "n_fake": n_fake, "n_real": n_real}
+        size = min(n_fake, n_real)
+        if size < self.kid_subset_size:
+            fig["kid_subset_size"] = size
+            fig["note"] = f"KID on subsets of {size} images (fewer than --kid-subset-size {self.kid_subset_size})"
+        return fig
 
 
 def format_inception(fig: dict) -> str:
-    """One line for FID and KID figures (``compare``'s)."""
-    return (f"FID {fig['fid']:.3f}, KID {fig['kid']:.5f} +- {fig['kid_std']:.5f} "
-            f"(Inception features, {fig['n_fake']} vs {fig['n_real']} images)")
+    """One line for FID and KID figures (``compare``'s), with their note."""
+    line = f"(Inception features, {fig['n_fake']} vs {fig['n_real']} images)"
+    if "fid" in fig:
+        line = f"FID {fig['fid']:.3f}, KID {fig['kid']:.5f} +- {fig['kid_std']:.5f} {line}"
+    return line + (f"; {fig['note']}" if "note" in fig else "")
 
 
 def format_setup(setup: dict) -> str:
@@ -197,14 +206,20 @@ def format_setup(setup: dict) -> str:
 
 def evaluate_folders(real: str | os.PathLike, fake: str | os.PathLike, scorer: InceptionScorer,
                      skip_bad_images: bool = False) -> dict:
-    """FID and KID of the images below ``fake`` against those below ``real``."""
+    """FID and KID of the images below ``fake`` against those below ``real`` (see
+    ``InceptionScorer.compare``); a DataError when a folder has fewer than 2 images."""
     for p in (real, fake):
         if not Path(p).is_dir():
             raise DataError(f"{p}: not a folder")
-        scorer.check_count(len(list_images(p)), str(p))
+        n = len(list_images(p))
+        if n < 2:
+            raise DataError(f"{p}: FID and KID need at least 2 images, it has {n}")
     r = scorer.folder_features(real, skip_bad_images)
     f = scorer.folder_features(fake, skip_bad_images)
-    return {"real": str(real), "fake": str(fake), "inception": scorer.describe(), **scorer.compare(f, r)}
+    fig = scorer.compare(f, r)
+    if "fid" not in fig:        # unreadable images skipped
+        raise DataError(f"{fake} against {real}: {fig['note']}")
+    return {"real": str(real), "fake": str(fake), "inception": scorer.describe(), **fig}
 
 
 __all__ = ["InceptionScorer", "KID_SEED", "KID_SUBSETS", "KID_SUBSET_SIZE", "evaluate_folders", "feature_statistics",

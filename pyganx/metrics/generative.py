@@ -19,44 +19,24 @@ Figures:
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import Tensor
 
-from ..data import EvalTransform, ImageError, LabelledImages, RunData
-from ..data import demo as demo_data
-from ..data.folders import spread
 from ..engine.run import LoadedRun
 from ..errors import DataError
 from ..nn import one_hot
-from .classifier import TrainedClassifier
+from .eval_data import MAX_TEST, EvalData, judge_size
 from .fid import InceptionScorer, format_inception
-from .judges import (
-    MAX_TEST,
-    RunDomains,
-    digit_classifier,
-    domain_classifier,
-    judge_size,
-    labelled_classifier,
-    stack_items,
-    translate,
-)
-from .kid import kid
+from .judges import class_classifier, digit_classifier, noise_judge, translate
+from .kid import format_kid, kid_figures, kid_mean
 
 #: Images generated per evaluation (noise models), per class (conditional ones), and test
 #: images translated into every other domain (multi-domain ones).
 N_GENERATED, N_PER_CLASS, N_TRANSLATED = 1000, 100, 2000
 #: Seed of the evaluation noise (distinct from the sample grids').
 EVAL_SEED = 1234
-
-
-def class_classifier(run: LoadedRun, data: RunData, size: int, log=None) -> TrainedClassifier:
-    """Judge of the classes (labelled data) or domains (multi-domain data) of the run,
-    whose datasets are ``data``."""
-    opts = run.train_options()
-    kind = type(run.plugin).data_kind
-    key = ["demo", opts.demo, demo_data.DATA_VERSION, kind] if opts.demo else ["folders", data.description]
-    return labelled_classifier("domain" if kind == "multi_domain" else "class", data.train, data.test, key,
-                               run.info.channels, size, log)
 
 
 def _noise(n: int, z_dim: int, seed: int = EVAL_SEED) -> Tensor:
@@ -79,39 +59,17 @@ def _generate(net, z: Tensor, labels: Tensor | None, device, size: int, batch: i
     return torch.cat(out), (torch.cat(feats) if inception is not None else None)
 
 
-def _noise_judge(run: LoadedRun, size: int, log) -> TrainedClassifier:
-    """The feature network for an unconditional run: the digit judge, the photos' A/B
-    judge, or a judge of the run folder's class sub-folders."""
-    opts = run.train_options()
-    if opts.demo == "digits":
-        return digit_classifier(size, log)
-    if opts.demo:
-        return domain_classifier(RunDomains(run), size, log)
-    try:
-        sets = LabelledImages(opts.data, EvalTransform(run.info.image_size), channels=run.info.channels)
-        if len(sets.classes) < 2:
-            raise ImageError("fewer than two class folders")
-    except ImageError:
-        raise DataError(f"KID needs a feature network, and pyganx trains its own on labelled images "
-                         f"(it downloads none): {opts.data} has no two or more class sub-folders "
-                         f"to train one on") from None
-    return labelled_classifier("class", sets, sets, ["folders", str(opts.data)], run.info.channels, size, log)
-
-
-def evaluate_noise(run: LoadedRun, key: str, spec, size: int, log=None,
+def evaluate_noise(run: LoadedRun, data: EvalData, key: str, spec, size: int, log=None,
                    inception: InceptionScorer | None = None) -> dict:
-    """Figures of a ``z`` or ``(z, label)`` generator (see module doc); with
-    ``inception``, also FID and KID against the real test images on Inception features."""
+    """Figures of a ``z`` or ``(z, label)`` generator (see module doc), judged on ``data``
+    (the run's); with ``inception``, also FID and KID against the real test images on
+    Inception features."""
     net = run.plugin.networks()[spec.network]
     conditional = "label" in spec.inputs
-    data = run.data()
-    real_images = stack_items(data.test, spread(range(len(data.test)), 2 * MAX_TEST))[0]
+    real_images = data.test_split(2 * MAX_TEST).images
     real = judge_size(real_images, size)
-    if inception is not None:
-        inception.check_count(len(real_images), "the run's test split")
     if conditional:
-        opts = run.train_options()
-        judge = digit_classifier(size, log) if opts.demo == "digits" else class_classifier(run, data, size, log)
+        judge = digit_classifier(size, log) if data.demo == "digits" else class_classifier(data, size, log)
         k = len(spec.domains)
         labels = torch.arange(k).repeat_interleave(N_PER_CLASS)
         fake, fake_inception = _generate(net, _noise(len(labels), spec.z_dim), labels, run.device, size,
@@ -121,16 +79,18 @@ def evaluate_noise(run: LoadedRun, key: str, spec, size: int, log=None,
         row = {"n": len(fake), "class_accuracy": float((pred == labels).double().mean()),
                "class_accuracy_per_class": per_class}
     else:
-        judge = _noise_judge(run, size, log)
+        judge = noise_judge(data, size, log)
         fake, fake_inception = _generate(net, _noise(N_GENERATED, spec.z_dim), None, run.device, size,
                                          inception=inception)
         row = {"n": len(fake)}
     feats_real = judge.features(real)
-    row["kid"], row["kid_std"] = kid(judge.features(fake), feats_real)
+    row.update(kid_figures(judge.features(fake), feats_real))
     half = len(feats_real) // 2
-    row["kid_real_halves"] = kid(feats_real[:half], feats_real[half:])[0]
+    row.update(kid_mean(feats_real[:half], feats_real[half:], "kid_real_halves"))
     if inception is not None:
-        row["inception"] = inception.compare(fake_inception, inception.image_features(real_images, "real"))
+        real_inception = data.once(("inception", inception, "real"),
+                                   partial(inception.image_features, real_images, "real"))
+        row["inception"] = inception.compare(fake_inception, real_inception)
     return {"classifiers": {"judge": {"classes": judge.classes, "test_accuracy": judge.test_accuracy}},
             "generators": {key: row}}
 
@@ -147,31 +107,26 @@ class _Into(torch.nn.Module):
         return self.net(images, one_hot(labels, self.n, images.dtype))
 
 
-def evaluate_multi_domain(run: LoadedRun, key: str, spec, size: int, log=None,
+def evaluate_multi_domain(run: LoadedRun, data: EvalData, key: str, spec, size: int, log=None,
                           inception: InceptionScorer | None = None) -> dict:
-    """Figures of an ``(image, domain)`` generator (see module doc); with ``inception``,
-    also FID and KID per target domain against its real test images."""
+    """Figures of an ``(image, domain)`` generator (see module doc), judged on ``data``
+    (the run's); with ``inception``, also FID and KID per target domain against its real
+    test images."""
     net = run.plugin.networks()[spec.network]
     domains = list(spec.domains)
-    data = run.data()
-    judge = class_classifier(run, data, size, log)
+    judge = class_classifier(data, size, log)
     if judge.classes != domains:
         raise DataError(f"the run's domains {domains} differ from its data's {judge.classes}")
-    opts = run.train_options()
-    idx = spread(range(len(data.test)), N_TRANSLATED)
-    x, dom = stack_items(data.test, idx)
-    digits = None
-    if opts.demo == "digits":
-        ds = demo_data.load("digits")
-        digit_of = [s.label for s in ds.test_a + ds.test_b]    # the order of ds.domains("test")
-        digits = torch.tensor([digit_of[i] for i in idx])
+    test = data.test_split(N_TRANSLATED)
+    x, dom, digits = test.images, test.labels, test.digits
+    if digits is not None:
         digit_judge = digit_classifier(size, log)
     real = judge_size(x, size)
     feats = {d: judge.features(real[dom == k]) for k, d in enumerate(domains)}
     if inception is not None:
-        for k, d in enumerate(domains):
-            inception.check_count(int((dom == k).sum()), f"the test split of domain {d}")
-        real_inception = {d: inception.image_features(x[dom == k], f"real {d}") for k, d in enumerate(domains)}
+        real_inception = {d: data.once(("inception", inception, d),
+                                       partial(inception.image_features, x[dom == k], f"real {d}"))
+                          for k, d in enumerate(domains)}
     rows = {}
     for k, d in enumerate(domains):
         src = dom != k
@@ -182,13 +137,13 @@ def evaluate_multi_domain(run: LoadedRun, key: str, spec, size: int, log=None,
         row = {"n": len(fake), "target_domain": float((judge.predict(fake) == k).double().mean())}
         if digits is not None:
             row["digit_kept"] = float((digit_judge.predict(fake) == digits[src]).double().mean())
-        row["kid"], row["kid_std"] = kid(judge.features(fake), feats[d])
+        row.update(kid_figures(judge.features(fake), feats[d]))
         if inception is not None:
             row["inception"] = inception.compare(inception.image_features(translated, f"into {d}"), real_inception[d])
         rows[d] = row
     mean = {m: sum(r[m] for r in rows.values()) / len(rows) for m in ("target_domain", "digit_kept", "kid")
             if rows and all(m in r for r in rows.values())}
-    if inception is not None and rows:
+    if inception is not None and rows and all("fid" in r["inception"] for r in rows.values()):
         mean["fid"] = sum(r["inception"]["fid"] for r in rows.values()) / len(rows)
     out = {"classifiers": {"domain": {"classes": judge.classes, "test_accuracy": judge.test_accuracy}},
            "generators": {key: {"into": rows, "mean": mean}}}
@@ -208,7 +163,7 @@ def format_generative(r: dict) -> list[str]:
                 s = f"  {key} into {d} ({row['n']} images): in target domain {100 * row['target_domain']:.1f} %"
                 if "digit_kept" in row:
                     s += f", digit kept {100 * row['digit_kept']:.1f} %"
-                lines.append(s + f", KID {row['kid']:.4f} +- {row['kid_std']:.4f}")
+                lines.append(f"{s}, {format_kid(row)}")
                 if "inception" in row:
                     lines.append(f"    {format_inception(row['inception'])}")
             m = g["mean"]
@@ -220,7 +175,7 @@ def format_generative(r: dict) -> list[str]:
             s = f"  {key} ({g['n']} generated images):"
             if "class_accuracy" in g:
                 s += f" class accuracy {100 * g['class_accuracy']:.1f} %,"
-            lines.append(s + f" KID {g['kid']:.4f} +- {g['kid_std']:.4f} (real vs real: {g['kid_real_halves']:.4f})")
+            lines.append(f"{s} {format_kid(g)} (real vs real: {format_kid(g, 'kid_real_halves', label='')})")
             if "inception" in g:
                 lines.append(f"    {format_inception(g['inception'])}")
     return lines

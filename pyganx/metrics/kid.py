@@ -34,3 +34,33 @@ def kid(x: Tensor, y: Tensor, subsets: int = 50, subset_size: int = 100, seed: i
                                         y[torch.randperm(len(y), generator=g)[:k]])
                         for _ in range(subsets)])
     return float(vals.mean()), float(vals.std()) if subsets > 1 else 0.0
+
+
+def kid_figures(x: Tensor, y: Tensor, subsets: int = 50, subset_size: int = 100, seed: int = 0) -> dict:
+    """:func:`kid` as ``{"kid": mean, "kid_std": std}``, with ``"kid_note"`` when a set has
+    fewer than ``subset_size`` rows (the subsets are then the smaller set's size); a set of
+    fewer than 2 rows has no KID: the note alone."""
+    n = min(len(x), len(y))
+    if n < 2:
+        return {"kid_note": f"no KID: it needs at least 2 images per set, got {len(x)} and {len(y)}"}
+    mean, std = kid(x, y, subsets, subset_size, seed)
+    fig: dict = {"kid": mean, "kid_std": std}
+    if n < subset_size:
+        fig["kid_note"] = f"KID on subsets of {n} images (a set has fewer than {subset_size})"
+    return fig
+
+
+def format_kid(fig: dict, name: str = "kid", label: str = "KID") -> str:
+    """``label mean +- std`` of the figures ``name`` and ``name_std`` in ``fig`` (the std
+    when there is one), followed by their note ``name_note``; the note alone without them."""
+    text = ""
+    if name in fig:
+        std = f" +- {fig[name + '_std']:.4f}" if name + "_std" in fig else ""
+        text = " ".join(t for t in (label, f"{fig[name]:.4f}{std}") if t)
+    return "; ".join(t for t in (text, fig.get(name + "_note", "")) if t)
+
+
+def kid_mean(x: Tensor, y: Tensor, name: str) -> dict:
+    """The mean of :func:`kid_figures` alone, as ``{name: mean}``, and its note as
+    ``{name + "_note": note}``: for figures such as KID between two halves of one set."""
+    return {name + k[len("kid"):]: v for k, v in kid_figures(x, y).items() if k != "kid_std"}
