@@ -243,6 +243,11 @@ def test_eval_on_two_folders(weights, tmp_path, capsys):
     one_line_error([*base, "--real", str(real), "--fake", str(fake)], "broken.png: cannot read image")
     assert cli_main([*base, "--real", str(real), "--fake", str(fake), "--skip-bad-images"]) == 0
     assert "skipping an unreadable image" in capsys.readouterr().err
+    (fake / "broken.png").unlink()
+    Image.new("1", (20000, 20000)).save(real / "bomb.png")     # more pixels than Pillow decodes
+    one_line_error([*base, "--real", str(real), "--fake", str(fake)], "bomb.png: cannot read image (too many pixels")
+    assert cli_main([*base, "--real", str(real), "--fake", str(fake), "--skip-bad-images"]) == 0
+    assert "bomb.png" in capsys.readouterr().err
     one_line_error(["eval", "--real", str(real)], "give RUN_DIR, or --real DIR and --fake DIR")
 
 

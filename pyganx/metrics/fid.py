@@ -154,8 +154,10 @@ class InceptionScorer:
                 try:
                     with Image.open(p) as im:
                         arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-                except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-                    err = ImageError(f"{p}: cannot read image ({type(e).__name__}: {e})", p)
+                except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+                    why = (f"too many pixels: {e}" if isinstance(e, Image.DecompressionBombError)
+                           else f"{type(e).__name__}: {e}")
+                    err = ImageError(f"{p}: cannot read image ({why})", p)
                     if not skip_bad_images:
                         raise err from None
                     print(f"pyganx: skipping an unreadable image: {err}", file=sys.stderr)
