@@ -33,7 +33,7 @@ CMAKE_BUILD := build/cmake
 # The torch-free environment of pyganx-runtime alone (runtime/), where its tests run.
 RUNTIME_VENV ?= .venv-runtime
 RPY := $(RUNTIME_VENV)/bin/python
-RUNTIME_TEST_DEPS := pytest httpx selenium
+RUNTIME_TEST_DEPS := pytest pytest-randomly httpx selenium
 
 # nvcc where the usual toolkit lives, so the CUDA kernels are always compiled there.
 ifeq ($(origin CUDA_HOME),undefined)
@@ -48,7 +48,7 @@ SOURCES := $(shell find csrc -type f) setup.py pyproject.toml runtime/pyproject.
 # use onnx + onnxscript + plain onnxruntime here (the `cpu` extra; never both onnxruntime
 # and onnxruntime-gpu in one environment). pytorch-fid, torch-fidelity and clean-fid (with
 # the torchvision that matches torch) are the references tests/test_fid.py compares with.
-DEPS := numpy ninja setuptools wheel pillow tqdm pytest pytest-benchmark scikit-learn matplotlib \
+DEPS := numpy ninja setuptools wheel pillow tqdm pytest pytest-benchmark pytest-randomly scikit-learn matplotlib \
   onnx onnxscript onnxruntime starlette uvicorn python-multipart prometheus-client httpx selenium \
   torchvision==0.29.1 scipy pytorch-fid torch-fidelity clean-fid
 
@@ -67,9 +67,9 @@ help:
 $(STAMPS)/venv-$(USE_SYSTEM_TORCH): Makefile
 	@mkdir -p $(STAMPS)
 	@if [ "$(USE_SYSTEM_TORCH)" = "1" ]; then \
-	  missing=$$($(PY) -c 'import importlib.util as u; print(" ".join(m for m in ["torch","numpy","ninja","setuptools","PIL","tqdm","pytest","pytest_benchmark","sklearn","matplotlib"] if u.find_spec(m) is None))'); \
+	  missing=$$($(PY) -c 'import importlib.util as u; print(" ".join(m for m in ["torch","numpy","ninja","setuptools","PIL","tqdm","pytest","pytest_benchmark","pytest_randomly","sklearn","matplotlib"] if u.find_spec(m) is None))'); \
 	  if [ -n "$$missing" ]; then echo "USE_SYSTEM_TORCH=1: installing missing $$missing"; \
-	    $(PY) -m pip install -q $$(echo $$missing | sed 's/PIL/pillow/;s/pytest_benchmark/pytest-benchmark/;s/sklearn/scikit-learn/'); fi; \
+	    $(PY) -m pip install -q $$(echo $$missing | sed 's/PIL/pillow/;s/pytest_benchmark/pytest-benchmark/;s/pytest_randomly/pytest-randomly/;s/sklearn/scikit-learn/'); fi; \
 	else \
 	  $(PYTHON) -m venv $(VENV); \
 	  $(PY) -m pip install -q "torch==$(TORCH_VERSION)" $(DEPS); \
@@ -118,8 +118,16 @@ cmake-test: $(STAMPS)/venv-$(USE_SYSTEM_TORCH)
 	cmake --build $(CMAKE_BUILD) -j $(MAX_JOBS)
 	ctest --test-dir $(CMAKE_BUILD) --output-on-failure
 
+# Both suites run in a new random order each time (pytest-randomly), so that no test
+# leans on another having run first; the seed is printed first and TEST_SEED=N repeats
+# an order (TEST_SEED=fixed: the files' own order).
+TEST_SEED ?= random
+PYTEST_ORDER = seed=$(TEST_SEED); [ "$$seed" != random ] || seed=$$(od -An -N4 -tu4 /dev/urandom | tr -d ' '); \
+	if [ "$$seed" = fixed ]; then order="-p no:randomly"; echo "pytest in the files' order"; \
+	else order="-p randomly --randomly-seed=$$seed"; echo "pytest in random order; TEST_SEED=$$seed repeats it"; fi
+
 pytest: $(STAMPS)/build
-	$(PY) -m pytest tests -q -p no:cacheprovider
+	@$(PYTEST_ORDER); $(PY) -m pytest tests -q -p no:cacheprovider $$order
 
 # pyganx-runtime alone, as a deployment installs it: no torch, no pyganx.
 $(STAMPS)/venv-runtime: runtime/pyproject.toml Makefile
@@ -135,7 +143,8 @@ runtime-test: $(STAMPS)/build $(STAMPS)/venv-runtime browser
 	rm -rf build/runtime-models
 	$(PY) tests/runtime_models.py build/runtime-models > build/runtime-models.log 2>&1 \
 	  || { tail -n 40 build/runtime-models.log; exit 1; }
-	PYGANX_TEST_MODELS=build/runtime-models PYGANX_TORCH_FREE=1 $(RPY) -m pytest runtime/tests -q -p no:cacheprovider
+	@$(PYTEST_ORDER); PYGANX_TEST_MODELS=build/runtime-models PYGANX_TORCH_FREE=1 \
+	  $(RPY) -m pytest runtime/tests -q -p no:cacheprovider $$order
 
 test: lint $(STAMPS)/build cmake-test browser pytest runtime-test
 
