@@ -2,7 +2,9 @@
 reference that every op test uses."""
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -81,8 +83,45 @@ def classifier_cache(tmp_path_factory):
     mp.undo()
 
 
+@contextlib.contextmanager
+def _isolated() -> Iterator[None]:
+    """The baseline state, and afterwards the process-wide switches as they were."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    env = pytest.MonkeyPatch()
+    env.setenv("PYGANX_TUNING", "0")
+    env.delenv("PYGANX_IMPL", raising=False)
+    saved = (tuning.mode(), tuning.measuring(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark,
+             torch.get_num_threads(), cpu_winograd_enabled())
+    tuning.reset()
+    tuning.set_mode("auto")
+    tuning.set_measuring(False)
+    try:
+        yield
+    finally:
+        env.undo()
+        tuning.reset()
+        tuning.set_mode(saved[0])
+        tuning.set_measuring(saved[1])
+        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
+        torch.backends.cudnn.benchmark = saved[4]
+        torch.set_num_threads(saved[5])
+        set_cpu_winograd(saved[6])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def isolated_module() -> Iterator[None]:
+    """A test module's own fixtures (training runs shared by its tests) start from the
+    same baseline as a test: pytest sets up module-scoped fixtures before function-scoped
+    ones, and autouse fixtures before the others of their scope."""
+    with _isolated():
+        yield
+
+
 @pytest.fixture(autouse=True)
-def isolated_test(monkeypatch):
+def isolated_test() -> Iterator[None]:
     """Every test starts from the same state, whatever ran before it, so the suite passes
     in any order:
 
@@ -90,27 +129,12 @@ def isolated_test(monkeypatch):
     - pyganx.tuning has forgotten every decision and does not measure: ``auto`` layers
       take the built-in gates, so the path a test runs never depends on timing or on
       which test measured a shape first (tests of measuring turn it on themselves;
-      subprocesses inherit ``PYGANX_TUNING=0``);
+      subprocesses inherit ``PYGANX_TUNING=0``, and ``PYGANX_IMPL`` is unset);
     - the process-wide switches a test or an in-process training run may change are put
       back afterwards: the implementation mode, deterministic algorithms, cuDNN's
       benchmark mode, the thread count and the residual block's CPU Winograd switch.
+
+    :func:`isolated_module` does the same around each module's shared fixtures.
     """
-    random.seed(0)
-    np.random.seed(0)
-    torch.manual_seed(0)
-    monkeypatch.setenv("PYGANX_TUNING", "0")
-    monkeypatch.delenv("PYGANX_IMPL", raising=False)
-    saved = (tuning.mode(), tuning.measuring(), torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark,
-             torch.get_num_threads(), cpu_winograd_enabled())
-    tuning.reset()
-    tuning.set_mode("auto")
-    tuning.set_measuring(False)
-    yield
-    tuning.reset()
-    tuning.set_mode(saved[0])
-    tuning.set_measuring(saved[1])
-    torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
-    torch.backends.cudnn.benchmark = saved[4]
-    torch.set_num_threads(saved[5])
-    set_cpu_winograd(saved[6])
+    with _isolated():
+        yield
