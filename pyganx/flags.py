@@ -20,19 +20,25 @@ Field types are bool (``--flag`` / ``--no-flag``), int, float and str, each opti
 ``| None``, and ``tuple[str, ...]`` (``| None``), given as one comma-separated value
 (``--domains happy,sad``). :func:`option` writes such a field in one line.
 :func:`check_choices` holds a dataclass built in Python (not parsed from the command
-line, where argparse refuses them) to its fields' ``choices``.
+line, where argparse refuses them) to its fields' ``choices``; inside
+:func:`choices_unchecked` it lets every value through (a trained run whose config holds
+a value a later version no longer offers still loads).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import contextvars
 import dataclasses
 import types
 import typing
+from collections.abc import Iterator
 from typing import Any
 
 from .errors import UsageError
 
 _SCALARS = (int, float, str)
+_CHECKING = contextvars.ContextVar("pyganx_flags_check_choices", default=True)
 
 
 def option(default: Any, help: str, **meta: Any) -> Any:
@@ -134,11 +140,26 @@ def dataclass_from_arguments(cls: type, args: argparse.Namespace, **fixed: Any) 
 def check_choices(obj: Any) -> None:
     """A UsageError naming the flag when a field of the dataclass instance ``obj`` holds a
     value outside its metadata's ``choices`` (None, for an optional field, is allowed)."""
+    if not _CHECKING.get():
+        return
     for f in dataclasses.fields(obj):
         choices = f.metadata.get("choices")
         value = getattr(obj, f.name)
         if choices is not None and value is not None and value not in choices:
-            raise UsageError(f"{flag_name(f.name)} must be one of {', '.join(map(str, choices))}, got {value!r}")
+            flag = f.metadata.get("flag", flag_name(f.name))
+            raise UsageError(f"{flag} must be one of {', '.join(map(str, choices))}, got {value!r}")
 
 
-__all__ = ["add_dataclass_arguments", "check_choices", "dataclass_from_arguments", "flag_name", "option"]
+@contextlib.contextmanager
+def choices_unchecked() -> Iterator[None]:
+    """:func:`check_choices` lets every value through inside this block (in this thread
+    or task)."""
+    token = _CHECKING.set(False)
+    try:
+        yield
+    finally:
+        _CHECKING.reset(token)
+
+
+__all__ = ["add_dataclass_arguments", "check_choices", "choices_unchecked", "dataclass_from_arguments", "flag_name",
+           "option"]

@@ -285,7 +285,8 @@ def linear_decay_schedulers(optimizers: Mapping[str, optim.Optimizer], total_ste
 # with a warning that says where they live now.
 _MOVED = {"field": ("dataclasses", "field"),
           "add_config_arguments": ("pyganx.flags", "add_dataclass_arguments"),
-          "config_from_arguments": ("pyganx.flags", "dataclass_from_arguments")}
+          "config_from_arguments": ("pyganx.flags", "dataclass_from_arguments"),
+          "values_refused_by": ("pyganx.errors", "values_refused_by")}
 
 
 def __getattr__(name: str) -> Any:

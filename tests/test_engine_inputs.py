@@ -67,6 +67,27 @@ def test_a_full_disk_under_a_checkpoint_is_one_line_and_keeps_the_previous_one(t
     assert torch.equal(load_checkpoint(latest_checkpoint(tmp_path))["w"], state["w"])
 
 
+def test_a_full_disk_under_latest_txt_says_which_checkpoint_it_still_names(tmp_path, monkeypatch):
+    from pyganx_runtime import files
+
+    state = {"step": 1, "w": torch.arange(1000, dtype=torch.float32)}
+    save_checkpoint(tmp_path, 1, state)
+    fdopen, opened = os.fdopen, []
+
+    def second_write_fails(fd, mode):
+        opened.append(fd)           # the checkpoint is written whole, then latest.txt meets a full disk
+        return fdopen(fd, mode) if len(opened) == 1 else _FullDisk(fdopen(fd, mode), 0)
+
+    monkeypatch.setattr(files.os, "fdopen", second_write_fails)
+    with pytest.raises(CheckpointError) as e:
+        save_checkpoint(tmp_path, 2, {**state, "step": 2})
+    monkeypatch.undo()
+    assert str(e.value) == (f"cannot write {tmp_path / 'latest.txt'}: no space left on device "
+                            f"(step-000000002.pt was written whole; latest.txt still names the checkpoint before it)")
+    assert latest_checkpoint(tmp_path).name == "step-000000001.pt"
+    assert load_checkpoint(tmp_path / "step-000000002.pt")["step"] == 2
+
+
 class _Refused:
     """A class no checkpoint may refer to (the weights-only unpickler refuses it)."""
 
@@ -125,6 +146,33 @@ def test_an_image_size_the_networks_do_not_take_is_refused_before_anything_is_bu
     err = capsys.readouterr().err
     assert err.startswith(f"pyganx train: --image-size {size}: {variant} trains at ") and err.count("\n") == 1, err
     assert "nearest: " in err and not out.exists()
+
+
+def test_a_run_trained_with_a_value_no_longer_offered_still_loads(tmp_path, capsys):
+    """A CycleGAN run whose config says --gan-loss wgan (which earlier versions took): its
+    networks load with a warning naming the checkpoint and the value, while a config built
+    in Python with that value is still refused."""
+    from pyganx.engine import load_run
+
+    out = tmp_path / "run"
+    assert cli_main(["train", "cyclegan", "--demo", "digits", "--steps", "1", "-o", str(out), "--no-progress",
+                     *SMALL["cyclegan"]]) == 0
+    ckpt = latest_checkpoint(out / "checkpoints")
+    st = load_checkpoint(ckpt)
+    st["config"]["gan_loss"] = "wgan"
+    save_checkpoint(out / "checkpoints", st["step"], st)
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["config"]["gan_loss"] = "wgan"
+    (out / "config.json").write_text(json.dumps(cfg))
+    with pytest.warns(RuntimeWarning, match=rf"^{ckpt}: the run was trained with a value cyclegan no longer offers "
+                                            r"\(--gan-loss must be one of lsgan, bce, hinge, got 'wgan'\)"):
+        run = load_run(out)
+    assert run.config.gan_loss == "wgan"
+    for k, v in st["networks"]["G_AB"].items():
+        assert torch.equal(run.plugin.networks()["G_AB"].state_dict()[k], v), k
+    with pytest.raises(UsageError, match=r"^--gan-loss must be one of lsgan, bce, hinge, got 'wgan'$"):
+        type(run.plugin)(run.config, run.info)
+    assert cli_main(["sample", str(out), "-o", str(tmp_path / "grid"), "--n", "2", "--device", "cpu"]) == 0
 
 
 def _smallest(sizes) -> int:

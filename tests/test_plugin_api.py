@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyganx import flags, plugin, registry
+from pyganx import errors, flags, plugin, registry
 from pyganx.engine.context import TrainContext
 from pyganx.errors import UsageError
 
@@ -49,7 +49,8 @@ def test_all_is_the_api_and_every_name_resolves():
 
 @pytest.mark.parametrize("name, moved", [("field", dataclasses.field),
                                          ("add_config_arguments", flags.add_dataclass_arguments),
-                                         ("config_from_arguments", flags.dataclass_from_arguments)])
+                                         ("config_from_arguments", flags.dataclass_from_arguments),
+                                         ("values_refused_by", errors.values_refused_by)])
 def test_names_moved_out_of_the_api_still_import_with_a_warning(name, moved):
     with pytest.warns(DeprecationWarning, match=f"pyganx.plugin.{name} is deprecated"):
         assert getattr(plugin, name) is moved
@@ -128,3 +129,16 @@ def test_a_config_built_in_python_is_held_to_its_fields_choices():
         Variant(Cfg(loss="c"), info)
     with pytest.raises(UsageError, match=r"^--size must be one of 1, 2, got 3$"):
         Variant(Cfg(size=3), info)
+
+
+def test_a_field_with_a_flag_of_its_own_is_refused_under_that_flag():
+    @dataclasses.dataclass
+    class Opts:
+        from_format: str = dataclasses.field(default="a", metadata={"flag": "--from", "choices": ("a",)})
+
+    with pytest.raises(UsageError, match=r"^--from must be one of a, got 'b'$"):
+        flags.check_choices(Opts(from_format="b"))
+    with flags.choices_unchecked():         # as a trained run is rebuilt
+        flags.check_choices(Opts(from_format="b"))
+    with pytest.raises(UsageError, match=r"^--from must be one of a"):
+        flags.check_choices(Opts(from_format="b"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from torch import nn
 from .. import registry
 from ..data import DataInfo, RunData, build_dataset
 from ..errors import CheckpointError, UsageError
+from ..flags import check_choices, choices_unchecked
 from ..nn.foreign import load_foreign
 from ..plugin import ExportSpec, GANPlugin
 from .checkpoint import latest_checkpoint, load_checkpoint
@@ -110,7 +112,7 @@ def load_run(path: str | Path, device: str | torch.device | None = "cpu", ema: b
     info = DataInfo(di["channels"], di["image_size"], di.get("num_classes", 0),
                     tuple(di.get("domains", ())), di.get("description", ""))
     dev = pick_device(None) if device is None else torch.device(device)
-    plugin = build_plugin(name, cls, config, info)
+    plugin = _rebuild(name, cls, config, info, ckpt)
     nets = plugin.networks()
     used_ema = False
     for k, m in nets.items():
@@ -129,6 +131,19 @@ def load_run(path: str | Path, device: str | torch.device | None = "cpu", ema: b
         m.to(dev).eval().requires_grad_(False)
     return LoadedRun(name, plugin, config, info, dict(cfg.get("options", {})), run_dir, ckpt,
                      int(st.get("step", 0)), "ema" if used_ema else "trained", dev)
+
+
+def _rebuild(name: str, cls: type[GANPlugin], config: Any, info: DataInfo, ckpt: Path) -> GANPlugin:
+    """The plugin of a trained run. A config value outside a field's choices (one that an
+    earlier version offered) is a warning, not a refusal: the weights were trained with it."""
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        try:
+            check_choices(config)
+        except UsageError as e:
+            warnings.warn(f"{ckpt}: the run was trained with a value {name} no longer offers ({e}); "
+                          f"its networks load as they were trained", RuntimeWarning, stacklevel=3)
+    with choices_unchecked():
+        return build_plugin(name, cls, config, info)
 
 
 def load_generator(run_dir: str | Path, name: str | None = None,
