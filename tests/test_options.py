@@ -88,6 +88,22 @@ def test_export_generator_takes_options_or_keywords_not_both(tmp_path):
         export_generator("run", "m.onnx", foreign=True)
 
 
+def test_export_generators_earlier_arguments_still_work():
+    """The generator as the third argument, and foreign_domains (now domains) with a
+    deprecation warning: both reach ExportOptions."""
+    from pyganx.export import ExportOptions
+    from pyganx.export.exporter import _options
+
+    assert _options("run", "m.onnx", "G_BA", {"static": True}) == ExportOptions("run", "m.onnx", "G_BA", static=True)
+    with pytest.warns(DeprecationWarning, match="foreign_domains is deprecated; use domains"):
+        opts = _options("g.ckpt", "m.onnx", None, {"from_format": "yunjey-stargan", "foreign_domains": ("a", "b")})
+    assert opts == ExportOptions("g.ckpt", "m.onnx", from_format="yunjey-stargan", domains=("a", "b"))
+    with pytest.raises(TypeError, match="not both"):
+        _options("g.ckpt", "m.onnx", None, {"domains": ("a",), "foreign_domains": ("b",)})
+    with pytest.raises(TypeError, match="not both"):
+        _options(ExportOptions("run", "m.onnx"), None, "G_BA", {})
+
+
 @pytest.mark.parametrize("flags,message", [
     ({"real": "r"}, "give RUN_DIR, or --real DIR and --fake DIR (two image folders), not both"),
     ({"run": "run", "real": "r", "fake": "f"}, "give RUN_DIR, or --real DIR and --fake DIR (two image folders)"),

@@ -38,14 +38,17 @@ def save_checkpoint(folder: str | os.PathLike, step: int, state: dict, keep: int
                 except OSError:
                     continue
                 stale[p] = (st.st_mtime_ns, st.st_size)
-    target = path
     try:
         atomic_write_bytes(path, lambda f: _torch_save(state, f))
-        target = folder / "latest.txt"
-        atomic_write_bytes(target, lambda f: f.write((path.name + "\n").encode()))
     except OSError as e:
-        raise CheckpointError(f"cannot write checkpoint {target}: {os_reason(e)} (the checkpoints written "
+        raise CheckpointError(f"cannot write checkpoint {path}: {os_reason(e)} (the checkpoints written "
                               f"before are as they were)") from e
+    latest = folder / "latest.txt"
+    try:
+        atomic_write_bytes(latest, lambda f: f.write((path.name + "\n").encode()))
+    except OSError as e:
+        raise CheckpointError(f"cannot write {latest}: {os_reason(e)} ({path.name} was written whole; "
+                              f"latest.txt still names the checkpoint before it)") from e
     if keep > 0:
         for old in sorted(p for p in folder.iterdir() if _NAME.match(p.name))[:-keep]:
             old.unlink()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,15 +57,16 @@ class _Source:
 
 
 def export_generator(options: ExportOptions | str | os.PathLike, out: str | os.PathLike | None = None,
-                     **flags: Any) -> ExportResult:
+                     generator: str | None = None, **flags: Any) -> ExportResult:
     """Exports a generator as the ExportOptions ``options`` say: by default the plugin's
     first export spec of a run directory or checkpoint, or, with ``from_format`` (see
     nn/foreign.py), a generator checkpoint saved by other code; see the module doc.
     ``export_generator(source, out, **flags)`` is the same with ``flags`` the other
-    fields of ExportOptions (``static=True``, ``fp16=True``, ...). ``winograd``: 3x3
+    fields of ExportOptions (``generator`` may come third, by position; ``static=True``,
+    ``fp16=True``, ...; ``foreign_domains`` is the deprecated name of ``domains``). ``winograd``: 3x3
     convolutions as Winograd F(4x4, 3x3) for onnxruntime's CPU provider (winograd.py);
     checked against the plain generator."""
-    opts = _options(options, out, flags)
+    opts = _options(options, out, generator, flags)
     try:
         import onnx
     except ImportError:
@@ -114,14 +116,22 @@ def export_generator(options: ExportOptions | str | os.PathLike, out: str | os.P
 
 
 def _options(options: ExportOptions | str | os.PathLike, out: str | os.PathLike | None,
-             flags: dict[str, Any]) -> ExportOptions:
+             generator: str | None, flags: dict[str, Any]) -> ExportOptions:
     """export_generator's arguments as ExportOptions."""
     if isinstance(options, ExportOptions):
-        if out is not None or flags:
+        if out is not None or generator is not None or flags:
             raise TypeError("export_generator takes ExportOptions, or a source, out and flags: not both")
         return options
     if out is None:
         raise TypeError("export_generator(source, out, **flags) needs out, the .onnx file to write")
+    if "foreign_domains" in flags:
+        if "domains" in flags:
+            raise TypeError("export_generator: give domains (foreign_domains is its old name), not both")
+        warnings.warn("export_generator's foreign_domains is deprecated; use domains", DeprecationWarning,
+                      stacklevel=3)
+        flags["domains"] = flags.pop("foreign_domains")
+    if generator is not None:
+        flags["generator"] = generator
     return ExportOptions(source=os.fspath(options), out=os.fspath(out), **flags)
 
 
