@@ -1,7 +1,8 @@
 """The connection-level limits in front of the service (docs/serve.md, "Limits"), on the
 real thing: `pyganx-runtime serve` (uvicorn) in a subprocess, spoken to over raw sockets.
 A request head that trickles in a byte at a time is cut off at --header-timeout, on a
-fresh connection and on a kept-alive one; a connection that sends nothing is closed;
+fresh connection and on a kept-alive one (where the idle time before a request is the
+keep-alive timeout's); a connection that sends nothing is closed;
 beyond --limit-concurrency uvicorn answers 503."""
 from __future__ import annotations
 
@@ -93,16 +94,31 @@ def test_a_request_head_sent_a_byte_at_a_time_is_cut_off(server):
     assert answer.startswith(b"HTTP/1.1 200 ")
 
 
+def _healthz(s: socket.socket) -> bytes:
+    """One request on a kept-alive connection: its answer."""
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    answer = b""
+    while b'"status":"ok"' not in answer:
+        chunk = s.recv(65536)
+        assert chunk, answer
+        answer += chunk
+    return answer
+
+
 def test_the_deadline_starts_again_for_each_request_on_a_kept_alive_connection(server):
     with _connect(server) as s:
-        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        first = b""
-        while b'"status":"ok"' not in first:
-            chunk = s.recv(65536)
-            assert chunk, first
-            first += chunk
-        assert first.startswith(b"HTTP/1.1 200 ")
+        assert _healthz(s).startswith(b"HTTP/1.1 200 ")
         _assert_408(*_trickle(s, SLOW_HEAD))
+
+
+def test_a_kept_alive_connection_idles_for_the_keep_alive_timeout_not_the_header_timeout(server):
+    # --keep-alive-timeout is 5 s (the default): an idle time of twice --header-timeout
+    # between two requests does not close the connection
+    with _connect(server) as s:
+        assert _healthz(s).startswith(b"HTTP/1.1 200 ")
+        readable, _, _ = select.select([s], [], [], 2 * HEADER_TIMEOUT)
+        assert not readable, "the server closed (or wrote to) an idle kept-alive connection"
+        assert _healthz(s).startswith(b"HTTP/1.1 200 ")
 
 
 def test_a_connection_that_sends_nothing_is_closed(server):

@@ -6,11 +6,13 @@ uvicorn times out a connection only while it sits idle after a response
 a connection and sends its request line and headers a byte at a time ("slow loris")
 holds the connection as long as it likes; one that sends nothing at all, too. Here
 the whole head of each request (request line and headers) must arrive within
-``head_timeout`` seconds of the moment the server starts waiting for it: when the
-connection opens, and again when the previous response on it is complete. The timer
-is not reset by the bytes that trickle in. When it runs out, a partly sent request is
-answered 408 (JSON, like every error of the service) and the connection is closed; a
-connection on which nothing was sent is just closed.
+``head_timeout`` seconds: counted from the moment the connection opens for its first
+request, and, on a kept-alive connection, from the first byte of each later one (the
+idle time before that byte is uvicorn's keep-alive timeout's to bound, so a keep-alive
+timeout longer than the head timeout keeps its meaning). The timer is not reset by the
+bytes that trickle in. When it runs out, a partly sent request is answered 408 (JSON,
+like every error of the service) and the connection is closed; a connection on which
+nothing was sent is just closed.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ class HeadTimeoutProtocol(H11Protocol):
 
     head_timeout: ClassVar[float] = 10.0
     _head_deadline: asyncio.TimerHandle | None = None
+    _first_request = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(cast(asyncio.Transport, transport))   # a stream server's: a Transport
@@ -49,12 +52,15 @@ class HeadTimeoutProtocol(H11Protocol):
         self._watch_head()
 
     def _watch_head(self) -> None:
-        """Starts the deadline when the connection begins to wait for a request head (h11:
-        the client's side is IDLE), stops it once the head is in."""
+        """Starts the deadline when the connection waits for a request head (h11: the
+        client's side is IDLE), for a later request only once a byte of it is in; stops it
+        once the head is in."""
         waiting = self.conn.their_state is h11.IDLE and not self.transport.is_closing()
         if waiting and self._head_deadline is None:
-            self._head_deadline = self.loop.call_later(self.head_timeout, self._head_timed_out)
+            if self._first_request or self.conn.trailing_data[0]:
+                self._head_deadline = self.loop.call_later(self.head_timeout, self._head_timed_out)
         elif not waiting:
+            self._first_request = False
             self._cancel_head_deadline()
 
     def _cancel_head_deadline(self) -> None:
