@@ -33,7 +33,7 @@ CMAKE_BUILD := build/cmake
 # The torch-free environment of pyganx-runtime alone (runtime/), where its tests run.
 RUNTIME_VENV ?= .venv-runtime
 RPY := $(RUNTIME_VENV)/bin/python
-RUNTIME_TEST_DEPS := pytest pytest-randomly httpx selenium
+RUNTIME_TEST_DEPS := pytest pytest-randomly httpx selenium "tritonclient[http,grpc]" openapi-spec-validator
 
 # nvcc where the usual toolkit lives, so the CUDA kernels are always compiled there.
 ifeq ($(origin CUDA_HOME),undefined)
