@@ -2,7 +2,8 @@
 
 Endpoints (../shared/contracts.md): ``POST /v1/translate/{model}[?domain=NAME]``,
 ``GET /v1/models``, ``GET /healthz``, ``GET /metrics`` (Prometheus text format), the
-web page at ``GET /``, and the Open Inference Protocol's ``/v2`` endpoints (v2.py).
+web page at ``GET /``, the Open Inference Protocol's ``/v2`` endpoints (v2.py) and
+their OpenAPI description at ``GET /openapi.json`` (openapi.py).
 Every error is JSON ``{"error": "..."}`` with its status code; no traceback ever
 reaches a client (unexpected errors are logged on the server and answered 500).
 Decisions are written down in docs/serve.md.
@@ -27,6 +28,7 @@ from starlette.staticfiles import StaticFiles
 from .config import ServeConfig
 from .limits import ServeError
 from .models import Model
+from .openapi import describe
 from .routes import STATIC, Routes
 from .v2 import V2Routes
 
@@ -65,12 +67,18 @@ def create_app(models: dict[str, Model], config: ServeConfig) -> Starlette:
                 await m.batcher.stop()
 
     v2 = V2Routes(routes)
+    description = describe(list(models))
+
+    async def openapi(_request: Request) -> Response:
+        return JSONResponse(description)
+
     table = [
         Route("/", routes.index),
         Route("/healthz", routes.healthz),
         Route("/metrics", routes.metrics_page),
         Route("/v1/models", routes.list_models),
         Route("/v1/translate/{model}", routes.translate, methods=["POST"]),
+        Route("/openapi.json", openapi),
         Route("/v2", v2.server_metadata),
         Route("/v2/health/live", v2.live),
         Route("/v2/health/ready", v2.ready),
