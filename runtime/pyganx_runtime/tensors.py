@@ -53,6 +53,8 @@ def specs_from_onnx(values: Iterable[Any]) -> list[TensorSpec]:
     out = []
     for v in values:
         t = v.type.tensor_type
+        if not t.HasField("shape"):
+            raise ValueError(f"tensor {v.name!r} has no shape in the model (its rank is unknown)")
         if t.elem_type not in _ONNX_TYPES:
             raise ValueError(f"tensor {v.name!r} has ONNX element type {t.elem_type}, which the v2 protocol "
                              f"does not carry here")

@@ -174,6 +174,70 @@ def test_every_bad_request_is_the_protocols_json_error_and_the_service_goes_on(m
         assert _output(_raw(c, body, n)).shape == x.shape                  # and it goes on
 
 
+def _json_request(client, inputs: list[dict], model: str = "digits", **extra):
+    return client.post(f"/v2/models/{model}/infer", content=json.dumps({"inputs": inputs, **extra}).encode())
+
+
+def test_malformed_requests_are_400s_never_500s(models):
+    x = _images(1, 1, 8, 8)
+    image = {"name": "image", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": x.ravel().tolist()}
+    body, n = _request(x)
+    with _client(models) as c:
+        _error(_json_request(c, [{**image, "name": []}]), 400, "unknown input")
+        _error(c.post("/v2/models/digits/infer", content=b"[" * 100_000), 400, "not JSON")
+        for length in ("\u00b2", "9" * 5000, "-1"):      # a superscript two passes str.isdigit()
+            _error(c.post("/v2/models/digits/infer", content=body,
+                          headers={"Inference-Header-Content-Length": length.encode("latin-1")}),
+                   400, "must be a byte count")
+        _error(_json_request(c, [{**image, "shape": [1, 1, 0, 2**62], "data": []}]), 400, "shape must be")
+        _error(_json_request(c, [{**image, "shape": [1, 1, 2**30, 2**30], "data": []}]), 400, "more than")
+        nan = json.dumps({"inputs": [image]}).replace(str(image["data"][0]), "NaN", 1).encode()
+        _error(c.post("/v2/models/digits/infer", content=nan), 400, "not JSON")
+        _error(_json_request(c, [{**image, "data": ["0.5"] * 64}]), 400, "list of FP32 values")
+        faces = {"name": "image", "datatype": "FP32", "shape": [1, 3, 8, 8], "data": [0.0] * 192}
+        _error(_json_request(c, [faces, {"name": "domain", "datatype": "INT64", "shape": [1], "data": [1.5]}],
+                             model="faces"), 400, "list of INT64 values")
+        _error(c.post("/v2/models/digits/infer", content=gzip.compress(body)[:-8],
+                      headers={"Content-Encoding": "gzip", "Inference-Header-Content-Length": str(n)}),
+               400, "cut off")
+        assert _json_request(c, [image], outputs=[]).json()["outputs"][0]["name"] == "output"   # [] asks for all
+
+
+def test_json_is_held_to_a_quarter_of_the_upload_limit(models):
+    with _client(models, max_upload_bytes=256 * 1024) as c:         # JSON: 64 KiB
+        x = _images(1, 1, 80, 80)       # about 120 KiB as JSON, 25 KiB as binary data
+        _error(_infer(c, "digits", _inputs(x, binary=False)), 413, "JSON part", "send the tensors as binary data")
+        x = _images(1, 1, 130, 130)     # 16900 elements: 66 KiB at 4 bytes each
+        _error(_infer(c, "digits", _inputs(x), binary_out=False), 413, "too large to answer as JSON")
+        assert _output(_infer(c, "digits", _inputs(x))).shape == x.shape       # binary both ways fits
+
+
+def test_a_domain_sent_as_n_by_1_as_for_tritons_repository_config(client, models):
+    x = _images(2, 3, 16, 16, seed=4)
+    image = th.InferInput("image", list(x.shape), "FP32")
+    image.set_data_from_numpy(x)
+    domain = th.InferInput("domain", [2, 1], "INT64")
+    domain.set_data_from_numpy(np.array([[2], [1]], dtype=np.int64))
+    y = _output(_infer(client, "faces", [image, domain]))
+    np.testing.assert_array_equal(y, Translator(models["faces"], device="cpu")(x, [2, 1]))
+
+
+def test_a_batch_holds_at_most_max_batch_images_whatever_each_request_holds(models):
+    xs = [_images(2, 1, 16, 16, seed=i) for i in range(5)]
+    with _client(models, max_batch=4, max_wait_ms=300) as c:
+        with ThreadPoolExecutor(5) as pool:
+            answers = list(pool.map(lambda x: _infer(c, "digits", _inputs(x)), xs))
+        metrics = c.get("/metrics").text
+    sizes = [int(r.headers["x-batch-size"]) for r in answers]
+    assert max(sizes) == 4 and all(s in (2, 4) for s in sizes), sizes
+    tr = Translator(models["digits"], device="cpu")
+    for x, r in zip(xs, answers):
+        np.testing.assert_allclose(_output(r), tr(x), rtol=0, atol=1e-5)
+    batch = {s.name: s.value for f in text_string_to_metric_families(metrics) if f.name == "pyganx_batch_size"
+             for s in f.samples if s.labels["model"] == "digits" and not s.name.endswith("_bucket")}
+    assert batch["pyganx_batch_size_sum"] == 10        # images, not requests
+
+
 def test_the_token_guards_v2_except_the_health_probes(models):
     x = _images(1, 1, 32, 32)
     with _client(models, token="s3cret") as c:

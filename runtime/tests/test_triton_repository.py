@@ -73,6 +73,17 @@ def test_each_model_gets_a_config_triton_parses_that_matches_its_tensors(models,
     assert model_config(models[which], which) == (folder / "config.pbtxt").read_text(encoding="utf-8")
 
 
+def test_a_translators_dims_are_its_channels_and_any_height_and_width(models, tmp_path):
+    """Read from onnxruntime's session, not from the module's own reading of the file."""
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(models["digits"]), providers=["CPUExecutionProvider"])
+    channels = session.get_inputs()[0].shape[1]
+    cfg = parse(write_repository(models["digits"], tmp_path))
+    assert cfg.max_batch_size == 8 and isinstance(channels, int)
+    assert [(t.name, list(t.dims)) for t in cfg.input] == [("image", [channels, -1, -1])]
+    assert [(t.name, list(t.dims)) for t in cfg.output] == [(session.get_outputs()[0].name, [channels, -1, -1])]
+
+
 def test_stargan_domain_is_one_scalar_per_batch_element(models, tmp_path):
     inputs, _ = tensors(models["faces"])
     assert [(s.name, s.datatype, len(s.shape)) for s in inputs][1] == ("domain", "INT64", 1)

@@ -13,12 +13,15 @@ among them) work against ``serve`` unchanged (docs/serve.md, "Open Inference Pro
   ``domain`` (int64, one per image) is a second input.
 
 Inference requests share the image endpoint's batcher (requests of one shape run as
-one batch), limits (token 401, body size and pixels 413, a full queue 503 with
-Retry-After) and metrics. Each model has one version, ``1``. Readiness false is 400, as
-the protocol asks (a 4xx status).
+one batch of at most ``--max-batch`` images), limits (token 401, body size and pixels
+413, a full queue 503 with Retry-After) and metrics. The JSON part of a request, and
+JSON outputs, are held to a quarter of the upload limit (v2_codec.py); at most
+``DECODERS`` requests are decoded or answers encoded at a time. Each model has one
+version, ``1``. Readiness false is 400, as the protocol asks (a 4xx status).
 """
 from __future__ import annotations
 
+import asyncio
 import zlib
 
 import numpy as np
@@ -30,12 +33,14 @@ from .._version import __version__
 from .limits import ServeError, check_token, enqueue, read_body
 from .models import Model, TensorKey
 from .routes import Routes
-from .v2_codec import HEADER_LENGTH, InferRequest, decode_request, encode_response
+from .v2_codec import HEADER_LENGTH, InferRequest, decode_request, encode_response, json_output_fits
 
 #: the protocol's extensions served here
 EXTENSIONS = ["binary_tensor_data"]
 #: the one version of each model
 VERSION = "1"
+#: requests decoded, or answers encoded, at a time (each holds its body and arrays)
+DECODERS = 4
 
 
 def _decompressed(body: bytes, encoding: str, limit: int) -> bytes:
@@ -52,6 +57,8 @@ def _decompressed(body: bytes, encoding: str, limit: int) -> bytes:
         raise ServeError(400, f"the body is not valid {encoding} data") from None
     if len(out) > limit or d.unconsumed_tail:
         raise ServeError(413, f"the decompressed body is larger than the limit of {limit} bytes")
+    if not d.eof:
+        raise ServeError(400, f"the {encoding} data is cut off")
     return out
 
 
@@ -60,6 +67,9 @@ class V2Routes:
 
     def __init__(self, routes: Routes) -> None:
         self.routes = routes
+        self.decoding = asyncio.Semaphore(DECODERS)
+        #: the limit of a request's JSON part and of JSON outputs
+        self.max_json_bytes = routes.config.max_upload_bytes // 4
 
     def _model(self, request: Request) -> tuple[str, Model]:
         name = request.path_params["model"]
@@ -108,17 +118,24 @@ class V2Routes:
         body = await read_body(request, config.max_upload_bytes)
         body = _decompressed(body, request.headers.get("content-encoding", "").strip().lower(),
                              config.max_upload_bytes)
-        req = await run_in_threadpool(decode_request, body, request.headers.get(HEADER_LENGTH),
-                                      model.inputs, model.outputs)
+        async with self.decoding:
+            req = await run_in_threadpool(decode_request, body, request.headers.get(HEADER_LENGTH),
+                                          model.inputs, model.outputs, self.max_json_bytes)
+        del body
         images = req.inputs[model.inputs[0].name]
         domains = self._domains(req, model, len(images))
         self._check_size(images, model)
-        future = enqueue(model.batcher, TensorKey(images.shape[1:], images.dtype.str), (images, domains), name)
+        out_channels = model.outputs[0].shape[-1 if tr.preprocessed else 1]
+        out_channels = out_channels if out_channels > 0 else tr.channels
+        json_output_fits(req, images.size // tr.channels * out_channels, self.max_json_bytes)
+        key = TensorKey(images.shape[1:], images.dtype.str)
+        future = enqueue(model.batcher, key, (images, domains), name, len(images))
         try:
             out, batch = await future
         except ValueError as e:
             raise ServeError(400, str(e)) from None
-        content, headers = await run_in_threadpool(encode_response, name, req, {model.outputs[0].name: out})
+        async with self.decoding:
+            content, headers = await run_in_threadpool(encode_response, name, req, {model.outputs[0].name: out})
         return Response(content, headers={**headers, "X-Batch-Size": str(batch)})
 
     def _check_size(self, images: np.ndarray, model: Model) -> None:

@@ -10,13 +10,20 @@ An answer holds the outputs the request names in ``outputs`` (all of them when i
 none), each as JSON ``data`` or, where the output's ``binary_data`` parameter (or the
 request's ``binary_data_output``) asks for it, as binary data after the JSON part.
 
-Everything a client can get wrong is a :class:`ServeError` with status 400, and a
+The JSON part of a request is held to ``max_json_bytes`` (413 beyond it: send images
+as binary data), and so are the JSON outputs of an answer, counted as 4 bytes an element
+before the model runs (:func:`json_output_fits`). JSON elements must have the tensor's
+kind (numbers for FP*, integers for INT*/UINT*, true/false for BOOL); NaN and infinity,
+which JSON does not have, are refused in requests and answered only as binary data.
+
+Everything else a client can get wrong is a :class:`ServeError` with status 400, and a
 message naming the tensor: the protocol's ``{"error": "..."}`` answer.
 """
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +33,11 @@ from ..tensors import NUMPY_TYPES, TensorSpec
 from .limits import ServeError
 
 HEADER_LENGTH = "inference-header-content-length"
+#: the largest dimension, and the largest element count, a request may name
+MAX_DIM = 2**31 - 1
+MAX_ELEMENTS = 2**40
+#: the JSON kinds (numpy's, of the list as parsed) each datatype takes
+_KINDS = {"FP": "fiu", "IN": "iu", "UI": "iu", "BO": "b"}
 
 
 @dataclass
@@ -42,16 +54,16 @@ def _bad(message: str) -> ServeError:
     return ServeError(400, message)
 
 
-def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
-    """The JSON part and the binary part of a body."""
+def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    """The JSON part and the binary part of a body (a view: the tensors are not copied)."""
     if header_length is None:
-        return body, b""
-    if not header_length.strip().isdigit():
-        raise _bad(f"Inference-Header-Content-Length must be a byte count, got {header_length!r}")
-    n = int(header_length)
+        return body, memoryview(b"")
+    if not re.fullmatch(r"[0-9]{1,15}", header_length.strip()):
+        raise _bad(f"Inference-Header-Content-Length must be a byte count, got {header_length[:40]!r}")
+    n = int(header_length.strip())
     if n > len(body):
         raise _bad(f"Inference-Header-Content-Length says {n} bytes of JSON, but the body has {len(body)} bytes")
-    return body[:n], body[n:]
+    return body[:n], memoryview(body)[n:]
 
 
 def _object(value: Any, what: str) -> dict:
@@ -62,20 +74,27 @@ def _object(value: Any, what: str) -> dict:
 
 def _shape(entry: dict, name: str) -> tuple[int, ...]:
     shape = entry.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM
                                               for d in shape):
-        raise _bad(f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}")
+        raise _bad(f"input {name!r}: shape must be a list of non-negative integers, got {str(shape)[:80]}")
+    if math.prod(max(d, 1) for d in shape) > MAX_ELEMENTS:
+        raise _bad(f"input {name!r}: shape {shape} names more than {MAX_ELEMENTS} elements")
     return tuple(shape)
 
 
-def _check_against(spec: TensorSpec, datatype: Any, shape: tuple[int, ...]) -> None:
-    """The datatype and the shape the model takes (``-1``: any size)."""
+def _check_against(spec: TensorSpec, datatype: Any, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The datatype and the shape the model takes (``-1``: any size); the shape to run.
+    A one-dimensional input (StarGAN's ``domain``, ``[N]``) may also come as ``[N, 1]``,
+    as clients of a Triton model repository send it (its config reshapes it)."""
+    if len(spec.shape) == 1 and len(shape) == 2 and shape[1] == 1:
+        shape = shape[:1]
     if datatype != spec.datatype:
         raise _bad(f"input {spec.name!r}: datatype {datatype!r}, the model takes {spec.datatype}")
     fits = len(shape) == len(spec.shape) and all(s == -1 or s == d for s, d in zip(spec.shape, shape))
     if not fits:
         want = "[" + ", ".join("-1" if s == -1 else str(s) for s in spec.shape) + "]"
         raise _bad(f"input {spec.name!r}: shape {list(shape)}, the model takes {want} (-1: any size)")
+    return shape
 
 
 def _array(entry: dict, spec: TensorSpec, shape: tuple[int, ...], binary: memoryview, offset: int
@@ -101,22 +120,33 @@ def _array(entry: dict, spec: TensorSpec, shape: tuple[int, ...], binary: memory
         return arr.astype(dtype.newbyteorder("="), copy=False), offset + size
     if "data" not in entry:
         raise _bad(f"input {spec.name!r} has neither data nor parameters.binary_data_size")
+    wrong = _bad(f"input {spec.name!r}: data must be a (nested) list of {spec.datatype} values")
     try:
-        arr = np.asarray(entry["data"], dtype=NUMPY_TYPES[spec.datatype])
-    except (ValueError, TypeError, OverflowError):
-        raise _bad(f"input {spec.name!r}: data must be a (nested) list of {spec.datatype} numbers") from None
+        raw = np.asarray(entry["data"])
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        raise wrong from None
+    if raw.dtype.kind not in _KINDS[spec.datatype[:2]] and raw.size:
+        raise wrong
+    arr = raw.astype(NUMPY_TYPES[spec.datatype])
     if arr.size != count:
         raise _bad(f"input {spec.name!r}: data holds {arr.size} elements, shape {list(shape)} takes {count}")
     return arr.reshape(shape), offset
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def decode_request(body: bytes, header_length: str | None, inputs: list[TensorSpec],
-                   outputs: list[TensorSpec]) -> InferRequest:
+                   outputs: list[TensorSpec], max_json_bytes: int) -> InferRequest:
     """A request for a model with these input and output tensors."""
     head, binary = _split(body, header_length)
+    if len(head) > max_json_bytes:
+        raise ServeError(413, f"the request's JSON part is {len(head)} bytes, more than the limit of "
+                              f"{max_json_bytes}: send the tensors as binary data")
     try:
-        doc = json.loads(head)
-    except (UnicodeDecodeError, ValueError):
+        doc = json.loads(head, parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise _bad("the request is not JSON (with binary tensor data, Inference-Header-Content-Length "
                    "must give the length of the JSON part)") from None
     doc = _object(doc, "the request")
@@ -125,16 +155,16 @@ def decode_request(body: bytes, header_length: str | None, inputs: list[TensorSp
         raise _bad("the request has no inputs (a list of tensors)")
     specs = {s.name: s for s in inputs}
     arrays: dict[str, np.ndarray] = {}
-    view, offset = memoryview(binary), 0
+    view, offset = binary, 0
     for entry in entries:
         entry = _object(entry, "each input")
         name = entry.get("name")
-        if name not in specs:
-            raise _bad(f"unknown input {name!r}; the model takes {', '.join(specs)}")
+        if not isinstance(name, str) or name not in specs:
+            raise _bad(f"unknown input {str(name)[:80]!r}; the model takes {', '.join(specs)}")
         if name in arrays:
             raise _bad(f"input {name!r} is given twice")
-        spec, shape = specs[name], _shape(entry, name)
-        _check_against(spec, entry.get("datatype"), shape)
+        spec = specs[name]
+        shape = _check_against(spec, entry.get("datatype"), _shape(entry, name))
         arrays[name], offset = _array(entry, spec, shape, view, offset)
     missing = [n for n in specs if n not in arrays]
     if missing:
@@ -157,7 +187,7 @@ def _requested(doc: dict, params: dict, outputs: list[TensorSpec]) -> dict[str, 
     """The outputs to answer with (name -> as binary data)."""
     default = params.get("binary_data_output", False) is True
     asked = doc.get("outputs")
-    if asked is None:
+    if not asked:           # absent or empty: all of them
         return {s.name: default for s in outputs}
     if not isinstance(asked, list):
         raise _bad("outputs must be a list")
@@ -166,11 +196,19 @@ def _requested(doc: dict, params: dict, outputs: list[TensorSpec]) -> dict[str, 
     for entry in asked:
         entry = _object(entry, "each requested output")
         name = entry.get("name")
-        if name not in names:
-            raise _bad(f"unknown output {name!r}; the model gives {', '.join(names)}")
+        if not isinstance(name, str) or name not in names:
+            raise _bad(f"unknown output {str(name)[:80]!r}; the model gives {', '.join(names)}")
         p = _object(entry.get("parameters") or {}, f"output {name!r}: parameters")
         wanted[name] = p.get("binary_data", default) is True
     return wanted
+
+
+def json_output_fits(request: InferRequest, elements: int, max_json_bytes: int) -> None:
+    """413 when the request asks for an output of ``elements`` elements as JSON and that
+    would pass ``max_json_bytes`` at 4 bytes an element."""
+    if any(not binary for binary in request.outputs.values()) and 4 * elements > max_json_bytes:
+        raise ServeError(413, f"an output of {elements} elements is too large to answer as JSON (the limit is "
+                              f"{max_json_bytes // 4}): ask for it as binary data")
 
 
 def datatype_of(arr: np.ndarray) -> str:
@@ -199,11 +237,15 @@ def encode_response(model: str, request: InferRequest, results: dict[str, np.nda
     doc: dict[str, Any] = {"model_name": model, "model_version": "1", "outputs": outputs}
     if request.id is not None:
         doc["id"] = request.id
-    head = json.dumps(doc, separators=(",", ":")).encode()
+    try:
+        head = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError:
+        raise _bad("an output holds NaN or infinity, which JSON cannot carry: ask for it as binary data "
+                   "(the output's binary_data parameter)") from None
     if not chunks:
         return head, {"content-type": "application/json"}
     return b"".join([head, *chunks]), {"content-type": "application/octet-stream",
                                         "inference-header-content-length": str(len(head))}
 
 
-__all__ = ["HEADER_LENGTH", "InferRequest", "datatype_of", "decode_request", "encode_response"]
+__all__ = ["HEADER_LENGTH", "InferRequest", "datatype_of", "decode_request", "encode_response", "json_output_fits"]
