@@ -20,7 +20,7 @@ def _row(endpoint: str | None, max_batch: int, rps: float) -> dict:
            "p99_ms": 400.0, "errors": 0, "mean_batch": 7.9, "rss_idle_mib": 160.0, "rss_before_mib": 180.0,
            "rss_after_mib": 181.0}
     if endpoint is not None:
-        row["endpoint"] = endpoint
+        row.update(endpoint=endpoint, server_cpu_ms=40.5, client_cpu_ms=1.5)
     return row
 
 
@@ -30,13 +30,14 @@ def test_table_and_ratios_pair_v2_with_v1_of_the_same_configuration():
     table = serve.format_table(rows).splitlines()
     assert len(table) == 2 + 4
     assert all(line.count("|") == table[0].count("|") for line in table)
-    assert "endpoint (client)" in table[0] and serve_v2.ENDPOINT in table[3]
+    assert "endpoint (client)" in table[0] and serve_v2.ENDPOINT in table[3] and "| 40.5 / 1.5 |" in table[3]
     assert serve.format_ratios(rows).splitlines() == [
         "/v2 binary vs /v1 PNG requests/s, pyganx-runtime, micro-batching on (max 8, 10 ms): 1.10x",
         "/v2 binary vs /v1 PNG requests/s, pyganx-runtime, micro-batching off (max 1): 0.75x"]
-    # rows of an older --json (no endpoint) are /v1 rows; without /v2 rows there is no ratio
-    old = [_row(None, 8, 40.0)]
-    assert serve.V1_ENDPOINT in serve.format_table(old) and serve.format_ratios(old) == ""
+    # rows of an older --json (no endpoint, no CPU times) are /v1 rows; without /v2 rows there is no ratio
+    old = serve.format_table([_row(None, 8, 40.0)]).splitlines()
+    assert serve.V1_ENDPOINT in old[2] and "| - |" in old[2] and old[2].count("|") == old[0].count("|")
+    assert serve.format_ratios([_row(None, 8, 40.0)]) == ""
 
 
 def test_stats_counts_errors_and_the_cap():

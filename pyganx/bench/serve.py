@@ -10,8 +10,9 @@ Open Inference Protocol's ``/v2/models/{model}/infer``: the same images as binar
 tensors, sent by ``tritonclient.http`` (serve_v2.py says how; without tritonclient
 those rows are left out, and the reason is printed). Each load has a warm-up of twice
 ``--concurrency`` requests first. Reported for each: throughput, p50/p95/p99 latency,
-errors, the mean batch size the service ran during the load (from its /metrics), and
-the server's resident memory when idle after start-up, after the warm-up and after the
+errors, the mean batch size the service ran during the load (from its /metrics), the
+CPU time per request of the server process and of the client (this process), and the
+server's resident memory when idle after start-up, after the warm-up and after the
 load. Client and server share the machine's cores. The server is ``pyganx-runtime
 serve`` (``--server pyganx`` for ``pyganx serve``), run by ``--python`` (e.g. a
 torch-free environment's interpreter).
@@ -26,6 +27,7 @@ import argparse
 import asyncio
 import io
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -107,18 +109,33 @@ def _batches(url: str) -> tuple[float, float]:
     return s["sum"], s["count"]
 
 
+def _cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far (user + system, all its threads), in seconds (Linux;
+    NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def _measure(pid: int, url: str, load: Callable[[int], dict], args) -> dict:
     """A warm-up of twice ``--concurrency`` requests, then ``load(--requests)``: its row
-    with the mean batch of the runs during the load and the server's memory around it."""
+    with the mean batch of the runs during the load, the CPU time per request of the
+    server and of this process (the client), and the server's memory around it."""
     from pyganx_runtime.serve.process import rss_mib
 
     load(2 * args.concurrency)
     rss_before = rss_mib(pid)
     images, runs = _batches(url)
+    server_cpu, client_cpu = _cpu_seconds(pid), time.process_time()
     result = load(args.requests)
+    server_cpu, client_cpu = _cpu_seconds(pid) - server_cpu, time.process_time() - client_cpu
     rss_after = rss_mib(pid)
     images_after, runs_after = _batches(url)
+    n = max(result["requests"], 1)
     result.update(mean_batch=round((images_after - images) / max(runs_after - runs, 1), 2),
+                  server_cpu_ms=round(server_cpu * 1000 / n, 1), client_cpu_ms=round(client_cpu * 1000 / n, 1),
                   rss_before_mib=round(rss_before, 1), rss_after_mib=round(rss_after, 1))
     return result
 
@@ -189,12 +206,15 @@ def _mode(r: dict) -> str:
 
 def format_table(rows: list[dict]) -> str:
     out = ["| server | micro-batching | endpoint (client) | requests | req/s | p50 ms | p95 ms | p99 ms | errors "
-           "| mean batch | RSS idle / after warm-up / after (MiB) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| mean batch | CPU ms/request server / client | RSS idle / after warm-up / after (MiB) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        cpu = f"{r['server_cpu_ms']} / {r['client_cpu_ms']}" if "server_cpu_ms" in r else "-"
         out.append(f"| {r['server']} | {_mode(r)} | {r.get('endpoint', V1_ENDPOINT)} "
                    f"| {r['requests']}{' (capped)' if r['capped'] else ''} "
                    f"| {r['throughput_rps']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['errors']} "
-                   f"| {r['mean_batch']} | {r['rss_idle_mib']} / {r['rss_before_mib']} / {r['rss_after_mib']} |")
+                   f"| {r['mean_batch']} | {cpu} "
+                   f"| {r['rss_idle_mib']} / {r['rss_before_mib']} / {r['rss_after_mib']} |")
     return "\n".join(out)
 
 
