@@ -49,7 +49,7 @@ SOURCES := $(shell find csrc -type f) setup.py pyproject.toml runtime/pyproject.
 # and onnxruntime-gpu in one environment). pytorch-fid, torch-fidelity and clean-fid (with
 # the torchvision that matches torch) are the references tests/test_fid.py compares with.
 DEPS := numpy ninja setuptools wheel pillow tqdm pytest pytest-benchmark pytest-randomly scikit-learn matplotlib \
-  onnx onnxscript onnxruntime starlette uvicorn python-multipart prometheus-client httpx selenium \
+  onnx onnxscript onnxruntime starlette uvicorn python-multipart prometheus-client httpx selenium "tritonclient[http]" \
   torchvision==0.29.1 scipy pytorch-fid torch-fidelity clean-fid
 
 # Lint: pinned tools, installed into the same environment (mypy reads torch's types there).
