@@ -74,17 +74,11 @@ async def _load(url: str, model: str, uploads: list[bytes], requests: int, concu
     """Sends the uploads to the service at ``url``, for its model ``model``."""
     import httpx
 
-    latencies: list[float] = []
-    codes: dict[int, int] = {}
-    next_index = 0
-    start = time.perf_counter()
+    loop = serve_v2.ClosedLoop(requests, time_cap)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
         async def worker() -> None:
-            nonlocal next_index
-            while next_index < requests and time.perf_counter() - start < time_cap:
-                i = next_index
-                next_index += 1
+            while (i := loop.take()) is not None:
                 t0 = time.perf_counter()
                 try:
                     r = await client.post(f"/v1/translate/{model}",
@@ -92,10 +86,9 @@ async def _load(url: str, model: str, uploads: list[bytes], requests: int, concu
                     code = r.status_code
                 except httpx.HTTPError:
                     code = 0
-                latencies.append(time.perf_counter() - t0)
-                codes[code] = codes.get(code, 0) + 1
+                loop.record(t0, code)
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return serve_v2.stats(latencies, codes, time.perf_counter() - start, requests)
+    return loop.stats()
 
 
 def _batches(url: str) -> tuple[float, float]:

@@ -51,6 +51,33 @@ def stats(latencies: list[float], codes: dict[int, int], wall: float, requests: 
             "capped": len(latencies) < requests}
 
 
+class ClosedLoop:
+    """The state the workers of one load share: the next request's index, until
+    ``requests`` are sent or ``time_cap`` seconds have passed, and each answer's latency
+    and status code."""
+
+    def __init__(self, requests: int, time_cap: float) -> None:
+        self.requests, self.time_cap = requests, time_cap
+        self.latencies: list[float] = []
+        self.codes: dict[int, int] = {}
+        self.sent = 0
+        self.start = time.perf_counter()
+
+    def take(self) -> int | None:
+        """The next request's index, or None when the load is over."""
+        if self.sent >= self.requests or time.perf_counter() - self.start >= self.time_cap:
+            return None
+        self.sent += 1
+        return self.sent - 1
+
+    def record(self, sent_at: float, code: int) -> None:
+        self.latencies.append(time.perf_counter() - sent_at)
+        self.codes[code] = self.codes.get(code, 0) + 1
+
+    def stats(self) -> dict:
+        return stats(self.latencies, self.codes, time.perf_counter() - self.start, self.requests)
+
+
 def tensors(uploads: list[bytes], metadata: dict) -> list[np.ndarray]:
     """The PNG uploads as the model's first input takes them (``metadata``: the model's v2
     metadata): float32 NCHW in [-1, 1], or uint8 NHWC; one image each."""
@@ -89,29 +116,21 @@ def load(url: str, model: str, uploads: list[bytes], requests: int, concurrency:
             inputs.append([t])
         out_name = meta["outputs"][0]["name"]
         outputs = [th.InferRequestedOutput(out_name, binary_data=True)]
-        latencies: list[float] = []
-        codes: dict[int, int] = {}
-        next_index = 0
-        start = time.perf_counter()
+        loop = ClosedLoop(requests, time_cap)
 
         def worker() -> None:
-            nonlocal next_index
-            while next_index < requests and time.perf_counter() - start < time_cap:
-                i = next_index
-                next_index += 1
+            while (i := loop.take()) is not None:
                 t0 = time.perf_counter()
                 try:
                     client.infer(model, inputs[i % len(inputs)], outputs=outputs).as_numpy(out_name)
                     code = 200
                 except (InferenceServerException, OSError) as e:
                     code = _status(e)
-                latencies.append(time.perf_counter() - t0)
-                codes[code] = codes.get(code, 0) + 1
+                loop.record(t0, code)
         gevent.joinall([gevent.spawn(worker) for _ in range(concurrency)], raise_error=True)
-        wall = time.perf_counter() - start
+        return loop.stats()
     finally:
         client.close()
-    return stats(latencies, codes, wall, requests)
 
 
-__all__ = ["ENDPOINT", "MISSING", "load", "stats", "tensors"]
+__all__ = ["ENDPOINT", "MISSING", "ClosedLoop", "load", "stats", "tensors"]

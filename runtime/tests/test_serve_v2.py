@@ -14,10 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from starlette.testclient import TestClient
+from serve_support import assert_error, serve_client
 
 from pyganx_runtime import Translator
-from pyganx_runtime.serve import ServeConfig, create_app, load_models
 from pyganx_runtime.serve.process import start_server, stop_server
 
 th = pytest.importorskip("tritonclient.http", reason="the runtime tests install tritonclient[http]")
@@ -25,14 +24,10 @@ InferenceServerException = pytest.importorskip("tritonclient.utils").InferenceSe
 V2_TYPES = {"tensor(float)": "FP32", "tensor(int64)": "INT64", "tensor(uint8)": "UINT8"}
 
 
-def _client(models, **config) -> TestClient:
-    cfg = ServeConfig(device="cpu", **config)
-    return TestClient(create_app(load_models(list(models.values()), cfg), cfg), raise_server_exceptions=False)
-
 
 @pytest.fixture(scope="module")
 def client(models):
-    with _client(models) as c:
+    with serve_client(models) as c:
         yield c
 
 
@@ -66,14 +61,6 @@ def _output(r) -> np.ndarray:
     return result.as_numpy("output")
 
 
-def _error(r, status: int, *words: str) -> str:
-    assert r.status_code == status, (r.status_code, r.text)
-    assert r.headers["content-type"].startswith("application/json")
-    message = r.json()["error"]
-    assert "Traceback" not in r.text and 'File "' not in r.text
-    for w in words:
-        assert w in message, (w, message)
-    return message
 
 
 def test_server_health_and_metadata(client):
@@ -146,30 +133,30 @@ def _request(x: np.ndarray, datatype: str = "FP32", shape=None, name: str = "ima
 def test_every_bad_request_is_the_protocols_json_error_and_the_service_goes_on(models):
     x = _images(1, 1, 32, 32)
     body, n = _request(x)
-    with _client(models, max_upload_bytes=64 * 1024, max_pixels=64 * 64) as c:
-        _error(_raw(c, *_request(x.astype(np.float64), "FP64")), 400, "datatype 'FP64'", "takes FP32")
-        _error(_raw(c, *_request(x, shape=[1, 1, 32, 16])), 400, "binary_data_size is 4096 bytes", "takes 2048")
-        _error(_raw(c, *_request(x.reshape(1, 32, 32), shape=[1, 32, 32])), 400, "shape [1, 32, 32]",
+    with serve_client(models, max_upload_bytes=64 * 1024, max_pixels=64 * 64) as c:
+        assert_error(_raw(c, *_request(x.astype(np.float64), "FP64")), 400, "datatype 'FP64'", "takes FP32")
+        assert_error(_raw(c, *_request(x, shape=[1, 1, 32, 16])), 400, "binary_data_size is 4096 bytes", "takes 2048")
+        assert_error(_raw(c, *_request(x.reshape(1, 32, 32), shape=[1, 32, 32])), 400, "shape [1, 32, 32]",
                "[-1, 1, -1, -1]")
-        _error(_raw(c, *_request(x, name="picture")), 400, "unknown input 'picture'")
-        _error(_raw(c, *_request(_images(1, 3, 32, 32)), model="faces"), 400, "missing input 'domain'")
-        _error(_raw(c, body, n + 7), 400, "not JSON")                     # header length too long
-        _error(_raw(c, body, len(body) + 1), 400, "Inference-Header-Content-Length says")
-        _error(_raw(c, body[:-4], n), 400, "runs past the end")          # body shorter than the sizes say
-        _error(_raw(c, body + b"\0" * 8, n), 400, "add up to")           # longer
-        _error(_raw(c, body, None), 400, "not JSON")                      # binary without the header
-        _error(_raw(c, b"{}", None), 400, "no inputs")
-        _error(_raw(c, body, n, model="nope"), 404, "unknown model 'nope'")
-        _error(c.get("/v2/models/digits/versions/2"), 404, "no version '2'")
-        _error(_raw(c, *_request(_images(1, 1, 128, 128))), 413, "larger than the limit")
-        _error(_raw(c, *_request(_images(1, 1, 100, 64)[:, :, :, :50])), 413, "more than the limit")
-        _error(_raw(c, body, n, model="noise"), 400, "noise model")
-        _error(_infer(c, "faces", _inputs(_images(2, 3, 16, 16), [0, 7])), 400, "7 is no domain index")
-        _error(_infer(c, "faces", _inputs(_images(2, 3, 16, 16), [0])), 400, "1 target domains for 2 images")
-        _error(_infer(c, "digits", _inputs(_images(9, 1, 16, 16))), 400, "1 to 8 images")
-        _error(c.post("/v2/models/digits/infer", content=b"\x1f\x8b junk", headers={"Content-Encoding": "gzip"}),
+        assert_error(_raw(c, *_request(x, name="picture")), 400, "unknown input 'picture'")
+        assert_error(_raw(c, *_request(_images(1, 3, 32, 32)), model="faces"), 400, "missing input 'domain'")
+        assert_error(_raw(c, body, n + 7), 400, "not JSON")                     # header length too long
+        assert_error(_raw(c, body, len(body) + 1), 400, "Inference-Header-Content-Length says")
+        assert_error(_raw(c, body[:-4], n), 400, "runs past the end")          # body shorter than the sizes say
+        assert_error(_raw(c, body + b"\0" * 8, n), 400, "add up to")           # longer
+        assert_error(_raw(c, body, None), 400, "not JSON")                      # binary without the header
+        assert_error(_raw(c, b"{}", None), 400, "no inputs")
+        assert_error(_raw(c, body, n, model="nope"), 404, "unknown model 'nope'")
+        assert_error(c.get("/v2/models/digits/versions/2"), 404, "no version '2'")
+        assert_error(_raw(c, *_request(_images(1, 1, 128, 128))), 413, "larger than the limit")
+        assert_error(_raw(c, *_request(_images(1, 1, 100, 64)[:, :, :, :50])), 413, "more than the limit")
+        assert_error(_raw(c, body, n, model="noise"), 400, "noise model")
+        assert_error(_infer(c, "faces", _inputs(_images(2, 3, 16, 16), [0, 7])), 400, "7 is no domain index")
+        assert_error(_infer(c, "faces", _inputs(_images(2, 3, 16, 16), [0])), 400, "1 target domains for 2 images")
+        assert_error(_infer(c, "digits", _inputs(_images(9, 1, 16, 16))), 400, "1 to 8 images")
+        assert_error(c.post("/v2/models/digits/infer", content=b"\x1f\x8b junk", headers={"Content-Encoding": "gzip"}),
                400, "not valid gzip")
-        _error(c.post("/v2/models/digits/infer", content=gzip.compress(b" " * 70_000),
+        assert_error(c.post("/v2/models/digits/infer", content=gzip.compress(b" " * 70_000),
                       headers={"Content-Encoding": "gzip"}), 413, "decompressed body")
         assert _output(_raw(c, body, n)).shape == x.shape                  # and it goes on
 
@@ -182,33 +169,33 @@ def test_malformed_requests_are_400s_never_500s(models):
     x = _images(1, 1, 8, 8)
     image = {"name": "image", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": x.ravel().tolist()}
     body, n = _request(x)
-    with _client(models) as c:
-        _error(_json_request(c, [{**image, "name": []}]), 400, "unknown input")
-        _error(c.post("/v2/models/digits/infer", content=b"[" * 100_000), 400, "not JSON")
+    with serve_client(models) as c:
+        assert_error(_json_request(c, [{**image, "name": []}]), 400, "unknown input")
+        assert_error(c.post("/v2/models/digits/infer", content=b"[" * 100_000), 400, "not JSON")
         for length in ("\u00b2", "9" * 5000, "-1"):      # a superscript two passes str.isdigit()
-            _error(c.post("/v2/models/digits/infer", content=body,
+            assert_error(c.post("/v2/models/digits/infer", content=body,
                           headers={"Inference-Header-Content-Length": length.encode("latin-1")}),
                    400, "must be a byte count")
-        _error(_json_request(c, [{**image, "shape": [1, 1, 0, 2**62], "data": []}]), 400, "shape must be")
-        _error(_json_request(c, [{**image, "shape": [1, 1, 2**30, 2**30], "data": []}]), 400, "more than")
+        assert_error(_json_request(c, [{**image, "shape": [1, 1, 0, 2**62], "data": []}]), 400, "shape must be")
+        assert_error(_json_request(c, [{**image, "shape": [1, 1, 2**30, 2**30], "data": []}]), 400, "more than")
         nan = json.dumps({"inputs": [image]}).replace(str(image["data"][0]), "NaN", 1).encode()
-        _error(c.post("/v2/models/digits/infer", content=nan), 400, "not JSON")
-        _error(_json_request(c, [{**image, "data": ["0.5"] * 64}]), 400, "list of FP32 values")
+        assert_error(c.post("/v2/models/digits/infer", content=nan), 400, "not JSON")
+        assert_error(_json_request(c, [{**image, "data": ["0.5"] * 64}]), 400, "list of FP32 values")
         faces = {"name": "image", "datatype": "FP32", "shape": [1, 3, 8, 8], "data": [0.0] * 192}
-        _error(_json_request(c, [faces, {"name": "domain", "datatype": "INT64", "shape": [1], "data": [1.5]}],
+        assert_error(_json_request(c, [faces, {"name": "domain", "datatype": "INT64", "shape": [1], "data": [1.5]}],
                              model="faces"), 400, "list of INT64 values")
-        _error(c.post("/v2/models/digits/infer", content=gzip.compress(body)[:-8],
+        assert_error(c.post("/v2/models/digits/infer", content=gzip.compress(body)[:-8],
                       headers={"Content-Encoding": "gzip", "Inference-Header-Content-Length": str(n)}),
                400, "cut off")
         assert _json_request(c, [image], outputs=[]).json()["outputs"][0]["name"] == "output"   # [] asks for all
 
 
 def test_json_is_held_to_a_quarter_of_the_upload_limit(models):
-    with _client(models, max_upload_bytes=256 * 1024) as c:         # JSON: 64 KiB
+    with serve_client(models, max_upload_bytes=256 * 1024) as c:         # JSON: 64 KiB
         x = _images(1, 1, 80, 80)       # about 120 KiB as JSON, 25 KiB as binary data
-        _error(_infer(c, "digits", _inputs(x, binary=False)), 413, "JSON part", "send the tensors as binary data")
+        assert_error(_infer(c, "digits", _inputs(x, binary=False)), 413, "JSON part", "send the tensors as binary data")
         x = _images(1, 1, 130, 130)     # 16900 elements: 66 KiB at 4 bytes each
-        _error(_infer(c, "digits", _inputs(x), binary_out=False), 413, "too large to answer as JSON")
+        assert_error(_infer(c, "digits", _inputs(x), binary_out=False), 413, "too large to answer as JSON")
         assert _output(_infer(c, "digits", _inputs(x))).shape == x.shape       # binary both ways fits
 
 
@@ -224,7 +211,7 @@ def test_a_domain_sent_as_n_by_1_as_for_tritons_repository_config(client, models
 
 def test_a_batch_holds_at_most_max_batch_images_whatever_each_request_holds(models):
     xs = [_images(2, 1, 16, 16, seed=i) for i in range(5)]
-    with _client(models, max_batch=4, max_wait_ms=300) as c:
+    with serve_client(models, max_batch=4, max_wait_ms=300) as c:
         with ThreadPoolExecutor(5) as pool:
             answers = list(pool.map(lambda x: _infer(c, "digits", _inputs(x)), xs))
         metrics = c.get("/metrics").text
@@ -240,16 +227,16 @@ def test_a_batch_holds_at_most_max_batch_images_whatever_each_request_holds(mode
 
 def test_the_token_guards_v2_except_the_health_probes(models):
     x = _images(1, 1, 32, 32)
-    with _client(models, token="s3cret") as c:
+    with serve_client(models, token="s3cret") as c:
         assert c.get("/v2/health/live").status_code == 200 and c.get("/v2/health/ready").status_code == 200
         for r in (c.get("/v2"), c.get("/v2/models/digits"), _raw(c, *_request(x))):
-            _error(r, 401, "token")
+            assert_error(r, 401, "token")
         assert _output(_infer(c, "digits", _inputs(x), Authorization="Bearer s3cret")).shape == x.shape
 
 
 def test_concurrent_requests_share_batches_with_each_other_and_the_metrics_count_them(models):
     xs = [_images(1, 1, 32, 32, seed=i) for i in range(6)]
-    with _client(models, max_wait_ms=200) as c:
+    with serve_client(models, max_wait_ms=200) as c:
         with ThreadPoolExecutor(6) as pool:
             answers = list(pool.map(lambda x: _infer(c, "digits", _inputs(x)), xs))
         _raw(c, b"junk")
@@ -266,7 +253,7 @@ def test_concurrent_requests_share_batches_with_each_other_and_the_metrics_count
 
 def test_a_full_queue_answers_503_with_retry_after(models):
     gate, running = threading.Event(), threading.Event()
-    with _client(models, max_batch=1, max_queue=1, max_wait_ms=0) as c:
+    with serve_client(models, max_batch=1, max_queue=1, max_wait_ms=0) as c:
         batcher = c.app.state.models["digits"].batcher
         run = batcher.run_batch
 
@@ -286,7 +273,7 @@ def test_a_full_queue_answers_503_with_retry_after(models):
             refused = _infer(c, "digits", _inputs(xs[2]))
             gate.set()
             done = [first.result(30), queued.result(30)]
-    _error(refused, 503, "try again")
+    assert_error(refused, 503, "try again")
     assert refused.headers["retry-after"] == "1"
     assert [r.status_code for r in done] == [200, 200]
 
