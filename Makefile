@@ -33,7 +33,7 @@ CMAKE_BUILD := build/cmake
 # The torch-free environment of pyganx-runtime alone (runtime/), where its tests run.
 RUNTIME_VENV ?= .venv-runtime
 RPY := $(RUNTIME_VENV)/bin/python
-RUNTIME_TEST_DEPS := pytest pytest-randomly httpx selenium
+RUNTIME_TEST_DEPS := pytest pytest-randomly httpx selenium "tritonclient[http,grpc]" openapi-spec-validator
 
 # nvcc where the usual toolkit lives, so the CUDA kernels are always compiled there.
 ifeq ($(origin CUDA_HOME),undefined)
@@ -49,7 +49,7 @@ SOURCES := $(shell find csrc -type f) setup.py pyproject.toml runtime/pyproject.
 # and onnxruntime-gpu in one environment). pytorch-fid, torch-fidelity and clean-fid (with
 # the torchvision that matches torch) are the references tests/test_fid.py compares with.
 DEPS := numpy ninja setuptools wheel pillow tqdm pytest pytest-benchmark pytest-randomly scikit-learn matplotlib \
-  onnx onnxscript onnxruntime starlette uvicorn python-multipart prometheus-client httpx selenium \
+  onnx onnxscript onnxruntime starlette uvicorn python-multipart prometheus-client httpx selenium "tritonclient[http]" \
   torchvision==0.29.1 scipy pytorch-fid torch-fidelity clean-fid
 
 # Lint: pinned tools, installed into the same environment (mypy reads torch's types there).

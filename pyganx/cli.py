@@ -154,6 +154,9 @@ def _export(opts: ExportOptions) -> int:
     if q:
         print(f"int8 against float32 on {int(q['images'])} calibration images: PSNR {q['psnr_db']:.1f} dB, "
               f"SSIM {q['ssim']:.4f}, largest difference {q['max_abs_diff']:.3f} (outputs in [-1, 1])")
+    if res.triton is not None:
+        print(f"wrote the Triton model {res.triton} (config.pbtxt, 1/model.onnx); serve it with "
+              f"`tritonserver --model-repository={opts.triton_repository}`")
     return 0
 
 

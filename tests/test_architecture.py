@@ -44,9 +44,9 @@ LAYERS = [
     ["pyganx_runtime.cli"],
     ["pyganx_runtime.serve"],
     ["pyganx_runtime"],
-    ["pyganx_runtime.translator"],
+    ["pyganx_runtime.translator", "pyganx_runtime.triton"],
     ["pyganx_runtime.tiling"],
-    ["pyganx_runtime.images", "pyganx_runtime.metadata"],
+    ["pyganx_runtime.images", "pyganx_runtime.metadata", "pyganx_runtime.tensors"],
     ["pyganx_runtime.errors", "pyganx_runtime.files", "pyganx_runtime._version"],
 ]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}

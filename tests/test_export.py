@@ -117,6 +117,23 @@ def test_other_generator_and_static_export(run, tmp_path, capsys):
     assert err.count("\n") == 1 and "no such run directory" in err and not (tmp_path / "x.onnx").exists()
 
 
+def test_export_writes_the_triton_repository_the_runtime_writes(run, tmp_path, capsys):
+    from pyganx_runtime.triton import write_repository
+
+    path, repo = tmp_path / "g.onnx", tmp_path / "repo"
+    assert cli_main(["export", str(run), "-o", str(path), "--triton-repository", str(repo), "--triton-name", "g-ab",
+                     "--triton-max-batch-size", "4", "--triton-instance-group", "cpu"]) == 0
+    assert f"tritonserver --model-repository={repo}" in capsys.readouterr().out
+    ref = write_repository(path, tmp_path / "ref", "g-ab", max_batch_size=4, instance_kind="cpu")
+    files = sorted(p.relative_to(ref).as_posix() for p in ref.rglob("*") if p.is_file())
+    assert files == ["1/model.onnx", "config.pbtxt"]
+    assert sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file()) == \
+        [f"g-ab/{f}" for f in files]
+    for f in files:
+        assert (repo / "g-ab" / f).read_bytes() == (ref / f).read_bytes(), f
+    assert (repo / "g-ab" / "1" / "model.onnx").read_bytes() == path.read_bytes()
+
+
 def test_translator_pads_to_the_size_multiple_and_crops_back(run, model):
     tr = Translator(model, device="cpu")
     assert tr.providers == ["CPUExecutionProvider"] and tr.multiple == 4

@@ -63,6 +63,11 @@ def test_a_bool_positional_or_a_list_of_other_things_is_refused():
     ({"winograd": True, "fp16": True}, "--winograd is a float32 graph"),
     ({"winograd": True, "int8": True, "calibrate": "d"}, "--winograd is a float32 graph"),
     ({"domains": ("a", "b")}, "--domains names the labels of a --from yunjey-stargan generator"),
+    ({"triton_name": "g", "triton_instance_count": 2}, "--triton-name, --triton-instance-count: only with "
+                                                       "--triton-repository DIR"),
+    ({"triton_repository": "r", "triton_max_batch_size": -1}, "--triton-repository: max batch size must be 0"),
+    ({"triton_repository": "r", "triton_name": "../g"}, "--triton-repository: '../g' cannot name a model folder"),
+    ({"triton_repository": "r", "triton_instance_group": "tpu"}, "instance group must be one of auto, cpu, gpu"),
 ])
 def test_export_flags_that_do_not_combine_are_refused_before_anything_is_read(tmp_path, flags, message):
     from pyganx.errors import UsageError

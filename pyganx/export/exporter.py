@@ -22,6 +22,7 @@ from torch import nn
 
 from pyganx_runtime import metadata as keys
 from pyganx_runtime.files import atomic_write_bytes
+from pyganx_runtime.triton import write_repository
 
 from .._version import __version__
 from ..engine.run import LoadedRun, load_run
@@ -43,6 +44,7 @@ class ExportResult:
     float32_error: float | None = None        # plain float32 PyTorch vs float64 (float32 graphs)
     bound: float = 0.0                        # the largest max_abs_error accepted
     reference: str = "float64"                # "float64", or "float32" for a network without one
+    triton: Path | None = None                # the model's folder in --triton-repository
 
 
 @dataclass
@@ -65,7 +67,8 @@ def export_generator(options: ExportOptions | str | os.PathLike, out: str | os.P
     fields of ExportOptions (``generator`` may come third, by position; ``static=True``,
     ``fp16=True``, ...; ``foreign_domains`` is the deprecated name of ``domains``). ``winograd``: 3x3
     convolutions as Winograd F(4x4, 3x3) for onnxruntime's CPU provider (winograd.py);
-    checked against the plain generator."""
+    checked against the plain generator. ``triton_repository``: the written model is
+    also put into that Triton model repository (pyganx_runtime.triton.write_repository)."""
     opts = _options(options, out, generator, flags)
     try:
         import onnx
@@ -110,9 +113,12 @@ def export_generator(options: ExportOptions | str | os.PathLike, out: str | os.P
     if opts.int8:
         blob, quality = _int8(blob, opts, src)
     atomic_write_bytes(Path(opts.out), lambda f: f.write(blob))
+    triton = None
+    if opts.triton_repository is not None:
+        triton = write_repository(opts.out, opts.triton_repository, opts.triton_model_name(), **opts.triton_settings())
     ref = checked.reference
     return ExportResult(Path(opts.out), meta, checked.error, [tuple(t[0].shape) for t in graph.checks], quality,
-                        ref.float32_error, checked.bound, "float64" if ref.exact else "float32")
+                        ref.float32_error, checked.bound, "float64" if ref.exact else "float32", triton)
 
 
 def _options(options: ExportOptions | str | os.PathLike, out: str | os.PathLike | None,

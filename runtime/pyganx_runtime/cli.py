@@ -1,6 +1,6 @@
-"""The ``pyganx-runtime`` command (``translate`` and ``serve``), and the parts of it that
-``pyganx``'s own command line shares: the ``translate``/``serve`` arguments and
-handlers, one-line usage errors, and the rule for reporting errors.
+"""The ``pyganx-runtime`` command (``translate``, ``serve`` and ``triton-repository``), and
+the parts of it that ``pyganx``'s own command line shares: the ``translate``/``serve``
+arguments and handlers, one-line usage errors, and the rule for reporting errors.
 
 Errors: a :class:`~pyganx_runtime.errors.PyganxError` or an ``OSError`` is one line on
 stderr (exit status 1). Anything else is a bug or an environment problem: one line
@@ -169,6 +169,39 @@ def serve_command(args: argparse.Namespace, prog: str) -> int:
     return 0
 
 
+# --- triton-repository --------------------------------------------------------------
+
+def add_triton_arguments(p: argparse.ArgumentParser) -> None:
+    from . import triton
+
+    p.add_argument("model", metavar="MODEL.onnx", help="an ONNX model (written by `pyganx export`, or any)")
+    p.add_argument("repository", metavar="DIR", help="the model repository; other models in it are left alone")
+    p.add_argument("--name", help="the model's name and folder (default: MODEL's file name without .onnx); "
+                                  "an existing model of that name is replaced")
+    p.add_argument("--max-batch-size", type=int, default=triton.DEFAULT_MAX_BATCH_SIZE,
+                   help="the largest batch Triton's dynamic batcher forms (0: no batching; a model exported "
+                        "with --static always gets 0)")
+    p.add_argument("--instance-group", choices=list(triton.INSTANCE_KINDS), default=triton.DEFAULT_INSTANCE_KIND,
+                   help="where the instances run (auto: on GPUs where Triton has them, else on the CPU)")
+    p.add_argument("--instance-count", type=int, default=triton.DEFAULT_INSTANCE_COUNT,
+                   help="model instances (per GPU on GPUs)")
+    p.add_argument("--max-queue-delay-us", type=int, default=triton.DEFAULT_MAX_QUEUE_DELAY_US,
+                   help="microseconds the dynamic batcher holds a request for others to join it")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def triton_command(args: argparse.Namespace, prog: str) -> int:
+    """Runs ``triton-repository`` as parsed by :func:`add_triton_arguments`."""
+    from .triton import write_repository
+
+    folder = write_repository(args.model, args.repository, args.name, max_batch_size=args.max_batch_size,
+                              instance_kind=args.instance_group, instance_count=args.instance_count,
+                              max_queue_delay_us=args.max_queue_delay_us)
+    print(f"wrote {folder / 'config.pbtxt'} and {folder / '1' / 'model.onnx'}; "
+          f"serve it with `tritonserver --model-repository={args.repository}`")
+    return 0
+
+
 def add_runtime_commands(sub) -> None:
     """``translate`` and ``serve`` on a subparsers object (pyganx-runtime's and pyganx's)."""
     add_translate_arguments(sub.add_parser("translate", help="run an exported model on image files or folders",
@@ -178,9 +211,10 @@ def add_runtime_commands(sub) -> None:
 
 
 def runtime_command(args: argparse.Namespace, prog: str) -> int:
-    """Runs ``translate`` or ``serve`` (``args.command``) with the error report of
-    :func:`run_command`; ``prog`` names the command in messages."""
-    handler = translate_command if args.command == "translate" else serve_command
+    """Runs ``translate``, ``serve`` or ``triton-repository`` (``args.command``) with the
+    error report of :func:`run_command`; ``prog`` names the command in messages."""
+    handler = {"translate": translate_command, "serve": serve_command,
+               "triton-repository": triton_command}[args.command]
     return run_command(prog, lambda a: handler(a, prog), args)
 
 
@@ -188,7 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="pyganx-runtime",
                     description="Run image translators exported by `pyganx export` with onnxruntime, without torch.")
     parser.add_argument("--version", action="version", version=f"pyganx-runtime {__version__}")
-    add_runtime_commands(parser.add_subparsers(dest="command", required=True))
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_runtime_commands(sub)
+    add_triton_arguments(sub.add_parser("triton-repository", help="write a model into a Triton Inference Server "
+                                                                  "model repository (config.pbtxt, 1/model.onnx)",
+                                        formatter_class=argparse.ArgumentDefaultsHelpFormatter))
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     return runtime_command(args, f"pyganx-runtime {args.command}")
 

@@ -18,23 +18,18 @@ import numpy as np
 import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from starlette.testclient import TestClient
+from serve_support import assert_error, serve_client
 
 from pyganx_runtime import Translator
 from pyganx_runtime.cli import main as cli_main
-from pyganx_runtime.serve import ServeConfig, create_app, load_models
 from pyganx_runtime.serve.process import start_server, stop_server
 
 # --- models ---------------------------------------------------------------------------------
 
-def _client(models, **config) -> TestClient:
-    cfg = ServeConfig(device="cpu", **config)
-    return TestClient(create_app(load_models(list(models.values()), cfg), cfg), raise_server_exceptions=False)
-
 
 @pytest.fixture(scope="module")
 def client(models):
-    with _client(models) as c:
+    with serve_client(models) as c:
         yield c
 
 
@@ -72,14 +67,6 @@ def _assert_same(content: bytes, ref: Image.Image, tol: int = 1) -> None:
     assert np.abs(got - want).max() <= tol
 
 
-def _error(r, status: int, *words: str) -> str:
-    assert r.status_code == status, (r.status_code, r.text)
-    assert r.headers["content-type"].startswith("application/json")
-    message = r.json()["error"]
-    assert "Traceback" not in r.text and "File \"" not in r.text
-    for w in words:
-        assert w in message, (w, message)
-    return message
 
 
 # --- endpoints ------------------------------------------------------------------------------
@@ -138,9 +125,9 @@ def test_stargan_takes_the_target_domain_as_a_parameter(client, models):
         _assert_same(r.content, tr.translate(img, d), tol=0)
         outs[d] = _pixels(r.content)
     assert np.abs(outs["happy"] - outs["angry"]).max() > 0
-    _error(_post(client, "faces", _bytes(img)), 400, "needs a target domain", "?domain=", "happy, sad, angry")
-    _error(_post(client, "faces", _bytes(img), "?domain=bored"), 400, "unknown domain 'bored'")
-    _error(_post(client, "digits", _bytes(img), "?domain=sad"), 400, "takes no")
+    assert_error(_post(client, "faces", _bytes(img)), 400, "needs a target domain", "?domain=", "happy, sad, angry")
+    assert_error(_post(client, "faces", _bytes(img), "?domain=bored"), 400, "unknown domain 'bored'")
+    assert_error(_post(client, "digits", _bytes(img), "?domain=sad"), 400, "takes no")
 
 
 def test_sizes_off_the_multiple_are_padded_and_cropped_back(client, models):
@@ -158,7 +145,7 @@ def test_images_larger_than_the_tile_go_through_the_tiled_path(models):
     img = _image(130, 70, seed=4, mode="L")
     tiled.translate(_image(48, 40, seed=4, mode="L"))
     assert tiled.tiler._built is None       # the tiled graphs wait for the first image larger than a tile
-    with _client(models, tile=48, overlap=16) as c:
+    with serve_client(models, tile=48, overlap=16) as c:
         assert {m["name"]: m["tile"] for m in c.get("/v1/models").json()["models"]}["digits"] == 48
         r = _post(c, "digits", _bytes(img))
     _assert_same(r.content, tiled.translate(img), tol=0)
@@ -174,28 +161,28 @@ def test_images_larger_than_the_tile_go_through_the_tiled_path(models):
 def test_bad_input_is_a_json_error_and_the_service_goes_on(models):
     png = _bytes(_image(32, 32))
     big = _bytes(Image.new("L", (1200, 1000), 128))      # small file, many pixels
-    with _client(models, max_upload_bytes=len(png) * 3, max_pixels=1_000_000) as c:
-        _error(_post(c, "digits", b"this is text, not a picture"), 400, "not an image")
-        _error(_post(c, "digits", png[: len(png) // 2]), 400, "corrupt PNG")
-        _error(_post(c, "digits", b""), 400, "empty")
-        _error(_post(c, "digits", _bytes(_image(8, 8), "GIF")), 415, "GIF")
-        _error(_post(c, "digits", _bytes(_image(8, 8), "BMP"), raw_type="image/png"), 415, "BMP")
-        _error(_post(c, "digits", png, raw_type="text/plain"), 415, "text/plain")
-        _error(_post(c, "digits", png * 4, raw_type="image/png"), 413, "larger than the limit")
-        _error(_post(c, "digits", png * 4), 413, "larger than the limit")            # as a form, too
-        _error(_post(c, "digits", big), 413, "1200x1000", "1000000")
-        _error(_post(c, "nope", png), 404, "no model named 'nope'")
-        _error(_post(c, "noise", png), 400, "noise model")
-        _error(c.post("/v1/translate/digits", files={"picture": ("x.png", png, "image/png")}), 400, "'image'")
-        _error(c.post("/v1/translate/digits", content=b"--x\r\nbroken",
+    with serve_client(models, max_upload_bytes=len(png) * 3, max_pixels=1_000_000) as c:
+        assert_error(_post(c, "digits", b"this is text, not a picture"), 400, "not an image")
+        assert_error(_post(c, "digits", png[: len(png) // 2]), 400, "corrupt PNG")
+        assert_error(_post(c, "digits", b""), 400, "empty")
+        assert_error(_post(c, "digits", _bytes(_image(8, 8), "GIF")), 415, "GIF")
+        assert_error(_post(c, "digits", _bytes(_image(8, 8), "BMP"), raw_type="image/png"), 415, "BMP")
+        assert_error(_post(c, "digits", png, raw_type="text/plain"), 415, "text/plain")
+        assert_error(_post(c, "digits", png * 4, raw_type="image/png"), 413, "larger than the limit")
+        assert_error(_post(c, "digits", png * 4), 413, "larger than the limit")            # as a form, too
+        assert_error(_post(c, "digits", big), 413, "1200x1000", "1000000")
+        assert_error(_post(c, "nope", png), 404, "no model named 'nope'")
+        assert_error(_post(c, "noise", png), 400, "noise model")
+        assert_error(c.post("/v1/translate/digits", files={"picture": ("x.png", png, "image/png")}), 400, "'image'")
+        assert_error(c.post("/v1/translate/digits", content=b"--x\r\nbroken",
                       headers={"content-type": "multipart/form-data; boundary=x"}), 400)
-        _error(c.get("/v1/translate/digits"), 405)
-        _error(c.get("/v2/anything"), 404)
+        assert_error(c.get("/v1/translate/digits"), 405)
+        assert_error(c.get("/v2/anything"), 404)
         # a decompression bomb: a tiny PNG header that claims 100000 x 100000 pixels
         bomb = _bytes(Image.new("1", (1, 1)))
         ihdr = b"IHDR" + (100000).to_bytes(4, "big") * 2 + bomb[24:29]
         bomb = bomb[:12] + ihdr + zlib.crc32(ihdr).to_bytes(4, "big") + bomb[33:]
-        _error(_post(c, "digits", bomb), 413, "pixels")
+        assert_error(_post(c, "digits", bomb), 413, "pixels")
         assert _post(c, "digits", png).status_code == 200          # still serving
         families = {f.name: f for f in text_string_to_metric_families(c.get("/metrics").text)}
     errors = {(s.labels["model"], s.labels["code"]): s.value for s in families["pyganx_request_errors"].samples
@@ -206,18 +193,18 @@ def test_bad_input_is_a_json_error_and_the_service_goes_on(models):
 
 def test_the_token_guards_the_api_and_the_metrics(models):
     png = _bytes(_image(32, 32))
-    with _client(models, token="s3cret") as c:
+    with serve_client(models, token="s3cret") as c:
         for path in ("/v1/models", "/metrics"):
             r = c.get(path)
-            _error(r, 401, "Authorization: Bearer")
+            assert_error(r, 401, "Authorization: Bearer")
             assert r.headers["www-authenticate"] == "Bearer"
-            _error(c.get(path, headers={"authorization": "Bearer wrong"}), 401)
+            assert_error(c.get(path, headers={"authorization": "Bearer wrong"}), 401)
             assert c.get(path, headers={"authorization": "Bearer s3cret"}).status_code == 200
-        _error(_post(c, "digits", png), 401)
-        _error(_post(c, "nope", png), 401)                 # no probing for model names without it
+        assert_error(_post(c, "digits", png), 401)
+        assert_error(_post(c, "nope", png), 401)                 # no probing for model names without it
         assert _post(c, "digits", png, authorization="Bearer s3cret").status_code == 200
         assert c.get("/healthz").status_code == 200 and c.get("/").status_code == 200
-    with _client(models) as c:                             # off: no header needed
+    with serve_client(models) as c:                             # off: no header needed
         assert c.get("/v1/models").status_code == 200
 
 
@@ -229,7 +216,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_result(models):
     jobs = [("digits", _image(32, 32, seed=i, mode="L"), "") for i in range(6)]
     jobs += [("digits", _image(40, 24, seed=10 + i, mode="L"), "") for i in range(3)]     # another size
     jobs += [("faces", _image(32, 32, seed=20 + i), f"?domain={d}") for i, d in enumerate(["sad", "angry", "happy"])]
-    with _client(models, max_batch=4, max_wait_ms=400) as c:
+    with serve_client(models, max_batch=4, max_wait_ms=400) as c:
         with ThreadPoolExecutor(len(jobs)) as pool:
             answers = list(pool.map(lambda j: _post(c, j[0], _bytes(j[1]), j[2]), jobs))
         families = {f.name: f for f in text_string_to_metric_families(c.get("/metrics").text)}
@@ -249,7 +236,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_result(models):
 
 def test_a_full_queue_answers_503_with_retry_after_and_loses_nothing(models):
     gate = threading.Event()
-    with _client(models, max_batch=1, max_queue=2, max_wait_ms=0) as c:
+    with serve_client(models, max_batch=1, max_queue=2, max_wait_ms=0) as c:
         batcher = c.app.state.models["digits"].batcher
         run = batcher.run_batch
         running = threading.Event()
@@ -272,7 +259,7 @@ def test_a_full_queue_answers_503_with_retry_after_and_loses_nothing(models):
             refused = _post(c, "digits", png[3])
             gate.set()
             results = [first.result(30)] + [q.result(30) for q in queued]
-    _error(refused, 503, "try again")
+    assert_error(refused, 503, "try again")
     assert refused.headers["retry-after"] == "1" and depth == [2.0]
     assert [r.status_code for r in results] == [200, 200, 200]
     tr = Translator(models["digits"], device="cpu")
@@ -282,7 +269,7 @@ def test_a_full_queue_answers_503_with_retry_after_and_loses_nothing(models):
 
 def test_metrics_are_prometheus_text_with_the_counts_sent(models):
     png = _bytes(_image(32, 32))
-    with _client(models) as c:
+    with serve_client(models) as c:
         for _ in range(3):
             assert _post(c, "digits", png).status_code == 200
         _post(c, "digits", b"junk")

@@ -1,8 +1,9 @@
 """Micro-batching of concurrent requests to one model.
 
 Requests wait in one bounded queue per model. A single worker per model takes the oldest
-request and gathers the queued requests of the same key (the image size) until it has
-``max_batch`` of them or ``max_wait`` seconds have passed since the oldest arrived, then
+request and gathers the queued requests of the same key (the image size) until they hold
+``max_batch`` images (a request's ``weight``: 1 for an image upload, N for a v2 request
+of N images) or ``max_wait`` seconds have passed since the oldest arrived, then
 runs them as one batch in a worker thread, so the event loop keeps accepting requests.
 While a batch runs, new requests queue up; the next batch starts at once when its oldest
 request has already waited ``max_wait``, so batches grow with load by themselves.
@@ -28,6 +29,7 @@ class _Item:
     key: Hashable
     payload: Any
     future: asyncio.Future
+    weight: int = 1
     arrived: float = field(default_factory=time.monotonic)
 
 
@@ -35,7 +37,8 @@ class Batcher:
     """``await batcher.submit(key, payload)`` runs ``run_batch(key, [payload, ...])``
     (in a thread) with other payloads of the same key and answers this payload's result.
 
-    ``on_batch(size)`` is called for every batch run; ``queued()`` is the number waiting.
+    ``on_batch(images)`` is called for every batch run with the weights' sum; ``queued()``
+    is the number of requests waiting.
     """
 
     def __init__(self, run_batch: Callable[[Hashable, Sequence[Any]], Sequence[Any]], max_batch: int = 8,
@@ -73,19 +76,33 @@ class Batcher:
                 item.future.set_exception(RuntimeError("the service is shutting down"))
         self._items.clear()
 
-    def submit(self, key: Hashable, payload: Any) -> asyncio.Future:
-        """Queues one payload; raises QueueFull when the queue is full."""
+    def submit(self, key: Hashable, payload: Any, weight: int = 1) -> asyncio.Future:
+        """Queues one payload of ``weight`` images (at most ``max_batch``); raises
+        QueueFull when the queue is full."""
+        if not 1 <= weight <= self.max_batch:
+            raise ValueError(f"a request's weight must be 1 to {self.max_batch}, got {weight}")
         if self._task is None or self._wake is None:
             raise RuntimeError("Batcher.start() was not called (the app's lifespan did not run)")
         if len(self._items) >= self.max_queue:
             raise QueueFull()
         future = asyncio.get_running_loop().create_future()
-        self._items.append(_Item(key, payload, future))
+        self._items.append(_Item(key, payload, future, weight))
         self._wake.set()
         return future
 
-    def _same_key(self, key: Hashable) -> list[_Item]:
-        return [it for it in self._items if it.key == key and not it.future.cancelled()][:self.max_batch]
+    def _same_key(self, key: Hashable) -> tuple[list[_Item], bool]:
+        """The oldest waiting requests of ``key`` that fit in one batch, in order, and
+        whether the batch is full (``max_batch`` images, or the next one does not fit)."""
+        batch: list[_Item] = []
+        total = 0
+        for it in self._items:
+            if it.key != key or it.future.cancelled():
+                continue
+            if total + it.weight > self.max_batch:
+                return batch, True
+            batch.append(it)
+            total += it.weight
+        return batch, total >= self.max_batch
 
     async def _worker(self, wake: asyncio.Event) -> None:
         while True:
@@ -97,22 +114,22 @@ class Batcher:
                 continue
             head = self._items[0]
             while True:
-                batch = self._same_key(head.key)
+                batch, full = self._same_key(head.key)
                 left = head.arrived + self.max_wait - time.monotonic()
-                if len(batch) >= self.max_batch or left <= 0:
+                if full or left <= 0:
                     break
                 wake.clear()
                 try:
                     await asyncio.wait_for(wake.wait(), left)
                 except asyncio.TimeoutError:
-                    batch = self._same_key(head.key)
+                    batch, _ = self._same_key(head.key)
                     break
             if not batch:   # the oldest request was cancelled while it waited
                 continue
             taken = {id(it) for it in batch}
             self._items = deque(it for it in self._items if id(it) not in taken)
             if self.on_batch is not None:
-                self.on_batch(len(batch))
+                self.on_batch(sum(it.weight for it in batch))
             try:
                 results = await asyncio.to_thread(self.run_batch, head.key, [it.payload for it in batch])
             except Exception as e:  # noqa: BLE001 - handed to every request of the batch

@@ -94,11 +94,11 @@ def decode_image(data: bytes, channels: int, max_pixels: int) -> Image.Image:
         raise ServeError(400, f"corrupt {im.format} image ({str(e).strip() or type(e).__name__})") from None
 
 
-def enqueue(batcher: Batcher, key: Hashable, payload: Any, name: str) -> asyncio.Future:
-    """``batcher.submit(key, payload)``; ServeError 503 with ``Retry-After`` when model
-    ``name``'s queue is full."""
+def enqueue(batcher: Batcher, key: Hashable, payload: Any, name: str, images: int = 1) -> asyncio.Future:
+    """``batcher.submit(key, payload, images)``; ServeError 503 with ``Retry-After`` when
+    model ``name``'s queue is full."""
     try:
-        return batcher.submit(key, payload)
+        return batcher.submit(key, payload, images)
     except QueueFull:
         raise ServeError(503, f"{name} has {batcher.max_queue} requests waiting; try again shortly",
                          {"Retry-After": "1"}) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 from PIL import Image
@@ -82,20 +83,25 @@ class Routes:
         self.metrics = Metrics(models)
         self.ready = False
 
-    async def translate(self, request: Request) -> Response:
-        name = request.path_params["model"]
-        model = self.models.get(name)
+    async def counted(self, name: str, model: Model | None, answer: Awaitable[Response]) -> Response:
+        """``await answer``, counted in the metrics of model ``name`` (``-`` when no
+        such model is served) with its status and time."""
         start = time.perf_counter()
         code = 500
         try:
-            response = await self._translate(request, name, model)
-            code = 200
+            response = await answer
+            code = response.status_code
             return response
         except ServeError as e:
             code = e.status
             raise
         finally:
             self.metrics.answered(name if model is not None else "-", code, time.perf_counter() - start)
+
+    async def translate(self, request: Request) -> Response:
+        name = request.path_params["model"]
+        model = self.models.get(name)
+        return await self.counted(name, model, self._translate(request, name, model))
 
     async def _translate(self, request: Request, name: str, model: Model | None) -> Response:
         config = self.config
