@@ -64,6 +64,12 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def check_pixels(w: int, h: int, max_pixels: int, what: str = "the image has") -> None:
+    """ServeError 413 when a ``w`` x ``h`` image has more than ``max_pixels`` pixels."""
+    if w * h > max_pixels:
+        raise ServeError(413, f"{what} {w}x{h} = {w * h} pixels, more than the limit of {max_pixels}")
+
+
 def decode_image(data: bytes, channels: int, max_pixels: int) -> Image.Image:
     """An uploaded PNG, JPEG or WebP as the model's mode; ServeError 400 (not an image,
     corrupt), 415 (another image format) or 413 (more than ``max_pixels``). The pixel
@@ -81,8 +87,7 @@ def decode_image(data: bytes, channels: int, max_pixels: int) -> Image.Image:
     if im.format not in FORMATS:
         raise ServeError(415, f"{im.format} images are not translated here: send PNG, JPEG or WebP")
     w, h = im.size
-    if w * h > max_pixels:
-        raise ServeError(413, f"the image has {w}x{h} = {w * h} pixels, more than the limit of {max_pixels}")
+    check_pixels(w, h, max_pixels)
     if w < 1 or h < 1:
         raise ServeError(400, "the image is empty")
     try:
@@ -104,4 +109,4 @@ def enqueue(batcher: Batcher, key: Hashable, payload: Any, name: str, images: in
                          {"Retry-After": "1"}) from None
 
 
-__all__ = ["FORMATS", "ServeError", "check_token", "decode_image", "enqueue", "read_body"]
+__all__ = ["FORMATS", "ServeError", "check_pixels", "check_token", "decode_image", "enqueue", "read_body"]

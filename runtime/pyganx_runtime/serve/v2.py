@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .._version import __version__
-from .limits import ServeError, check_token, enqueue, read_body
+from .limits import ServeError, check_pixels, check_token, enqueue, read_body
 from .models import Model, TensorKey
 from .routes import Routes
 from .v2_codec import HEADER_LENGTH, InferRequest, decode_request, encode_response, json_output_fits
@@ -150,9 +150,7 @@ class V2Routes:
         h, w = images.shape[1:3] if tr.preprocessed else images.shape[2:4]
         if h < 1 or w < 1:
             raise ServeError(400, f"the images are empty ({h}x{w})")
-        if h * w > self.routes.config.max_pixels:
-            raise ServeError(413, f"the images have {w}x{h} = {w * h} pixels, more than the limit of "
-                                  f"{self.routes.config.max_pixels}")
+        check_pixels(w, h, self.routes.config.max_pixels, "the images have")
 
     @staticmethod
     def _domains(req: InferRequest, model: Model, n: int) -> np.ndarray | None:
@@ -165,12 +163,9 @@ class V2Routes:
             raise ServeError(400, f"input 'domain' holds {len(d)} target domains for {n} images")
         bad = [int(k) for k in d if not 0 <= k < len(tr.domains)]
         if bad:
-            raise ServeError(400, f"input 'domain': {bad[0]} is no domain index; {name_list(tr.domains)}")
+            known = ", ".join(f"{i} ({n})" for i, n in enumerate(tr.domains))
+            raise ServeError(400, f"input 'domain': {bad[0]} is no domain index; the model's domains are {known}")
         return d
-
-
-def name_list(domains: list[str]) -> str:
-    return "the model's domains are " + ", ".join(f"{i} ({n})" for i, n in enumerate(domains))
 
 
 __all__ = ["EXTENSIONS", "VERSION", "V2Routes"]
